@@ -1,0 +1,286 @@
+//! Request and response bodies of the HTTP API, route by route.
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::AuthToken;
+use crate::bytes::OpaqueBytes;
+use crate::ids::{AccountId, DeviceId, EnvelopeId, KeyPackageRef};
+use crate::phone::PhoneNumber;
+use crate::time::Timestamp;
+
+/// `POST /v1/registration/code`: ask for a verification code by SMS (or
+/// whatever code sender the operator configured).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RequestCodeRequest {
+    /// The number to verify, in E.164 form.
+    pub phone: PhoneNumber,
+}
+
+/// The answer to a code request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RequestCodeResponse {
+    /// How long the code stays valid, in seconds.
+    pub expires_in_seconds: u64,
+}
+
+/// `POST /v1/registration/verify`: prove the number with the code and
+/// register this device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct VerifyCodeRequest {
+    /// The number the code was sent to.
+    pub phone: PhoneNumber,
+    /// The code, as digits.
+    pub code: String,
+    /// A name for the device that its owner will recognise in the device list.
+    pub device_name: String,
+    /// The device's Ed25519 public signature key (32 bytes), the same key its
+    /// MLS credential uses.
+    pub signature_key: OpaqueBytes,
+    /// An Ed25519 signature, by that key, over
+    /// [`VerifyCodeRequest::registration_challenge`]: it proves the device holds
+    /// the private half and binds the key to this verification.
+    pub proof: OpaqueBytes,
+}
+
+impl VerifyCodeRequest {
+    /// The bytes a device signs to prove possession of its signature key:
+    /// a context string, the phone number and the code, each length-prefixed.
+    pub fn registration_challenge(phone: &PhoneNumber, code: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        for part in [
+            crate::REGISTRATION_CONTEXT,
+            phone.e164().as_bytes(),
+            code.as_bytes(),
+        ] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+}
+
+/// A registered device's credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VerifyCodeResponse {
+    /// The account the number belongs to (created if it is new).
+    pub account_id: AccountId,
+    /// This device.
+    pub device_id: DeviceId,
+    /// The bearer token for every later call. Shown once; the server keeps only a hash.
+    pub token: AuthToken,
+    /// Whether the account was created by this verification.
+    pub new_account: bool,
+}
+
+/// One of the caller's devices, as `GET /v1/devices` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OwnDevice {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The name given at registration.
+    pub name: String,
+    /// When it registered.
+    pub created_at: Timestamp,
+    /// Its public signature key.
+    pub signature_key: OpaqueBytes,
+    /// Whether this is the device making the request.
+    pub current: bool,
+}
+
+/// `GET /v1/devices`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OwnDevicesResponse {
+    /// The caller's active devices.
+    pub devices: Vec<OwnDevice>,
+}
+
+/// Another account's device, as contact lookups show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PeerDevice {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its public signature key, for safety numbers.
+    pub signature_key: OpaqueBytes,
+}
+
+/// `POST /v1/accounts/lookup`: find the account behind a phone number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LookupRequest {
+    /// The number to look up. It travels in the body, never in a URL that a
+    /// proxy might log.
+    pub phone: PhoneNumber,
+}
+
+/// An account and its active devices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AccountDevicesResponse {
+    /// The account.
+    pub account_id: AccountId,
+    /// Its active devices.
+    pub devices: Vec<PeerDevice>,
+}
+
+/// One KeyPackage a device uploads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct KeyPackageUpload {
+    /// The reference the client computed for it.
+    pub id: KeyPackageRef,
+    /// The serialized MLS KeyPackage.
+    pub data: OpaqueBytes,
+    /// A last-resort package is handed out again when no other is left.
+    /// A device keeps at most one; uploading another replaces it.
+    #[serde(default)]
+    pub last_resort: bool,
+}
+
+/// `POST /v1/keypackages`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UploadKeyPackagesRequest {
+    /// The batch.
+    pub key_packages: Vec<KeyPackageUpload>,
+}
+
+/// How many key packages the device has left on the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeyPackageCountResponse {
+    /// One-time key packages left (not counting the last-resort one).
+    pub remaining: u64,
+    /// Whether a last-resort key package is stored.
+    pub last_resort: bool,
+    /// The server suggests uploading more when `remaining` falls below this.
+    pub low_watermark: u64,
+}
+
+/// `POST /v1/keypackages/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ClaimKeyPackagesRequest {
+    /// The devices to claim one key package each for.
+    pub devices: Vec<DeviceId>,
+}
+
+/// One claimed key package.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimedKeyPackage {
+    /// The device it belongs to.
+    pub device_id: DeviceId,
+    /// Its reference.
+    pub id: KeyPackageRef,
+    /// The serialized MLS KeyPackage.
+    pub data: OpaqueBytes,
+    /// Whether this was the device's last-resort package (which stays stored).
+    pub last_resort: bool,
+}
+
+/// The claimed key packages, one per requested device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimKeyPackagesResponse {
+    /// In the order the devices were requested.
+    pub key_packages: Vec<ClaimedKeyPackage>,
+}
+
+/// What an envelope carries, so a client knows how to read it before it
+/// decrypts anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum EnvelopeKind {
+    /// An MLS message (application message, commit, proposal or welcome), opaque to the server.
+    #[default]
+    Mls,
+    /// A notice from the service itself (JSON, not encrypted): disclosure or market notices.
+    ServerNotice,
+}
+
+/// `POST /v1/messages`: queue one envelope for several devices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// Chosen by the sender; a retry with the same id and bytes is accepted once.
+    pub id: EnvelopeId,
+    /// Every device that should receive it.
+    pub recipients: Vec<DeviceId>,
+    /// The MLS message.
+    pub payload: OpaqueBytes,
+}
+
+/// The answer to a send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SendResponse {
+    /// The envelope id.
+    pub id: EnvelopeId,
+    /// True when this exact envelope had already been accepted (a retry).
+    pub duplicate: bool,
+}
+
+/// An envelope waiting in a device's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Envelope {
+    /// The id the sender chose; clients drop an id they have already processed.
+    pub id: EnvelopeId,
+    /// What the payload is.
+    pub kind: EnvelopeKind,
+    /// When the server accepted it.
+    pub received_at: Timestamp,
+    /// The bytes. The server records no sender: MLS authenticates the sender
+    /// inside the ciphertext.
+    pub payload: OpaqueBytes,
+}
+
+/// `GET /v1/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FetchResponse {
+    /// The oldest unacknowledged envelopes, oldest first.
+    pub envelopes: Vec<Envelope>,
+    /// Whether more are waiting beyond this page.
+    pub more: bool,
+}
+
+/// `POST /v1/messages/ack`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// Envelopes the device has processed and stored; the server deletes them.
+    pub ids: Vec<EnvelopeId>,
+}
+
+/// The answer to an ack.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AckResponse {
+    /// How many of the ids were in the mailbox (acking twice is harmless).
+    pub removed: u64,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HealthResponse {
+    /// `ok` when the server and its storage answer.
+    pub status: String,
+}

@@ -1,0 +1,184 @@
+//! Validated identifiers. Each is a distinct type so that an account id can
+//! never be passed where a device id is expected.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+use crate::bytes::{decode_b64, encode_b64};
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// The text is not a UUID in its hyphenated form.
+    #[error("not a valid {0} (expected a UUID)")]
+    NotUuid(&'static str),
+    /// A key-package reference is not base64 or has the wrong length.
+    #[error("not a valid key package reference (expected 1 to 64 bytes of base64)")]
+    BadKeyPackageRef,
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $label:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, format = Uuid))]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A fresh random identifier.
+            pub fn random() -> Self {
+                Self(Uuid::new_v4())
+            }
+
+            /// The identifier as a UUID.
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+
+            /// The identifier's 16 raw bytes.
+            pub fn as_bytes(&self) -> &[u8; 16] {
+                self.0.as_bytes()
+            }
+
+            /// Rebuilds an identifier from its 16 raw bytes.
+            pub fn from_bytes(bytes: [u8; 16]) -> Self {
+                Self(Uuid::from_bytes(bytes))
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(value: Uuid) -> Self {
+                Self(value)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                // Only the canonical hyphenated form is accepted, so that one
+                // id has exactly one spelling on the wire and in logs.
+                if s.len() != 36 {
+                    return Err(IdError::NotUuid($label));
+                }
+                Uuid::parse_str(s).map(Self).map_err(|_| IdError::NotUuid($label))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.0.hyphenated())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// An account: one person, reachable at one phone number, with one or more devices.
+    AccountId,
+    "account id"
+);
+uuid_id!(
+    /// One device of an account. Mailboxes, key packages and tokens belong to devices.
+    DeviceId,
+    "device id"
+);
+uuid_id!(
+    /// One envelope. The sending client picks it, so that a retried send is
+    /// recognised as the same envelope and stored once.
+    EnvelopeId,
+    "envelope id"
+);
+
+/// The reference a client computed for one of its MLS KeyPackages (the MLS
+/// `KeyPackageRef`, a hash). The server treats it as opaque bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, format = Byte))]
+pub struct KeyPackageRef(Vec<u8>);
+
+impl KeyPackageRef {
+    /// The longest reference accepted, in bytes. MLS hash references are 32
+    /// or 64 bytes long depending on the ciphersuite.
+    pub const MAX_LEN: usize = 64;
+
+    /// Wraps raw reference bytes, checking their length.
+    pub fn new(bytes: Vec<u8>) -> Result<Self, IdError> {
+        if bytes.is_empty() || bytes.len() > Self::MAX_LEN {
+            return Err(IdError::BadKeyPackageRef);
+        }
+        Ok(Self(bytes))
+    }
+
+    /// The raw reference bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyPackageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPackageRef({})", encode_b64(&self.0))
+    }
+}
+
+impl Serialize for KeyPackageRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&encode_b64(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyPackageRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let bytes =
+            decode_b64(&s).map_err(|_| serde::de::Error::custom(IdError::BadKeyPackageRef))?;
+        Self::new(bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_reject_other_spellings() {
+        let id = AccountId::random();
+        let text = id.to_string();
+        assert_eq!(text.parse::<AccountId>().unwrap(), id);
+        assert!(text.replace('-', "").parse::<AccountId>().is_err());
+        assert!("not-a-uuid".parse::<DeviceId>().is_err());
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<AccountId>(&json).unwrap(), id);
+    }
+
+    #[test]
+    fn key_package_refs_have_bounded_length() {
+        assert!(KeyPackageRef::new(vec![]).is_err());
+        assert!(KeyPackageRef::new(vec![1; 65]).is_err());
+        let r = KeyPackageRef::new(vec![7; 32]).unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<KeyPackageRef>(&json).unwrap(), r);
+        assert!(serde_json::from_str::<KeyPackageRef>("\"%%%\"").is_err());
+    }
+}

@@ -1,0 +1,435 @@
+//! The server's configuration, read from a TOML file. Every field has a
+//! default, so `redoubtd` runs with no file at all; `redoubtd config example`
+//! prints the documented file (`redoubtd.example.toml`), which a test keeps
+//! identical to these defaults.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServerError;
+
+/// The documented example configuration, equal to the defaults.
+pub const EXAMPLE_CONFIG: &str = include_str!("../redoubtd.example.toml");
+
+/// Everything `redoubtd` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The address and port the HTTP and WebSocket API listens on.
+    pub listen: SocketAddr,
+    /// Where the server keeps its files (the SQLite database by default).
+    pub data_dir: PathBuf,
+    /// How log lines are written.
+    pub log: LogConfig,
+    /// Which database holds durable state.
+    pub storage: StorageConfig,
+    /// HTTP limits and proxy trust.
+    pub http: HttpConfig,
+    /// Phone-number verification.
+    pub registration: RegistrationConfig,
+    /// Key-package limits.
+    pub key_packages: KeyPackageConfig,
+    /// Mailbox limits and delivery.
+    pub mailbox: MailboxConfig,
+    /// The IP-address log.
+    pub ip_log: IpLogConfig,
+    /// Background maintenance.
+    pub maintenance: MaintenanceConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("redoubt-data"),
+            log: LogConfig::default(),
+            storage: StorageConfig::default(),
+            http: HttpConfig::default(),
+            registration: RegistrationConfig::default(),
+            key_packages: KeyPackageConfig::default(),
+            mailbox: MailboxConfig::default(),
+            ip_log: IpLogConfig::default(),
+            maintenance: MaintenanceConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn from_toml(text: &str) -> Result<Self, ServerError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ServerError::ConfigInvalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules that types alone do not express.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let bad = |msg: &str| Err(ServerError::ConfigInvalid(msg.to_owned()));
+        if self.mailbox.max_envelope_bytes > self.http.max_body_bytes {
+            return bad("mailbox.max_envelope_bytes must not exceed http.max_body_bytes");
+        }
+        if self.mailbox.max_queued_per_device == 0 || self.mailbox.max_recipients == 0 {
+            return bad("mailbox limits must be at least 1");
+        }
+        if self.mailbox.fetch_page == 0 || self.mailbox.push_window == 0 {
+            return bad("mailbox.fetch_page and mailbox.push_window must be at least 1");
+        }
+        if self.registration.max_attempts == 0 {
+            return bad("registration.max_attempts must be at least 1");
+        }
+        if self.registration.per_number.max == 0 || self.registration.per_ip.max == 0 {
+            return bad("registration rate limits must allow at least one request");
+        }
+        if self.key_packages.max_batch == 0 || self.key_packages.max_per_device == 0 {
+            return bad("key_packages limits must be at least 1");
+        }
+        if self.maintenance.purge_interval.is_zero() {
+            return bad("maintenance.purge_interval must be positive");
+        }
+        if self.ip_log.retention.is_zero() {
+            return bad("ip_log.retention must be positive");
+        }
+        Ok(())
+    }
+
+    /// The SQLite database file this configuration points at.
+    pub fn sqlite_path(&self) -> PathBuf {
+        match &self.storage {
+            StorageConfig::Sqlite(s) => s
+                .path
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("redoubt.db")),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,redoubt_server=debug`.
+    /// The `RUST_LOG` environment variable overrides it.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// How log lines are formatted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The storage backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StorageConfig {
+    /// An embedded SQLite database: zero setup, one node.
+    Sqlite(SqliteConfig),
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self::Sqlite(SqliteConfig::default())
+    }
+}
+
+/// SQLite settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteConfig {
+    /// The database file; by default `redoubt.db` inside `data_dir`.
+    pub path: Option<PathBuf>,
+    /// Connections for reads (writes always go through one connection).
+    pub read_connections: u32,
+    /// `full` syncs every commit to disk, so an accepted message survives a
+    /// power cut; `normal` survives a process crash but not a power cut.
+    pub synchronous: SqliteSync,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            read_connections: 4,
+            synchronous: SqliteSync::Full,
+        }
+    }
+}
+
+/// SQLite's `synchronous` pragma.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqliteSync {
+    /// Sync on every commit.
+    Full,
+    /// Sync at checkpoints.
+    Normal,
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Proxies whose `X-Forwarded-For` header is believed. Requests from any
+    /// other peer are logged with the peer's own address.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// With a trusted proxy, the header that carries the client's source port
+    /// (for example `X-Forwarded-Port` set from HAProxy's `src_port`).
+    pub client_port_header: Option<String>,
+    /// How long shutdown waits for in-flight requests before giving up.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            trusted_proxies: Vec::new(),
+            client_port_header: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Phone-number verification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// How codes reach phones.
+    pub code_sender: CodeSenderConfig,
+    /// How long a code stays valid.
+    #[serde(with = "humantime_serde")]
+    pub code_ttl: Duration,
+    /// Wrong guesses allowed per code before a new one must be requested.
+    pub max_attempts: u32,
+    /// Code requests allowed per phone number.
+    pub per_number: RateLimit,
+    /// Code requests allowed per client IP address.
+    pub per_ip: RateLimit,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            code_sender: CodeSenderConfig::Log,
+            code_ttl: Duration::from_secs(10 * 60),
+            max_attempts: 5,
+            per_number: RateLimit {
+                max: 3,
+                window: Duration::from_secs(15 * 60),
+            },
+            per_ip: RateLimit {
+                max: 20,
+                window: Duration::from_secs(60 * 60),
+            },
+        }
+    }
+}
+
+/// At most `max` events per sliding `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Events allowed in the window.
+    pub max: u32,
+    /// The window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+/// How verification codes are delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CodeSenderConfig {
+    /// Development only: write the code to the server log on a line marked
+    /// `DEV CODE SENDER`. The server warns at start-up while this is active.
+    Log,
+    /// Run a program for each code, with `REDOUBT_PHONE` and `REDOUBT_CODE`
+    /// in its environment (for example a script that calls an SMS gateway).
+    /// It must exit 0 within `timeout`.
+    Command {
+        /// The program to run.
+        program: PathBuf,
+        /// Its arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// How long it may take.
+        #[serde(with = "humantime_serde", default = "default_command_timeout")]
+        timeout: Duration,
+    },
+}
+
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Key-package limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyPackageConfig {
+    /// One-time key packages one device may keep stored.
+    pub max_per_device: u64,
+    /// Key packages in one upload.
+    pub max_batch: usize,
+    /// Below this count the server tells the device to upload more.
+    pub low_watermark: u64,
+    /// Devices one claim may name.
+    pub max_claim: usize,
+}
+
+impl Default for KeyPackageConfig {
+    fn default() -> Self {
+        Self {
+            max_per_device: 500,
+            max_batch: 100,
+            low_watermark: 20,
+            max_claim: 1000,
+        }
+    }
+}
+
+/// Mailbox limits and delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// The largest envelope payload, in bytes.
+    pub max_envelope_bytes: usize,
+    /// Envelopes one device may have waiting; a send that would exceed it is
+    /// refused with `mailbox_full` and nothing is queued.
+    pub max_queued_per_device: u64,
+    /// How long an envelope waits for a device that never fetches it.
+    #[serde(with = "humantime_serde")]
+    pub message_ttl: Duration,
+    /// How long an accepted envelope id is remembered, so a sender's retry is
+    /// recognised even after delivery.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Recipient devices in one send.
+    pub max_recipients: usize,
+    /// Envelopes in one page of `GET /v1/messages`.
+    pub fetch_page: u32,
+    /// Envelopes pushed on the WebSocket ahead of the device's acks.
+    pub push_window: u32,
+    /// How often the server pings an idle WebSocket; two silent intervals close it.
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_interval: Duration,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            max_envelope_bytes: 256 * 1024,
+            max_queued_per_device: 10_000,
+            message_ttl: Duration::from_secs(30 * 86_400),
+            dedup_window: Duration::from_secs(7 * 86_400),
+            max_recipients: 1000,
+            fetch_page: 100,
+            push_window: 64,
+            ws_ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The IP-address log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IpLogConfig {
+    /// How long a row is kept after it was last seen.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// A row's `last_seen` is refreshed at most this often, which bounds the
+    /// write load of busy connections.
+    #[serde(with = "humantime_serde")]
+    pub touch_interval: Duration,
+}
+
+impl Default for IpLogConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(30 * 86_400),
+            touch_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Background maintenance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// How often expired envelopes, codes and IP-log rows are purged.
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            purge_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_equals_defaults() {
+        let parsed = Config::from_toml(EXAMPLE_CONFIG).expect("example parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::from_toml("lisen = \"127.0.0.1:1\"").is_err());
+        assert!(Config::from_toml("[ip_log]\nretention = \"forever\"").is_err());
+        assert!(Config::from_toml("[mailbox]\nmax_envelope_bytes = 99999999").is_err());
+    }
+
+    #[test]
+    fn command_sender_parses() {
+        let c = Config::from_toml(
+            "[registration.code_sender]\nkind = \"command\"\nprogram = \"/usr/local/bin/sms\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.registration.code_sender,
+            CodeSenderConfig::Command { .. }
+        ));
+    }
+}

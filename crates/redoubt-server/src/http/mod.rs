@@ -1,0 +1,131 @@
+//! The HTTP and WebSocket API.
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tracing::Instrument;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::error::ApiError;
+use crate::metrics::{HttpLabels, RouteLabels};
+use crate::AppState;
+
+pub mod devices;
+pub mod extract;
+pub mod keypackages;
+pub mod messages;
+pub mod ops;
+pub mod registration;
+pub mod ws;
+
+/// The OpenAPI description of every route, served at `/openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Redoubt relay API",
+        description = "Accounts, devices, key packages and mailboxes of opaque MLS ciphertext. \
+                       Every error is `{\"error\": {\"code\", \"message\"}}` with a stable code."
+    ),
+    paths(
+        registration::request_code, registration::verify_code,
+        devices::list_own, devices::revoke, devices::lookup, devices::peer_devices,
+        keypackages::upload, keypackages::count, keypackages::claim,
+        messages::send, messages::fetch, messages::ack, ws::upgrade,
+        ops::healthz, ops::metrics, ops::openapi,
+    ),
+    components(schemas(
+        redoubt_proto::ErrorBody, redoubt_proto::ErrorDetail, redoubt_proto::ErrorCode,
+        redoubt_proto::api::Envelope, redoubt_proto::api::EnvelopeKind,
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Builds the router over a ready state.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config().http.max_body_bytes;
+    Router::new()
+        .route("/v1/registration/code", post(registration::request_code))
+        .route("/v1/registration/verify", post(registration::verify_code))
+        .route("/v1/devices", get(devices::list_own))
+        .route("/v1/devices/{device_id}", delete(devices::revoke))
+        .route("/v1/accounts/lookup", post(devices::lookup))
+        .route(
+            "/v1/accounts/{account_id}/devices",
+            get(devices::peer_devices),
+        )
+        .route("/v1/keypackages", post(keypackages::upload))
+        .route("/v1/keypackages/count", get(keypackages::count))
+        .route("/v1/keypackages/claim", post(keypackages::claim))
+        .route("/v1/messages", post(messages::send).get(messages::fetch))
+        .route("/v1/messages/ack", post(messages::ack))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Gives every request an id, a span, a metric and one log line. Only the
+/// route template is recorded, never the concrete path, headers or body.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let request_id = uuid::Uuid::new_v4();
+    let span = tracing::info_span!("request", %request_id, method = %method, route = %route);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    state
+        .metrics()
+        .http_requests
+        .get_or_create(&HttpLabels {
+            method,
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    state
+        .metrics()
+        .http_latency
+        .get_or_create(&RouteLabels { route })
+        .observe(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::debug!(
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
+    response
+}

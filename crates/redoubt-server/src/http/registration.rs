@@ -1,0 +1,172 @@
+//! Phone-number verification and device registration.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use ed25519_dalek::{Signature, VerifyingKey};
+use rand::Rng;
+use redoubt_proto::api::{
+    RequestCodeRequest, RequestCodeResponse, VerifyCodeRequest, VerifyCodeResponse,
+};
+use redoubt_proto::{AccountId, AuthToken, DeviceId, ErrorBody, PhoneNumber};
+use sha2::{Digest as _, Sha256};
+
+use super::extract::{token_hash, ApiJson, ClientAddr};
+use crate::error::ApiError;
+use crate::storage::{CodeIssue, Digest, IssueOutcome, NewDevice, Verification, VerifyOutcome};
+use crate::AppState;
+
+/// Device names are shown to their owner; keep them short and printable.
+const MAX_DEVICE_NAME_CHARS: usize = 64;
+
+fn phone_key(phone: &PhoneNumber) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"redoubt/phone-key/v1\0");
+    h.update(phone.e164().as_bytes());
+    h.finalize().into()
+}
+
+fn code_hash(phone_key: &Digest, code: &str) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"redoubt/code/v1\0");
+    h.update(phone_key);
+    h.update(code.as_bytes());
+    h.finalize().into()
+}
+
+/// Request a verification code.
+#[utoipa::path(
+    post, path = "/v1/registration/code", tag = "registration",
+    request_body = RequestCodeRequest,
+    responses(
+        (status = 202, description = "Code sent", body = RequestCodeResponse),
+        (status = 400, description = "Invalid phone number", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The code could not be sent", body = ErrorBody),
+    )
+)]
+pub async fn request_code(
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    ApiJson(req): ApiJson<RequestCodeRequest>,
+) -> Result<(StatusCode, ApiJson<RequestCodeResponse>), ApiError> {
+    let config = &state.config().registration;
+    let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
+    let key = phone_key(&req.phone);
+    let now = state.clock().now();
+    let outcome = state
+        .store()
+        .issue_code(CodeIssue {
+            phone_key: key,
+            ip: addr.ip(),
+            code_hash: code_hash(&key, &code),
+            now,
+            expires_at: now.plus(config.code_ttl),
+            per_number_max: config.per_number.max,
+            per_number_window: config.per_number.window,
+            per_ip_max: config.per_ip.max,
+            per_ip_window: config.per_ip.window,
+        })
+        .await?;
+    if let IssueOutcome::RateLimited { retry_after } = outcome {
+        return Err(ApiError::RateLimited {
+            retry_after_secs: retry_after.as_secs().max(1),
+        });
+    }
+    if let Err(e) = state.code_sender().send(&req.phone, &code).await {
+        tracing::error!(error = %e, "verification code could not be sent");
+        return Err(ApiError::Unavailable(
+            "the verification code could not be sent; try again later",
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(RequestCodeResponse {
+            expires_in_seconds: config.code_ttl.as_secs(),
+        }),
+    ))
+}
+
+/// Verify a code and register this device.
+#[utoipa::path(
+    post, path = "/v1/registration/verify", tag = "registration",
+    request_body = VerifyCodeRequest,
+    responses(
+        (status = 201, description = "Device registered", body = VerifyCodeResponse),
+        (status = 400, description = "No code pending, bad key or proof", body = ErrorBody),
+        (status = 401, description = "Wrong code", body = ErrorBody),
+        (status = 410, description = "Code expired", body = ErrorBody),
+        (status = 429, description = "Too many attempts", body = ErrorBody),
+    )
+)]
+pub async fn verify_code(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<VerifyCodeRequest>,
+) -> Result<(StatusCode, ApiJson<VerifyCodeResponse>), ApiError> {
+    if req.code.len() != 6 || !req.code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::InvalidRequest("code must be 6 digits".into()));
+    }
+    let name = req.device_name.trim();
+    if name.is_empty()
+        || name.chars().count() > MAX_DEVICE_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::InvalidRequest(format!(
+            "device_name must be 1 to {MAX_DEVICE_NAME_CHARS} printable characters"
+        )));
+    }
+    let key_bytes: [u8; 32] = req
+        .signature_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| ApiError::InvalidSignatureKey)?;
+    let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| ApiError::InvalidSignatureKey)?;
+    let proof = Signature::from_slice(req.proof.as_slice()).map_err(|_| ApiError::InvalidProof)?;
+    let challenge = VerifyCodeRequest::registration_challenge(&req.phone, &req.code);
+    key.verify_strict(&challenge, &proof)
+        .map_err(|_| ApiError::InvalidProof)?;
+
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill(&mut secret);
+    let token = AuthToken::from_random_bytes(&secret);
+    let device_id = DeviceId::random();
+    let pkey = phone_key(&req.phone);
+    let outcome = state
+        .store()
+        .verify_code(Verification {
+            phone: req.phone.clone(),
+            phone_key: pkey,
+            code_hash: code_hash(&pkey, &req.code),
+            now: state.clock().now(),
+            max_attempts: state.config().registration.max_attempts,
+            new_account_id: AccountId::random(),
+            device: NewDevice {
+                id: device_id,
+                name: name.to_owned(),
+                signature_key: key_bytes.to_vec(),
+                token_hash: token_hash(&token),
+            },
+        })
+        .await?;
+    match outcome {
+        VerifyOutcome::Registered {
+            account_id,
+            new_account,
+        } => {
+            state.metrics().registrations.inc();
+            tracing::info!(new_account, "device registered");
+            Ok((
+                StatusCode::CREATED,
+                ApiJson(VerifyCodeResponse {
+                    account_id,
+                    device_id,
+                    token,
+                    new_account,
+                }),
+            ))
+        }
+        VerifyOutcome::NoCodePending => Err(ApiError::NoCodePending),
+        VerifyOutcome::Incorrect => Err(ApiError::CodeIncorrect),
+        VerifyOutcome::Expired => Err(ApiError::CodeExpired),
+        VerifyOutcome::AttemptsExceeded => Err(ApiError::CodeAttemptsExceeded),
+    }
+}

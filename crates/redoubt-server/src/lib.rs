@@ -1,0 +1,225 @@
+//! The Redoubt relay server (`redoubtd`).
+//!
+//! It registers accounts by phone number, authenticates devices by bearer
+//! token, stores MLS KeyPackages for others to claim, and queues opaque
+//! envelopes in per-device mailboxes, pushing them over WebSocket and
+//! deleting them once acknowledged. It also keeps the IP-address log, the
+//! only per-request record the legal desk may read.
+//!
+//! What it must never do: see plaintext, hold a private key or group secret,
+//! record who sent an envelope, or write a phone number, code, token or
+//! message byte to its logs (the development code sender's marked line is
+//! the one exception, and it is off in production).
+//!
+//! Embedding: build an [`AppState`] with [`AppState::open`], then [`serve`]
+//! it on a listener; [`run`] does both with the system clock. Tests serve it
+//! on `127.0.0.1:0`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod clock;
+pub mod code_sender;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod iplog;
+pub mod maintenance;
+pub mod metrics;
+pub mod sessions;
+pub mod storage;
+pub mod telemetry;
+
+pub use clock::Clock;
+pub use config::Config;
+pub use error::{ApiError, ServerError};
+
+use code_sender::CodeSender;
+use iplog::IpRecorder;
+use maintenance::Purger;
+use metrics::Metrics;
+use sessions::{Fanout, LocalFanout, Sessions};
+use storage::sqlite::SqliteStore;
+use storage::Store;
+
+/// Everything a request handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    config: Config,
+    store: Arc<dyn Store>,
+    sqlite: Option<SqliteStore>,
+    clock: Clock,
+    code_sender: Arc<dyn CodeSender>,
+    metrics: Metrics,
+    sessions: Arc<Sessions>,
+    fanout: Arc<dyn Fanout>,
+    ip_recorder: IpRecorder,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl AppState {
+    /// Opens storage as configured and assembles the state.
+    pub async fn open(config: Config, clock: Clock) -> Result<Self, ServerError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let sqlite = match &config.storage {
+            config::StorageConfig::Sqlite(s) => SqliteStore::open(&config.sqlite_path(), s).await?,
+        };
+        let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+        let code_sender = code_sender::from_config(&config.registration.code_sender);
+        let sessions = Arc::new(Sessions::default());
+        let fanout: Arc<dyn Fanout> = Arc::new(LocalFanout::new(sessions.clone()));
+        let ip_recorder =
+            IpRecorder::new(store.clone(), clock.clone(), config.ip_log.touch_interval);
+        Ok(Self(Arc::new(Inner {
+            config,
+            store,
+            sqlite: Some(sqlite),
+            clock,
+            code_sender,
+            metrics: Metrics::default(),
+            sessions,
+            fanout,
+            ip_recorder,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+    /// The storage backend.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.0.store
+    }
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.0.clock
+    }
+    /// The verification-code sender.
+    pub fn code_sender(&self) -> &Arc<dyn CodeSender> {
+        &self.0.code_sender
+    }
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+    /// Live sessions on this node.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.0.sessions
+    }
+    /// The fan-out to live sessions.
+    pub fn fanout(&self) -> &Arc<dyn Fanout> {
+        &self.0.fanout
+    }
+    /// The IP-log recorder.
+    pub fn ip_recorder(&self) -> &IpRecorder {
+        &self.0.ip_recorder
+    }
+    /// Cancelled when the server starts shutting down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.0.shutdown
+    }
+    /// Tracks WebSocket sessions and background tasks, so shutdown can wait
+    /// for them.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.0.tasks
+    }
+    /// A purger over this state's store and settings.
+    pub fn purger(&self) -> Purger {
+        Purger::new(
+            self.store().clone(),
+            self.clock().clone(),
+            self.config().clone(),
+            self.metrics().clone(),
+        )
+    }
+
+    async fn close(&self) {
+        if let Some(sqlite) = &self.0.sqlite {
+            sqlite.close().await;
+        }
+    }
+}
+
+/// The HTTP application over a ready state.
+pub fn app(state: AppState) -> axum::Router {
+    http::router(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then stops
+/// accepting, closes WebSockets (code 1001), lets in-flight requests finish
+/// (up to `http.shutdown_grace`), stops maintenance and closes storage.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let token = state.shutdown_token().clone();
+    state.tasks().spawn(state.purger().run(token.clone(), None));
+    if matches!(
+        state.config().registration.code_sender,
+        config::CodeSenderConfig::Log
+    ) {
+        tracing::warn!(
+            "verification codes are written to this log (registration.code_sender = \"log\"); \
+             configure a real code sender before serving real users"
+        );
+    }
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "redoubtd listening");
+
+    let grace = state.config().http.shutdown_grace;
+    let trigger = token.clone();
+    let server = axum::serve(
+        listener,
+        app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    let deadline = async {
+        token.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        _ = deadline => tracing::warn!("shutdown grace period over; dropping remaining connections"),
+    }
+    token.cancel();
+    state.tasks().close();
+    if tokio::time::timeout(grace, state.tasks().wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop within the grace period");
+    }
+    state.close().await;
+    tracing::info!("redoubtd stopped");
+    Ok(())
+}
+
+/// Opens storage from `config` with the system clock and serves until
+/// `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let state = AppState::open(config, Clock::system()).await?;
+    serve(listener, state, shutdown).await
+}

@@ -1,0 +1,164 @@
+//! Live WebSocket sessions and the fan-out that wakes them.
+//!
+//! A session registers here when its device connects. When an envelope is
+//! stored, the [`Fanout`] wakes the recipients' sessions, which then read
+//! their mailbox from storage: the wake-up carries no message data, so the
+//! store stays the single source of truth and nothing is lost if a wake-up is.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use redoubt_proto::DeviceId;
+use tokio::sync::{watch, Notify};
+
+/// Why the server ends a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The device was revoked.
+    Revoked,
+    /// A newer connection of the same device took over.
+    Replaced,
+}
+
+struct Entry {
+    conn: u64,
+    wake: Arc<Notify>,
+    close: watch::Sender<Option<CloseReason>>,
+}
+
+/// The sessions connected to this node.
+#[derive(Default)]
+pub struct Sessions {
+    next_conn: AtomicU64,
+    map: Mutex<HashMap<DeviceId, Entry>>,
+}
+
+/// A connected session's handle; dropping it unregisters the session.
+pub struct Subscription {
+    sessions: Arc<Sessions>,
+    device: DeviceId,
+    conn: u64,
+    /// Notified when the device's mailbox may have new envelopes.
+    pub wake: Arc<Notify>,
+    /// Set when the server wants the session closed.
+    pub close: watch::Receiver<Option<CloseReason>>,
+}
+
+impl Sessions {
+    /// Registers a session for `device`, closing any older one.
+    pub fn attach(self: &Arc<Self>, device: DeviceId) -> Subscription {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let wake = Arc::new(Notify::new());
+        let (close_tx, close_rx) = watch::channel(None);
+        let entry = Entry {
+            conn,
+            wake: wake.clone(),
+            close: close_tx,
+        };
+        let previous = self.lock().insert(device, entry);
+        if let Some(previous) = previous {
+            let _ = previous.close.send(Some(CloseReason::Replaced));
+        }
+        Subscription {
+            sessions: self.clone(),
+            device,
+            conn,
+            wake,
+            close: close_rx,
+        }
+    }
+
+    /// Wakes the session of `device`, if it is connected here.
+    pub fn wake(&self, device: &DeviceId) {
+        if let Some(entry) = self.lock().get(device) {
+            entry.wake.notify_one();
+        }
+    }
+
+    /// Closes the session of `device`, if it is connected here.
+    pub fn close(&self, device: &DeviceId, reason: CloseReason) {
+        if let Some(entry) = self.lock().get(device) {
+            let _ = entry.close.send(Some(reason));
+        }
+    }
+
+    /// How many devices are connected here.
+    pub fn connected(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Entry>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every operation is a single insert, lookup or remove).
+        self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut map = self.sessions.lock();
+        if map.get(&self.device).is_some_and(|e| e.conn == self.conn) {
+            map.remove(&self.device);
+        }
+    }
+}
+
+/// Tells the node holding a device's session that something happened. With
+/// one node this is a direct call; across nodes it travels on a message bus.
+#[async_trait]
+pub trait Fanout: Send + Sync + 'static {
+    /// New envelopes were queued for these devices.
+    async fn wake(&self, devices: &[DeviceId]);
+    /// This device was revoked: close its session.
+    async fn revoked(&self, device: DeviceId);
+}
+
+/// Fan-out within one process.
+pub struct LocalFanout {
+    sessions: Arc<Sessions>,
+}
+
+impl LocalFanout {
+    /// Fan-out to the sessions of this process.
+    pub fn new(sessions: Arc<Sessions>) -> Self {
+        Self { sessions }
+    }
+}
+
+#[async_trait]
+impl Fanout for LocalFanout {
+    async fn wake(&self, devices: &[DeviceId]) {
+        for d in devices {
+            self.sessions.wake(d);
+        }
+    }
+
+    async fn revoked(&self, device: DeviceId) {
+        self.sessions.close(&device, CloseReason::Revoked);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_new_session_replaces_the_old_one() {
+        let sessions = Arc::new(Sessions::default());
+        let device = DeviceId::random();
+        let first = sessions.attach(device);
+        let second = sessions.attach(device);
+        assert_eq!(*first.close.borrow(), Some(CloseReason::Replaced));
+        drop(first);
+        // Dropping the replaced session must not unregister its successor.
+        assert_eq!(sessions.connected(), 1);
+        sessions.wake(&device);
+        second.wake.notified().await;
+        drop(second);
+        assert_eq!(sessions.connected(), 0);
+    }
+}

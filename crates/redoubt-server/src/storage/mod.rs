@@ -1,0 +1,385 @@
+//! Durable state behind one trait, [`Store`], with one implementation per
+//! backend. The relay logic never writes SQL; each backend keeps the same
+//! promises, which one shared test suite (`tests/it/storage.rs`) checks
+//! against every backend:
+//!
+//! - every method that changes several rows does so atomically;
+//! - a key package is handed out at most once (last-resort ones excepted);
+//! - an envelope is queued for all of its recipients or for none;
+//! - an envelope leaves a mailbox only when that device acknowledges it or
+//!   it expires; its bytes are deleted once no mailbox references them.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redoubt_proto::api::EnvelopeKind;
+use redoubt_proto::{AccountId, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber, Timestamp};
+
+pub mod sqlite;
+
+/// A storage failure. None of its messages contain stored values.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying schema migrations failed.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A stored row does not decode (corruption or a schema bug).
+    #[error("stored data is malformed: {0}")]
+    Corrupt(&'static str),
+}
+
+/// A SHA-256 digest used as a lookup key (tokens, codes, phone numbers).
+pub type Digest = [u8; 32];
+
+/// A request to issue a verification code, with the limits to enforce.
+#[derive(Debug, Clone)]
+pub struct CodeIssue {
+    /// Hash of the phone number.
+    pub phone_key: Digest,
+    /// The client address asking.
+    pub ip: IpAddr,
+    /// Hash of the new code.
+    pub code_hash: Digest,
+    /// Now.
+    pub now: Timestamp,
+    /// When the code stops being valid.
+    pub expires_at: Timestamp,
+    /// Requests allowed per number in `per_number_window`.
+    pub per_number_max: u32,
+    /// The per-number window.
+    pub per_number_window: Duration,
+    /// Requests allowed per IP in `per_ip_window`.
+    pub per_ip_max: u32,
+    /// The per-IP window.
+    pub per_ip_window: Duration,
+}
+
+/// The result of [`Store::issue_code`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueOutcome {
+    /// The code is stored (replacing any earlier one for the number).
+    Issued,
+    /// A limit was hit; nothing was stored.
+    RateLimited {
+        /// When a request would next be allowed.
+        retry_after: Duration,
+    },
+}
+
+/// A new device to register.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// Its id.
+    pub id: DeviceId,
+    /// Its display name.
+    pub name: String,
+    /// Its Ed25519 public key.
+    pub signature_key: Vec<u8>,
+    /// Hash of its bearer token.
+    pub token_hash: Digest,
+}
+
+/// A verification attempt.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// The number being verified.
+    pub phone: PhoneNumber,
+    /// Its hash, the key of the pending code.
+    pub phone_key: Digest,
+    /// Hash of the code the client sent.
+    pub code_hash: Digest,
+    /// Now.
+    pub now: Timestamp,
+    /// Wrong guesses allowed.
+    pub max_attempts: u32,
+    /// The id to give the account if it is new.
+    pub new_account_id: AccountId,
+    /// The device to register on success.
+    pub device: NewDevice,
+}
+
+/// The result of [`Store::verify_code`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    /// The code matched; the device is registered.
+    Registered {
+        /// The account.
+        account_id: AccountId,
+        /// Whether it was created now.
+        new_account: bool,
+    },
+    /// No code is pending.
+    NoCodePending,
+    /// Wrong code; one attempt used.
+    Incorrect,
+    /// The code expired (and was deleted).
+    Expired,
+    /// The attempts are used up.
+    AttemptsExceeded,
+}
+
+/// Who a token belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceAuth {
+    /// The account.
+    pub account_id: AccountId,
+    /// The device.
+    pub device_id: DeviceId,
+}
+
+/// What a token hash resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStatus {
+    /// A live device.
+    Active(DeviceAuth),
+    /// A device that was revoked.
+    Revoked,
+    /// Nothing.
+    Unknown,
+}
+
+/// A stored device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Its id.
+    pub device_id: DeviceId,
+    /// Its display name.
+    pub name: String,
+    /// Its Ed25519 public key.
+    pub signature_key: Vec<u8>,
+    /// When it registered.
+    pub created_at: Timestamp,
+}
+
+/// A key package to store.
+#[derive(Debug, Clone)]
+pub struct NewKeyPackage {
+    /// The client's reference.
+    pub id: KeyPackageRef,
+    /// The serialized KeyPackage.
+    pub data: Vec<u8>,
+    /// Whether it is the device's last-resort package.
+    pub last_resort: bool,
+}
+
+/// How many key packages a device has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPackageCount {
+    /// One-time packages left.
+    pub remaining: u64,
+    /// Whether a last-resort package is stored.
+    pub last_resort: bool,
+}
+
+/// The result of [`Store::add_key_packages`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddKeyPackagesOutcome {
+    /// Stored (references already stored for the device are skipped).
+    Stored(KeyPackageCount),
+    /// Storing them would exceed the per-device limit; nothing was stored.
+    LimitExceeded,
+}
+
+/// A claimed key package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedKeyPackage {
+    /// The device it belongs to.
+    pub device_id: DeviceId,
+    /// Its reference.
+    pub id: KeyPackageRef,
+    /// The serialized KeyPackage.
+    pub data: Vec<u8>,
+    /// Whether it was the last-resort package.
+    pub last_resort: bool,
+}
+
+/// The result of [`Store::claim_key_packages`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// One package per requested device, in request order.
+    Claimed(Vec<ClaimedKeyPackage>),
+    /// These devices do not exist or were revoked; nothing was claimed.
+    UnknownDevices(Vec<DeviceId>),
+    /// These devices have nothing to claim; nothing was claimed.
+    Exhausted(Vec<DeviceId>),
+}
+
+/// An envelope to queue.
+#[derive(Debug, Clone)]
+pub struct NewEnvelope {
+    /// The sender's id for it.
+    pub id: EnvelopeId,
+    /// What it carries.
+    pub kind: EnvelopeKind,
+    /// The opaque bytes.
+    pub payload: Vec<u8>,
+    /// Recipient devices, without duplicates.
+    pub recipients: Vec<DeviceId>,
+    /// Now.
+    pub now: Timestamp,
+    /// When it expires if never acknowledged.
+    pub expires_at: Timestamp,
+    /// The per-device queue limit.
+    pub max_queued: u64,
+}
+
+/// The result of [`Store::enqueue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    /// Queued for every recipient.
+    Queued,
+    /// The same id and bytes were accepted before; nothing changed.
+    Duplicate,
+    /// The id was accepted before with other bytes; nothing changed.
+    Conflict,
+    /// These recipients do not exist or were revoked; nothing was queued.
+    UnknownRecipients(Vec<DeviceId>),
+    /// These recipients' mailboxes are full; nothing was queued.
+    MailboxFull(Vec<DeviceId>),
+}
+
+/// An envelope waiting in a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEnvelope {
+    /// Its id.
+    pub id: EnvelopeId,
+    /// What it carries.
+    pub kind: EnvelopeKind,
+    /// When it was accepted.
+    pub received_at: Timestamp,
+    /// The bytes.
+    pub payload: Vec<u8>,
+}
+
+/// One sighting of an account at an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpObservation {
+    /// The account.
+    pub account_id: AccountId,
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The client's source port.
+    pub port: u16,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// A row of the IP-address log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpLogEntry {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The client's source port.
+    pub port: u16,
+    /// First sighting.
+    pub first_seen: Timestamp,
+    /// Last sighting.
+    pub last_seen: Timestamp,
+}
+
+/// What a maintenance pass deletes.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgeCutoffs {
+    /// Now: envelopes and codes that expired before it go.
+    pub now: Timestamp,
+    /// IP-log rows last seen before this go.
+    pub ip_log_before: Timestamp,
+    /// Code-request records older than this go.
+    pub code_requests_before: Timestamp,
+    /// Envelope receipts older than this go.
+    pub receipts_before: Timestamp,
+}
+
+/// How many rows a maintenance pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeCounts {
+    /// Expired envelopes.
+    pub envelopes: u64,
+    /// IP-log rows past retention.
+    pub ip_log: u64,
+    /// Expired codes and old code requests.
+    pub codes: u64,
+    /// Old envelope receipts.
+    pub receipts: u64,
+}
+
+/// Durable state of the relay.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database is reachable.
+    async fn health(&self) -> Result<(), StoreError>;
+
+    /// Stores a new verification code unless a rate limit forbids it, and
+    /// records the request for future rate limiting.
+    async fn issue_code(&self, req: CodeIssue) -> Result<IssueOutcome, StoreError>;
+
+    /// Checks a code; on success consumes it and registers the device,
+    /// creating the account if the number is new, all in one transaction.
+    async fn verify_code(&self, req: Verification) -> Result<VerifyOutcome, StoreError>;
+
+    /// Resolves a token hash.
+    async fn token_status(&self, token_hash: &Digest) -> Result<TokenStatus, StoreError>;
+
+    /// The account's active devices, oldest first.
+    async fn devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Revokes one of the account's devices and deletes its mailbox and key
+    /// packages. False when the account has no such active device.
+    async fn revoke_device(
+        &self,
+        account: AccountId,
+        device: DeviceId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// The account registered with a phone number.
+    async fn account_by_phone(&self, phone: &PhoneNumber) -> Result<Option<AccountId>, StoreError>;
+
+    /// Whether an account exists.
+    async fn account_exists(&self, account: AccountId) -> Result<bool, StoreError>;
+
+    /// Stores key packages for a device.
+    async fn add_key_packages(
+        &self,
+        device: DeviceId,
+        packages: Vec<NewKeyPackage>,
+        now: Timestamp,
+        max_per_device: u64,
+    ) -> Result<AddKeyPackagesOutcome, StoreError>;
+
+    /// Counts a device's key packages.
+    async fn key_package_count(&self, device: DeviceId) -> Result<KeyPackageCount, StoreError>;
+
+    /// Claims one key package for each device, all or nothing. One-time
+    /// packages are deleted as they are claimed; a last-resort package is
+    /// returned only when no one-time package is left, and stays stored.
+    async fn claim_key_packages(&self, devices: &[DeviceId]) -> Result<ClaimOutcome, StoreError>;
+
+    /// Queues an envelope for all its recipients, or for none.
+    async fn enqueue(&self, envelope: NewEnvelope) -> Result<EnqueueOutcome, StoreError>;
+
+    /// The oldest `limit` unexpired envelopes in a device's mailbox, in order.
+    async fn pending(
+        &self,
+        device: DeviceId,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<QueuedEnvelope>, StoreError>;
+
+    /// Removes acknowledged envelopes from a device's mailbox, and their bytes
+    /// once no other mailbox holds them. Returns how many were removed.
+    async fn ack(&self, device: DeviceId, ids: &[EnvelopeId]) -> Result<u64, StoreError>;
+
+    /// Records a sighting in the IP-address log (insert or extend `last_seen`).
+    async fn record_ip(&self, observation: IpObservation) -> Result<(), StoreError>;
+
+    /// The IP-log rows of an account, oldest first.
+    async fn ip_log(&self, account: AccountId) -> Result<Vec<IpLogEntry>, StoreError>;
+
+    /// Deletes what has expired or outlived its retention.
+    async fn purge(&self, cutoffs: PurgeCutoffs) -> Result<PurgeCounts, StoreError>;
+}

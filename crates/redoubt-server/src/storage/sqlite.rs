@@ -1,0 +1,731 @@
+//! The embedded SQLite backend: the zero-setup default for one node.
+//!
+//! Writes go through a pool of exactly one connection. SQLite allows one
+//! writer at a time anyway; funnelling writes through one connection turns
+//! lock contention (`SQLITE_BUSY`) into an orderly queue inside the process,
+//! while reads use their own connections and never wait for writes (WAL).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redoubt_proto::api::EnvelopeKind;
+use redoubt_proto::{AccountId, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber, Timestamp};
+use sha2::{Digest as _, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::*;
+use crate::config::{SqliteConfig, SqliteSync};
+
+/// Rows per multi-row insert, well under SQLite's bound-parameter limit.
+const INSERT_CHUNK: usize = 400;
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path, config: &SqliteConfig) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match config.synchronous {
+                SqliteSync::Full => SqliteSynchronous::Full,
+                SqliteSync::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        // An embedded database needs no pings before use and no recycling of
+        // connections (there is no server to time them out). Leaving both off
+        // also keeps the pool free of timers, which matters under tokio's
+        // paused test clock, where any idle moment fires the next timer.
+        // `connect_with` leaves its first connection idle in the pool, and
+        // nothing ever retires it, so no `min_connections` (whose background
+        // refill task would be one more timer) is needed.
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(120))
+            .test_before_acquire(false)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(config.read_connections.max(1))
+            .acquire_timeout(Duration::from_secs(120))
+            .test_before_acquire(false)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Ok(Self { read, write })
+    }
+
+    /// Closes both pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.millis()
+}
+
+fn dur_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn id16(bytes: Vec<u8>) -> Result<[u8; 16], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("identifier is not 16 bytes"))
+}
+
+fn device_id(bytes: Vec<u8>) -> Result<DeviceId, StoreError> {
+    Ok(DeviceId::from_bytes(id16(bytes)?))
+}
+
+fn account_id(bytes: Vec<u8>) -> Result<AccountId, StoreError> {
+    Ok(AccountId::from_bytes(id16(bytes)?))
+}
+
+fn kind_to_str(kind: EnvelopeKind) -> &'static str {
+    match kind {
+        EnvelopeKind::Mls => "mls",
+        EnvelopeKind::ServerNotice => "server_notice",
+    }
+}
+
+fn kind_from_str(kind: &str) -> Result<EnvelopeKind, StoreError> {
+    match kind {
+        "mls" => Ok(EnvelopeKind::Mls),
+        "server_notice" => Ok(EnvelopeKind::ServerNotice),
+        _ => Err(StoreError::Corrupt("unknown envelope kind")),
+    }
+}
+
+/// Which of `devices` exist and are not revoked.
+async fn active_devices(
+    conn: &mut sqlx::SqliteConnection,
+    devices: &[DeviceId],
+) -> Result<std::collections::HashSet<DeviceId>, StoreError> {
+    let mut found = std::collections::HashSet::new();
+    for chunk in devices.chunks(INSERT_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT id FROM devices WHERE revoked_at IS NULL AND id IN (",
+        );
+        let mut sep = q.separated(", ");
+        for d in chunk {
+            sep.push_bind(d.as_bytes().to_vec());
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            found.insert(device_id(row.get(0))?);
+        }
+    }
+    Ok(found)
+}
+
+/// A rate-limit key: the phone-number hash (a BLOB column) or the client
+/// address (a TEXT column). SQLite never considers a BLOB equal to TEXT, so
+/// each must be bound with its column's type.
+enum LimitKey {
+    Phone(Vec<u8>),
+    Ip(String),
+}
+
+/// Counts requests since `since` for a key, returning the count and the
+/// oldest request time in the window.
+async fn window_count(
+    conn: &mut sqlx::SqliteConnection,
+    key: LimitKey,
+    since: i64,
+) -> Result<(i64, Option<i64>), StoreError> {
+    let query = match key {
+        LimitKey::Phone(k) => sqlx::query(
+            "SELECT COUNT(*), MIN(requested_at) FROM code_requests WHERE phone_key = ? AND requested_at > ?",
+        )
+        .bind(k),
+        LimitKey::Ip(ip) => sqlx::query(
+            "SELECT COUNT(*), MIN(requested_at) FROM code_requests WHERE ip = ? AND requested_at > ?",
+        )
+        .bind(ip),
+    };
+    let row = query.bind(since).fetch_one(&mut *conn).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+fn retry_after(oldest: Option<i64>, window: Duration, now: Timestamp) -> Duration {
+    let free_at = oldest
+        .unwrap_or(now.millis())
+        .saturating_add(dur_ms(window));
+    let wait = free_at.saturating_sub(now.millis()).max(1000);
+    Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn health(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    async fn issue_code(&self, req: CodeIssue) -> Result<IssueOutcome, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let now = req.now;
+        let (count, oldest) = window_count(
+            &mut tx,
+            LimitKey::Phone(req.phone_key.to_vec()),
+            ms(now.minus(req.per_number_window)),
+        )
+        .await?;
+        if count >= i64::from(req.per_number_max) {
+            return Ok(IssueOutcome::RateLimited {
+                retry_after: retry_after(oldest, req.per_number_window, now),
+            });
+        }
+        let ip = req.ip.to_string();
+        let (count, oldest) = window_count(
+            &mut tx,
+            LimitKey::Ip(ip.clone()),
+            ms(now.minus(req.per_ip_window)),
+        )
+        .await?;
+        if count >= i64::from(req.per_ip_max) {
+            return Ok(IssueOutcome::RateLimited {
+                retry_after: retry_after(oldest, req.per_ip_window, now),
+            });
+        }
+        sqlx::query("INSERT INTO code_requests (phone_key, ip, requested_at) VALUES (?, ?, ?)")
+            .bind(req.phone_key.to_vec())
+            .bind(ip)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO verification_codes (phone_key, code_hash, expires_at, attempts) VALUES (?, ?, ?, 0)
+             ON CONFLICT (phone_key) DO UPDATE SET code_hash = excluded.code_hash,
+                 expires_at = excluded.expires_at, attempts = 0",
+        )
+        .bind(req.phone_key.to_vec())
+        .bind(req.code_hash.to_vec())
+        .bind(ms(req.expires_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(IssueOutcome::Issued)
+    }
+
+    async fn verify_code(&self, req: Verification) -> Result<VerifyOutcome, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query(
+            "SELECT code_hash, expires_at, attempts FROM verification_codes WHERE phone_key = ?",
+        )
+        .bind(req.phone_key.to_vec())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(VerifyOutcome::NoCodePending);
+        };
+        let stored_hash: Vec<u8> = row.get(0);
+        let expires_at: i64 = row.get(1);
+        let attempts: i64 = row.get(2);
+        if expires_at <= ms(req.now) {
+            sqlx::query("DELETE FROM verification_codes WHERE phone_key = ?")
+                .bind(req.phone_key.to_vec())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(VerifyOutcome::Expired);
+        }
+        if attempts >= i64::from(req.max_attempts) {
+            return Ok(VerifyOutcome::AttemptsExceeded);
+        }
+        let matches: bool =
+            subtle::ConstantTimeEq::ct_eq(stored_hash.as_slice(), req.code_hash.as_slice()).into();
+        if !matches {
+            sqlx::query(
+                "UPDATE verification_codes SET attempts = attempts + 1 WHERE phone_key = ?",
+            )
+            .bind(req.phone_key.to_vec())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(VerifyOutcome::Incorrect);
+        }
+        sqlx::query("DELETE FROM verification_codes WHERE phone_key = ?")
+            .bind(req.phone_key.to_vec())
+            .execute(&mut *tx)
+            .await?;
+        let existing = sqlx::query("SELECT id FROM accounts WHERE phone = ?")
+            .bind(req.phone.e164())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (account, new_account) = match existing {
+            Some(row) => (account_id(row.get(0))?, false),
+            None => {
+                sqlx::query("INSERT INTO accounts (id, phone, created_at) VALUES (?, ?, ?)")
+                    .bind(req.new_account_id.as_bytes().to_vec())
+                    .bind(req.phone.e164())
+                    .bind(ms(req.now))
+                    .execute(&mut *tx)
+                    .await?;
+                (req.new_account_id, true)
+            }
+        };
+        sqlx::query(
+            "INSERT INTO devices (id, account_id, name, signature_key, token_hash, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(req.device.id.as_bytes().to_vec())
+        .bind(account.as_bytes().to_vec())
+        .bind(&req.device.name)
+        .bind(&req.device.signature_key)
+        .bind(req.device.token_hash.to_vec())
+        .bind(ms(req.now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(VerifyOutcome::Registered {
+            account_id: account,
+            new_account,
+        })
+    }
+
+    async fn token_status(&self, token_hash: &Digest) -> Result<TokenStatus, StoreError> {
+        let row =
+            sqlx::query("SELECT id, account_id, revoked_at FROM devices WHERE token_hash = ?")
+                .bind(token_hash.to_vec())
+                .fetch_optional(&self.read)
+                .await?;
+        let Some(row) = row else {
+            return Ok(TokenStatus::Unknown);
+        };
+        let revoked: Option<i64> = row.get(2);
+        if revoked.is_some() {
+            return Ok(TokenStatus::Revoked);
+        }
+        Ok(TokenStatus::Active(DeviceAuth {
+            device_id: device_id(row.get(0))?,
+            account_id: account_id(row.get(1))?,
+        }))
+    }
+
+    async fn devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, signature_key, created_at FROM devices
+             WHERE account_id = ? AND revoked_at IS NULL ORDER BY created_at, id",
+        )
+        .bind(account.as_bytes().to_vec())
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(DeviceRecord {
+                    device_id: device_id(row.get(0))?,
+                    name: row.get(1),
+                    signature_key: row.get(2),
+                    created_at: Timestamp(row.get(3)),
+                })
+            })
+            .collect()
+    }
+
+    async fn revoke_device(
+        &self,
+        account: AccountId,
+        device: DeviceId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let done = sqlx::query(
+            "UPDATE devices SET revoked_at = ? WHERE id = ? AND account_id = ? AND revoked_at IS NULL",
+        )
+        .bind(ms(now))
+        .bind(device.as_bytes().to_vec())
+        .bind(account.as_bytes().to_vec())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let dev = device.as_bytes().to_vec();
+        sqlx::query("DELETE FROM key_packages WHERE device_id = ?")
+            .bind(dev.clone())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM mailbox WHERE device_id = ?")
+            .bind(dev)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM envelopes WHERE NOT EXISTS
+               (SELECT 1 FROM mailbox WHERE mailbox.envelope_id = envelopes.id)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn account_by_phone(&self, phone: &PhoneNumber) -> Result<Option<AccountId>, StoreError> {
+        let row = sqlx::query("SELECT id FROM accounts WHERE phone = ?")
+            .bind(phone.e164())
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| account_id(r.get(0))).transpose()
+    }
+
+    async fn account_exists(&self, account: AccountId) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM accounts WHERE id = ?")
+            .bind(account.as_bytes().to_vec())
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn add_key_packages(
+        &self,
+        device: DeviceId,
+        packages: Vec<NewKeyPackage>,
+        now: Timestamp,
+        max_per_device: u64,
+    ) -> Result<AddKeyPackagesOutcome, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let dev = device.as_bytes().to_vec();
+        for kp in &packages {
+            if kp.last_resort {
+                sqlx::query("DELETE FROM key_packages WHERE device_id = ? AND last_resort = 1")
+                    .bind(dev.clone())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "INSERT INTO key_packages (device_id, kp_ref, data, last_resort, created_at)
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, kp_ref) DO NOTHING",
+            )
+            .bind(dev.clone())
+            .bind(kp.id.as_bytes().to_vec())
+            .bind(&kp.data)
+            .bind(kp.last_resort)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let count = count_key_packages(&mut tx, &dev).await?;
+        if count.remaining > max_per_device {
+            tx.rollback().await?;
+            return Ok(AddKeyPackagesOutcome::LimitExceeded);
+        }
+        tx.commit().await?;
+        Ok(AddKeyPackagesOutcome::Stored(count))
+    }
+
+    async fn key_package_count(&self, device: DeviceId) -> Result<KeyPackageCount, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        count_key_packages(&mut conn, device.as_bytes()).await
+    }
+
+    async fn claim_key_packages(&self, devices: &[DeviceId]) -> Result<ClaimOutcome, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let active = active_devices(&mut tx, devices).await?;
+        let unknown: Vec<DeviceId> = devices
+            .iter()
+            .filter(|d| !active.contains(d))
+            .copied()
+            .collect();
+        if !unknown.is_empty() {
+            return Ok(ClaimOutcome::UnknownDevices(unknown));
+        }
+        let mut claimed = Vec::with_capacity(devices.len());
+        let mut exhausted = Vec::new();
+        for device in devices {
+            let dev = device.as_bytes().to_vec();
+            // One statement picks and deletes the oldest one-time package, so
+            // two claims can never both see the same row.
+            let one_time = sqlx::query(
+                "DELETE FROM key_packages WHERE seq =
+                   (SELECT seq FROM key_packages WHERE device_id = ? AND last_resort = 0
+                    ORDER BY seq LIMIT 1)
+                 RETURNING kp_ref, data",
+            )
+            .bind(dev.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (row, last_resort) = match one_time {
+                Some(row) => (Some(row), false),
+                None => (
+                    sqlx::query(
+                        "SELECT kp_ref, data FROM key_packages WHERE device_id = ? AND last_resort = 1 LIMIT 1",
+                    )
+                    .bind(dev)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+                    true,
+                ),
+            };
+            match row {
+                Some(row) => claimed.push(ClaimedKeyPackage {
+                    device_id: *device,
+                    id: KeyPackageRef::new(row.get(0))
+                        .map_err(|_| StoreError::Corrupt("key package reference"))?,
+                    data: row.get(1),
+                    last_resort,
+                }),
+                None => exhausted.push(*device),
+            }
+        }
+        if !exhausted.is_empty() {
+            tx.rollback().await?;
+            return Ok(ClaimOutcome::Exhausted(exhausted));
+        }
+        tx.commit().await?;
+        Ok(ClaimOutcome::Claimed(claimed))
+    }
+
+    async fn enqueue(&self, envelope: NewEnvelope) -> Result<EnqueueOutcome, StoreError> {
+        let payload_hash = Sha256::digest(&envelope.payload).to_vec();
+        let id = envelope.id.as_bytes().to_vec();
+        let mut tx = self.write.begin().await?;
+        let receipt = sqlx::query("SELECT payload_hash FROM envelope_receipts WHERE id = ?")
+            .bind(id.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = receipt {
+            let stored: Vec<u8> = row.get(0);
+            return Ok(if stored == payload_hash {
+                EnqueueOutcome::Duplicate
+            } else {
+                EnqueueOutcome::Conflict
+            });
+        }
+        let active = active_devices(&mut tx, &envelope.recipients).await?;
+        let unknown: Vec<DeviceId> = envelope
+            .recipients
+            .iter()
+            .filter(|d| !active.contains(d))
+            .copied()
+            .collect();
+        if !unknown.is_empty() {
+            return Ok(EnqueueOutcome::UnknownRecipients(unknown));
+        }
+        let mut full = Vec::new();
+        for chunk in envelope.recipients.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT device_id, COUNT(*) FROM mailbox WHERE device_id IN (",
+            );
+            let mut sep = q.separated(", ");
+            for d in chunk {
+                sep.push_bind(d.as_bytes().to_vec());
+            }
+            q.push(") GROUP BY device_id");
+            for row in q.build().fetch_all(&mut *tx).await? {
+                let count: i64 = row.get(1);
+                if u64::try_from(count).unwrap_or(u64::MAX) >= envelope.max_queued {
+                    full.push(device_id(row.get(0))?);
+                }
+            }
+        }
+        if !full.is_empty() {
+            full.sort();
+            return Ok(EnqueueOutcome::MailboxFull(full));
+        }
+        sqlx::query(
+            "INSERT INTO envelopes (id, kind, payload, received_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id.clone())
+        .bind(kind_to_str(envelope.kind))
+        .bind(&envelope.payload)
+        .bind(ms(envelope.now))
+        .bind(ms(envelope.expires_at))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO envelope_receipts (id, payload_hash, received_at) VALUES (?, ?, ?)",
+        )
+        .bind(id.clone())
+        .bind(payload_hash)
+        .bind(ms(envelope.now))
+        .execute(&mut *tx)
+        .await?;
+        for chunk in envelope.recipients.chunks(INSERT_CHUNK) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT INTO mailbox (device_id, envelope_id) ");
+            q.push_values(chunk, |mut b, d| {
+                b.push_bind(d.as_bytes().to_vec()).push_bind(id.clone());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(EnqueueOutcome::Queued)
+    }
+
+    async fn pending(
+        &self,
+        device: DeviceId,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<QueuedEnvelope>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.kind, e.received_at, e.payload FROM mailbox m
+             JOIN envelopes e ON e.id = m.envelope_id
+             WHERE m.device_id = ? AND e.expires_at > ?
+             ORDER BY m.seq LIMIT ?",
+        )
+        .bind(device.as_bytes().to_vec())
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(QueuedEnvelope {
+                    id: EnvelopeId::from_bytes(id16(row.get(0))?),
+                    kind: kind_from_str(row.get::<&str, _>(1))?,
+                    received_at: Timestamp(row.get(2)),
+                    payload: row.get(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn ack(&self, device: DeviceId, ids: &[EnvelopeId]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.write.begin().await?;
+        let mut removed = 0;
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM mailbox WHERE device_id = ");
+            q.push_bind(device.as_bytes().to_vec());
+            q.push(" AND envelope_id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.as_bytes().to_vec());
+            }
+            q.push(")");
+            removed += q.build().execute(&mut *tx).await?.rows_affected();
+
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM envelopes WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.as_bytes().to_vec());
+            }
+            q.push(
+                ") AND NOT EXISTS (SELECT 1 FROM mailbox WHERE mailbox.envelope_id = envelopes.id)",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn record_ip(&self, o: IpObservation) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO ip_log (account_id, ip, port, first_seen, last_seen) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (account_id, ip, port) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+        )
+        .bind(o.account_id.as_bytes().to_vec())
+        .bind(o.ip.to_string())
+        .bind(i64::from(o.port))
+        .bind(ms(o.at))
+        .bind(ms(o.at))
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn ip_log(&self, account: AccountId) -> Result<Vec<IpLogEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ip, port, first_seen, last_seen FROM ip_log WHERE account_id = ?
+             ORDER BY first_seen, ip, port",
+        )
+        .bind(account.as_bytes().to_vec())
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let ip: String = row.get(0);
+                let port: i64 = row.get(1);
+                Ok(IpLogEntry {
+                    ip: ip
+                        .parse::<IpAddr>()
+                        .map_err(|_| StoreError::Corrupt("ip address"))?,
+                    port: u16::try_from(port).map_err(|_| StoreError::Corrupt("port"))?,
+                    first_seen: Timestamp(row.get(2)),
+                    last_seen: Timestamp(row.get(3)),
+                })
+            })
+            .collect()
+    }
+
+    async fn purge(&self, c: PurgeCutoffs) -> Result<PurgeCounts, StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "DELETE FROM mailbox WHERE envelope_id IN (SELECT id FROM envelopes WHERE expires_at <= ?)",
+        )
+        .bind(ms(c.now))
+        .execute(&mut *tx)
+        .await?;
+        let envelopes = sqlx::query("DELETE FROM envelopes WHERE expires_at <= ?")
+            .bind(ms(c.now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let ip_log = sqlx::query("DELETE FROM ip_log WHERE last_seen < ?")
+            .bind(ms(c.ip_log_before))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let mut codes = sqlx::query("DELETE FROM verification_codes WHERE expires_at <= ?")
+            .bind(ms(c.now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        codes += sqlx::query("DELETE FROM code_requests WHERE requested_at < ?")
+            .bind(ms(c.code_requests_before))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let receipts = sqlx::query("DELETE FROM envelope_receipts WHERE received_at < ?")
+            .bind(ms(c.receipts_before))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(PurgeCounts {
+            envelopes,
+            ip_log,
+            codes,
+            receipts,
+        })
+    }
+}
+
+async fn count_key_packages(
+    conn: &mut sqlx::SqliteConnection,
+    device: &[u8],
+) -> Result<KeyPackageCount, StoreError> {
+    let row = sqlx::query(
+        "SELECT COALESCE(SUM(last_resort = 0), 0), COALESCE(SUM(last_resort = 1), 0)
+         FROM key_packages WHERE device_id = ?",
+    )
+    .bind(device.to_vec())
+    .fetch_one(&mut *conn)
+    .await?;
+    let remaining: i64 = row.get(0);
+    let last_resort: i64 = row.get(1);
+    Ok(KeyPackageCount {
+        remaining: u64::try_from(remaining).unwrap_or(0),
+        last_resort: last_resort > 0,
+    })
+}

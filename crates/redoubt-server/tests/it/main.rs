@@ -1,0 +1,13 @@
+//! The relay's integration tests: a real server on `127.0.0.1:0` with a real
+//! SQLite file, driven over HTTP and WebSocket, plus the shared storage suite.
+
+mod auth;
+mod bad_input;
+mod binary;
+mod delivery;
+mod keypackages;
+mod logs;
+mod ops;
+mod registration;
+mod retention;
+mod storage;

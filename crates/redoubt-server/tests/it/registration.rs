@@ -1,0 +1,273 @@
+//! Registration by phone number, with codes read from the dev sender's log.
+
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey};
+use redoubt_proto::api::*;
+use redoubt_proto::{ErrorCode, PhoneNumber};
+use reqwest::StatusCode;
+use test_support::{api_error, fresh_phone, logs, TestServer};
+
+async fn request_code(server: &TestServer, phone: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(server.url("/v1/registration/code"))
+        .json(&serde_json::json!({ "phone": phone }))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn verify_body(phone: &str, code: &str, key: &SigningKey) -> VerifyCodeRequest {
+    let phone = PhoneNumber::parse(phone).unwrap();
+    let challenge = VerifyCodeRequest::registration_challenge(&phone, code);
+    VerifyCodeRequest {
+        phone,
+        code: code.into(),
+        device_name: "laptop".into(),
+        signature_key: key.verifying_key().to_bytes().to_vec().into(),
+        proof: key.sign(&challenge).to_bytes().to_vec().into(),
+    }
+}
+
+async fn verify(server: &TestServer, body: &VerifyCodeRequest) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(server.url("/v1/registration/verify"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn logged_code(phone: &str) -> String {
+    logs::dev_code_for(&logs::captured(), phone).expect("the dev sender logged a code")
+}
+
+#[tokio::test]
+async fn a_code_from_the_dev_sender_registers_an_account_and_device() {
+    let server = TestServer::start().await;
+    let phone = fresh_phone();
+    let response = request_code(&server, &phone).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: RequestCodeResponse = response.json().await.unwrap();
+    assert_eq!(body.expires_in_seconds, 600);
+
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let response = verify(&server, &verify_body(&phone, &logged_code(&phone), &key)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let registered: VerifyCodeResponse = response.json().await.unwrap();
+    assert!(registered.new_account);
+
+    let devices: OwnDevicesResponse = reqwest::Client::new()
+        .get(server.url("/v1/devices"))
+        .bearer_auth(registered.token.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(devices.devices.len(), 1);
+    assert_eq!(devices.devices[0].device_id, registered.device_id);
+    assert!(devices.devices[0].current);
+    assert_eq!(devices.devices[0].name, "laptop");
+    assert_eq!(
+        devices.devices[0].signature_key.as_slice(),
+        key.verifying_key().as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn verifying_again_adds_a_device_to_the_same_account() {
+    let server = TestServer::start().await;
+    let first = server.register_fresh().await;
+    let second = server.register(first.phone.e164()).await;
+    assert_eq!(first.account_id, second.account_id);
+    assert_ne!(first.device_id, second.device_id);
+    let devices: OwnDevicesResponse = second.get("/v1/devices").await.json().await.unwrap();
+    assert_eq!(devices.devices.len(), 2);
+    assert_eq!(devices.devices.iter().filter(|d| d.current).count(), 1);
+}
+
+#[tokio::test]
+async fn a_code_works_once() {
+    let server = TestServer::start().await;
+    let phone = fresh_phone();
+    request_code(&server, &phone).await;
+    let code = logged_code(&phone);
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    assert_eq!(
+        verify(&server, &verify_body(&phone, &code, &key))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let (status, body) = api_error(verify(&server, &verify_body(&phone, &code, &key)).await).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::BAD_REQUEST, ErrorCode::NoCodePending)
+    );
+}
+
+#[tokio::test]
+async fn wrong_codes_are_counted_and_then_refused() {
+    let server = TestServer::start().await;
+    let phone = fresh_phone();
+    request_code(&server, &phone).await;
+    let code = logged_code(&phone);
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    for _ in 0..5 {
+        let (status, body) =
+            api_error(verify(&server, &verify_body(&phone, wrong, &key)).await).await;
+        assert_eq!(
+            (status, body.error.code),
+            (StatusCode::UNAUTHORIZED, ErrorCode::CodeIncorrect)
+        );
+    }
+    let (status, body) = api_error(verify(&server, &verify_body(&phone, &code, &key)).await).await;
+    assert_eq!(
+        (status, body.error.code),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::CodeAttemptsExceeded
+        )
+    );
+}
+
+#[tokio::test]
+async fn codes_expire() {
+    let server = TestServer::start().await;
+    let phone = fresh_phone();
+    request_code(&server, &phone).await;
+    let code = logged_code(&phone);
+    server.clock.advance(Duration::from_secs(601));
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let (status, body) = api_error(verify(&server, &verify_body(&phone, &code, &key)).await).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::GONE, ErrorCode::CodeExpired)
+    );
+}
+
+#[tokio::test]
+async fn code_requests_are_rate_limited_per_number_and_per_ip() {
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.registration.per_number.max = 2;
+            c.registration.per_ip.max = 4;
+        })
+        .start()
+        .await;
+    let phone = fresh_phone();
+    for _ in 0..2 {
+        assert_eq!(
+            request_code(&server, &phone).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let response = request_code(&server, &phone).await;
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 0 && retry_after <= 15 * 60);
+    let (status, body) = api_error(response).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
+    );
+
+    // Two more numbers from the same address use up the per-IP allowance.
+    assert_eq!(
+        request_code(&server, &fresh_phone()).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        request_code(&server, &fresh_phone()).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let (status, body) = api_error(request_code(&server, &fresh_phone()).await).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
+    );
+
+    // The window slides: later, requests are accepted again.
+    server.clock.advance(Duration::from_secs(3601));
+    assert_eq!(
+        request_code(&server, &phone).await.status(),
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn bad_keys_and_proofs_are_refused_without_using_an_attempt() {
+    let server = TestServer::start().await;
+    let phone = fresh_phone();
+    request_code(&server, &phone).await;
+    let code = logged_code(&phone);
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+
+    let mut short_key = verify_body(&phone, &code, &key);
+    short_key.signature_key = vec![1; 31].into();
+    let (status, body) = api_error(verify(&server, &short_key).await).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::BAD_REQUEST, ErrorCode::InvalidSignatureKey)
+    );
+
+    // A signature by another key does not prove possession of this one.
+    let mut stolen = verify_body(&phone, &code, &key);
+    let other = SigningKey::generate(&mut rand::rngs::OsRng);
+    stolen.proof = verify_body(&phone, &code, &other).proof;
+    let (status, body) = api_error(verify(&server, &stolen).await).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::BAD_REQUEST, ErrorCode::InvalidProof)
+    );
+
+    let mut bad_name = verify_body(&phone, &code, &key);
+    bad_name.device_name = "\u{0007}".into();
+    let (status, body) = api_error(verify(&server, &bad_name).await).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest)
+    );
+
+    let mut letters = verify_body(&phone, "12ab56", &key);
+    letters.code = "12ab56".into();
+    let (status, body) = api_error(verify(&server, &letters).await).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest)
+    );
+
+    // None of that used up the code.
+    assert_eq!(
+        verify(&server, &verify_body(&phone, &code, &key))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn bad_phone_numbers_get_400_with_a_clear_code() {
+    let server = TestServer::start().await;
+    for bad in [
+        "0612345678",
+        "+33 0 12 34 56 78",
+        "hello",
+        "+",
+        "+999999999999999999",
+    ] {
+        let (status, body) = api_error(request_code(&server, bad).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(body.error.code, ErrorCode::InvalidPhoneNumber, "{bad}");
+        assert!(
+            !body.error.message.contains(bad.trim_start_matches('+')) || bad == "+",
+            "{bad}"
+        );
+    }
+}

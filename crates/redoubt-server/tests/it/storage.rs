@@ -1,0 +1,549 @@
+//! The storage suite. Every backend runs these same bodies (see the
+//! `storage_suite!` invocations at the bottom), so backends cannot drift.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redoubt_proto::api::EnvelopeKind;
+use redoubt_proto::{AccountId, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber, Timestamp};
+use redoubt_server::storage::*;
+
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+
+fn digest(seed: &str) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(seed.as_bytes()).into()
+}
+
+fn phone() -> PhoneNumber {
+    PhoneNumber::parse(&test_support::fresh_phone()).unwrap()
+}
+
+/// Registers a device through the code flow and returns its auth.
+async fn device(store: &dyn Store, phone: &PhoneNumber) -> DeviceAuth {
+    let key = digest(phone.e164());
+    let issued = store
+        .issue_code(CodeIssue {
+            phone_key: key,
+            ip: "127.0.0.1".parse().unwrap(),
+            code_hash: digest("code"),
+            now: T0,
+            expires_at: T0.plus(Duration::from_secs(600)),
+            per_number_max: 100,
+            per_number_window: Duration::from_secs(60),
+            per_ip_max: 10_000,
+            per_ip_window: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    assert_eq!(issued, IssueOutcome::Issued);
+    let id = DeviceId::random();
+    let token = digest(&id.to_string());
+    let outcome = store
+        .verify_code(Verification {
+            phone: phone.clone(),
+            phone_key: key,
+            code_hash: digest("code"),
+            now: T0,
+            max_attempts: 3,
+            new_account_id: AccountId::random(),
+            device: NewDevice {
+                id,
+                name: "d".into(),
+                signature_key: vec![1; 32],
+                token_hash: token,
+            },
+        })
+        .await
+        .unwrap();
+    let VerifyOutcome::Registered { .. } = outcome else {
+        panic!("registered: {outcome:?}")
+    };
+    match store.token_status(&token).await.unwrap() {
+        TokenStatus::Active(auth) => auth,
+        other => panic!("active token expected, got {other:?}"),
+    }
+}
+
+fn envelope(recipients: Vec<DeviceId>, payload: &[u8], max_queued: u64) -> NewEnvelope {
+    NewEnvelope {
+        id: EnvelopeId::random(),
+        kind: EnvelopeKind::Mls,
+        payload: payload.to_vec(),
+        recipients,
+        now: T0,
+        expires_at: T0.plus(Duration::from_secs(3600)),
+        max_queued,
+    }
+}
+
+fn kp(last_resort: bool) -> NewKeyPackage {
+    NewKeyPackage {
+        id: KeyPackageRef::new(EnvelopeId::random().as_bytes().to_vec()).unwrap(),
+        data: vec![7; 100],
+        last_resort,
+    }
+}
+
+pub async fn codes_are_single_use_and_limited(store: Arc<dyn Store>) {
+    let phone = phone();
+    let key = digest(phone.e164());
+    let issue = |now: Timestamp| CodeIssue {
+        phone_key: key,
+        ip: "127.0.0.9".parse().unwrap(),
+        code_hash: digest("right"),
+        now,
+        expires_at: now.plus(Duration::from_secs(600)),
+        per_number_max: 2,
+        per_number_window: Duration::from_secs(900),
+        per_ip_max: 100,
+        per_ip_window: Duration::from_secs(900),
+    };
+    assert_eq!(
+        store.issue_code(issue(T0)).await.unwrap(),
+        IssueOutcome::Issued
+    );
+    assert_eq!(
+        store.issue_code(issue(T0)).await.unwrap(),
+        IssueOutcome::Issued
+    );
+    let IssueOutcome::RateLimited { retry_after } = store.issue_code(issue(T0)).await.unwrap()
+    else {
+        panic!("third request in the window must be limited");
+    };
+    assert_eq!(retry_after, Duration::from_secs(900));
+    let verify = |code: &str, now: Timestamp| Verification {
+        phone: phone.clone(),
+        phone_key: key,
+        code_hash: digest(code),
+        now,
+        max_attempts: 2,
+        new_account_id: AccountId::random(),
+        device: NewDevice {
+            id: DeviceId::random(),
+            name: "x".into(),
+            signature_key: vec![2; 32],
+            token_hash: digest(&format!("{code}{}", now.millis())),
+        },
+    };
+    assert_eq!(
+        store.verify_code(verify("wrong", T0)).await.unwrap(),
+        VerifyOutcome::Incorrect
+    );
+    let VerifyOutcome::Registered { new_account, .. } =
+        store.verify_code(verify("right", T0)).await.unwrap()
+    else {
+        panic!("right code registers");
+    };
+    assert!(new_account);
+    // Single use: the same code again finds nothing pending.
+    assert_eq!(
+        store.verify_code(verify("right", T0)).await.unwrap(),
+        VerifyOutcome::NoCodePending
+    );
+    // After the window, a new code can be issued; it expires on time.
+    let later = T0.plus(Duration::from_secs(901));
+    assert_eq!(
+        store.issue_code(issue(later)).await.unwrap(),
+        IssueOutcome::Issued
+    );
+    let expired = later.plus(Duration::from_secs(601));
+    assert_eq!(
+        store.verify_code(verify("right", expired)).await.unwrap(),
+        VerifyOutcome::Expired
+    );
+    // Attempts run out.
+    let even_later = later.plus(Duration::from_secs(2000));
+    assert_eq!(
+        store.issue_code(issue(even_later)).await.unwrap(),
+        IssueOutcome::Issued
+    );
+    assert_eq!(
+        store.verify_code(verify("a", even_later)).await.unwrap(),
+        VerifyOutcome::Incorrect
+    );
+    assert_eq!(
+        store.verify_code(verify("b", even_later)).await.unwrap(),
+        VerifyOutcome::Incorrect
+    );
+    assert_eq!(
+        store
+            .verify_code(verify("right", even_later))
+            .await
+            .unwrap(),
+        VerifyOutcome::AttemptsExceeded
+    );
+}
+
+pub async fn second_device_joins_the_account(store: Arc<dyn Store>) {
+    let phone = phone();
+    let first = device(&*store, &phone).await;
+    let second = device(&*store, &phone).await;
+    assert_eq!(first.account_id, second.account_id);
+    assert_ne!(first.device_id, second.device_id);
+    assert_eq!(
+        store.account_by_phone(&phone).await.unwrap(),
+        Some(first.account_id)
+    );
+    let devices = store.devices(first.account_id).await.unwrap();
+    let mut listed: Vec<DeviceId> = devices.iter().map(|d| d.device_id).collect();
+    let mut expected = vec![first.device_id, second.device_id];
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+pub async fn revocation_clears_a_device(store: Arc<dyn Store>) {
+    let phone = phone();
+    let a = device(&*store, &phone).await;
+    let b = device(&*store, &phone).await;
+    store
+        .add_key_packages(b.device_id, vec![kp(false)], T0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .enqueue(envelope(vec![a.device_id, b.device_id], b"x", 10))
+            .await
+            .unwrap(),
+        EnqueueOutcome::Queued
+    );
+    let other = device(&*store, &self::phone()).await;
+    assert!(
+        !store
+            .revoke_device(other.account_id, b.device_id, T0)
+            .await
+            .unwrap(),
+        "not the owner"
+    );
+    assert!(store
+        .revoke_device(a.account_id, b.device_id, T0)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .revoke_device(a.account_id, b.device_id, T0)
+            .await
+            .unwrap(),
+        "already revoked"
+    );
+    assert_eq!(
+        store
+            .token_status(&digest(&b.device_id.to_string()))
+            .await
+            .unwrap(),
+        TokenStatus::Revoked
+    );
+    assert_eq!(store.pending(b.device_id, T0, 10).await.unwrap(), vec![]);
+    assert_eq!(
+        store
+            .key_package_count(b.device_id)
+            .await
+            .unwrap()
+            .remaining,
+        0
+    );
+    // The other recipient keeps its copy.
+    assert_eq!(store.pending(a.device_id, T0, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .enqueue(envelope(vec![b.device_id], b"y", 10))
+            .await
+            .unwrap(),
+        EnqueueOutcome::UnknownRecipients(vec![b.device_id])
+    );
+}
+
+pub async fn key_packages_are_claimed_once(store: Arc<dyn Store>) {
+    let owner = device(&*store, &phone()).await;
+    let count = store
+        .add_key_packages(
+            owner.device_id,
+            vec![kp(false), kp(false), kp(true)],
+            T0,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        count,
+        AddKeyPackagesOutcome::Stored(KeyPackageCount {
+            remaining: 2,
+            last_resort: true
+        })
+    );
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..2 {
+        let ClaimOutcome::Claimed(c) = store.claim_key_packages(&[owner.device_id]).await.unwrap()
+        else {
+            panic!("claim");
+        };
+        assert!(!c[0].last_resort);
+        assert!(
+            seen.insert(c[0].id.clone()),
+            "a one-time package was handed out twice"
+        );
+    }
+    // Then the last-resort package, again and again, never deleted.
+    for _ in 0..2 {
+        let ClaimOutcome::Claimed(c) = store.claim_key_packages(&[owner.device_id]).await.unwrap()
+        else {
+            panic!("claim");
+        };
+        assert!(c[0].last_resort);
+    }
+    assert_eq!(
+        store.key_package_count(owner.device_id).await.unwrap(),
+        KeyPackageCount {
+            remaining: 0,
+            last_resort: true
+        }
+    );
+    // All or nothing: one exhausted device means nothing is claimed.
+    let empty = device(&*store, &phone()).await;
+    store
+        .add_key_packages(owner.device_id, vec![kp(false)], T0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_key_packages(&[owner.device_id, empty.device_id])
+            .await
+            .unwrap(),
+        ClaimOutcome::Exhausted(vec![empty.device_id])
+    );
+    assert_eq!(
+        store
+            .key_package_count(owner.device_id)
+            .await
+            .unwrap()
+            .remaining,
+        1
+    );
+    let ghost = DeviceId::random();
+    assert_eq!(
+        store.claim_key_packages(&[ghost]).await.unwrap(),
+        ClaimOutcome::UnknownDevices(vec![ghost])
+    );
+    // The per-device limit refuses the whole batch.
+    let batch = (0..10).map(|_| kp(false)).collect();
+    assert_eq!(
+        store
+            .add_key_packages(owner.device_id, batch, T0, 10)
+            .await
+            .unwrap(),
+        AddKeyPackagesOutcome::LimitExceeded
+    );
+    assert_eq!(
+        store
+            .key_package_count(owner.device_id)
+            .await
+            .unwrap()
+            .remaining,
+        1
+    );
+}
+
+pub async fn concurrent_claims_never_share_a_package(store: Arc<dyn Store>) {
+    let owner = device(&*store, &phone()).await;
+    let batch = (0..25).map(|_| kp(false)).collect();
+    store
+        .add_key_packages(owner.device_id, batch, T0, 100)
+        .await
+        .unwrap();
+    let claims = (0..60).map(|_| {
+        let store = store.clone();
+        let device = owner.device_id;
+        tokio::spawn(async move { store.claim_key_packages(&[device]).await.unwrap() })
+    });
+    let results = futures::future::join_all(claims).await;
+    let mut ids = std::collections::HashSet::new();
+    let mut exhausted = 0;
+    for r in results {
+        match r.unwrap() {
+            ClaimOutcome::Claimed(c) => assert!(ids.insert(c[0].id.clone()), "handed out twice"),
+            ClaimOutcome::Exhausted(_) => exhausted += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(ids.len(), 25);
+    assert_eq!(exhausted, 35);
+}
+
+pub async fn envelopes_queue_in_order_and_leave_on_ack(store: Arc<dyn Store>) {
+    let a = device(&*store, &phone()).await;
+    let b = device(&*store, &phone()).await;
+    let mut ids = Vec::new();
+    for i in 0..5u8 {
+        let e = envelope(vec![a.device_id, b.device_id], &[i; 10], 100);
+        ids.push(e.id);
+        assert_eq!(store.enqueue(e).await.unwrap(), EnqueueOutcome::Queued);
+    }
+    let pending = store.pending(a.device_id, T0, 100).await.unwrap();
+    assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    assert_eq!(pending[3].payload, vec![3; 10]);
+    assert_eq!(store.pending(a.device_id, T0, 2).await.unwrap().len(), 2);
+    assert_eq!(store.ack(a.device_id, &ids[..2]).await.unwrap(), 2);
+    assert_eq!(
+        store.ack(a.device_id, &ids[..2]).await.unwrap(),
+        0,
+        "acking twice removes nothing"
+    );
+    assert_eq!(store.pending(a.device_id, T0, 100).await.unwrap().len(), 3);
+    // b's copies are untouched by a's acks.
+    assert_eq!(store.pending(b.device_id, T0, 100).await.unwrap().len(), 5);
+}
+
+pub async fn retries_are_recognised(store: Arc<dyn Store>) {
+    let a = device(&*store, &phone()).await;
+    let e = envelope(vec![a.device_id], b"once", 100);
+    assert_eq!(
+        store.enqueue(e.clone()).await.unwrap(),
+        EnqueueOutcome::Queued
+    );
+    assert_eq!(
+        store.enqueue(e.clone()).await.unwrap(),
+        EnqueueOutcome::Duplicate
+    );
+    let mut other = e.clone();
+    other.payload = b"twice".to_vec();
+    assert_eq!(
+        store.enqueue(other).await.unwrap(),
+        EnqueueOutcome::Conflict
+    );
+    // Even after delivery and deletion, a retry is not delivered again.
+    assert_eq!(store.ack(a.device_id, &[e.id]).await.unwrap(), 1);
+    assert_eq!(store.enqueue(e).await.unwrap(), EnqueueOutcome::Duplicate);
+    assert!(store.pending(a.device_id, T0, 10).await.unwrap().is_empty());
+}
+
+pub async fn full_mailboxes_refuse_the_whole_send(store: Arc<dyn Store>) {
+    let a = device(&*store, &phone()).await;
+    let b = device(&*store, &phone()).await;
+    for _ in 0..2 {
+        assert_eq!(
+            store
+                .enqueue(envelope(vec![a.device_id], b"x", 2))
+                .await
+                .unwrap(),
+            EnqueueOutcome::Queued
+        );
+    }
+    assert_eq!(
+        store
+            .enqueue(envelope(vec![b.device_id, a.device_id], b"y", 2))
+            .await
+            .unwrap(),
+        EnqueueOutcome::MailboxFull(vec![a.device_id])
+    );
+    assert!(
+        store.pending(b.device_id, T0, 10).await.unwrap().is_empty(),
+        "nothing queued for b"
+    );
+    let ghost = DeviceId::random();
+    assert_eq!(
+        store
+            .enqueue(envelope(vec![b.device_id, ghost], b"z", 2))
+            .await
+            .unwrap(),
+        EnqueueOutcome::UnknownRecipients(vec![ghost])
+    );
+    assert!(store.pending(b.device_id, T0, 10).await.unwrap().is_empty());
+}
+
+pub async fn purge_removes_only_what_expired(store: Arc<dyn Store>) {
+    let a = device(&*store, &phone()).await;
+    let old = envelope(vec![a.device_id], b"old", 100);
+    let mut fresh = envelope(vec![a.device_id], b"fresh", 100);
+    fresh.expires_at = T0.plus(Duration::from_secs(86_400 * 60));
+    store.enqueue(old.clone()).await.unwrap();
+    store.enqueue(fresh.clone()).await.unwrap();
+    let ip: IpAddr = "127.0.0.5".parse().unwrap();
+    let seen = |port, at| IpObservation {
+        account_id: a.account_id,
+        ip,
+        port,
+        at,
+    };
+    store.record_ip(seen(1000, T0)).await.unwrap();
+    store
+        .record_ip(seen(1000, T0.plus(Duration::from_secs(10))))
+        .await
+        .unwrap();
+    store
+        .record_ip(seen(2000, T0.plus(Duration::from_secs(86_400 * 20))))
+        .await
+        .unwrap();
+    let log = store.ip_log(a.account_id).await.unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].first_seen, T0);
+    assert_eq!(log[0].last_seen, T0.plus(Duration::from_secs(10)));
+
+    let now = T0.plus(Duration::from_secs(86_400 * 31));
+    // Expired envelopes are invisible even before the purge runs.
+    assert_eq!(
+        store
+            .pending(a.device_id, now, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>(),
+        vec![fresh.id]
+    );
+    let counts = store
+        .purge(PurgeCutoffs {
+            now,
+            ip_log_before: now.minus(Duration::from_secs(86_400 * 30)),
+            code_requests_before: now,
+            receipts_before: now.minus(Duration::from_secs(86_400 * 7)),
+        })
+        .await
+        .unwrap();
+    assert!(counts.envelopes >= 1 && counts.ip_log >= 1, "{counts:?}");
+    let log = store.ip_log(a.account_id).await.unwrap();
+    assert_eq!(log.iter().map(|e| e.port).collect::<Vec<_>>(), vec![2000]);
+    assert_eq!(store.pending(a.device_id, now, 10).await.unwrap().len(), 1);
+}
+
+/// Instantiates every suite body for one backend. `$make` is an async
+/// expression producing an `Arc<dyn Store>` (and whatever guard keeps it
+/// alive, as the second tuple element).
+macro_rules! storage_suite {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            storage_suite!(@tests $make;
+                codes_are_single_use_and_limited,
+                second_device_joins_the_account,
+                revocation_clears_a_device,
+                key_packages_are_claimed_once,
+                concurrent_claims_never_share_a_package,
+                envelopes_queue_in_order_and_leave_on_ack,
+                retries_are_recognised,
+                full_mailboxes_refuse_the_whole_send,
+                purge_removes_only_what_expired,
+            );
+        }
+    };
+    (@tests $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $make.await;
+                super::$name(store).await;
+            }
+        )*
+    };
+}
+
+async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite::SqliteStore::open(&dir.path().join("t.db"), &Default::default())
+        .await
+        .unwrap();
+    (Arc::new(store), dir)
+}
+
+storage_suite!(sqlite_backend, sqlite_store());
