@@ -287,6 +287,25 @@ pub enum WsEvent {
 }
 
 impl WsClient {
+    /// Opens the delivery WebSocket of the relay at `base` with `token`.
+    pub async fn connect(base: &str, token: &AuthToken) -> Self {
+        let url = format!("{}/v1/ws", base.replacen("http", "ws", 1));
+        let mut request = url.into_client_request().expect("ws request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", token.expose())
+                .parse()
+                .expect("header"),
+        );
+        let (stream, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connects");
+        WsClient {
+            stream,
+            raw: Vec::new(),
+        }
+    }
+
     /// The next frame or close, within [`PATIENCE`].
     pub async fn next(&mut self) -> WsEvent {
         loop {

@@ -1,0 +1,225 @@
+//! The relay's HTTP API, as the client calls it.
+
+use redoubt_proto::api::*;
+use redoubt_proto::{AccountId, AuthToken, DeviceId, EnvelopeId, ErrorBody, PhoneNumber};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{ClientError, Result};
+
+/// A connection to one relay, optionally authenticated.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+    token: Option<AuthToken>,
+}
+
+impl Api {
+    /// An unauthenticated client for `base` (such as `http://127.0.0.1:8080`).
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            token: None,
+        }
+    }
+
+    /// The same relay, authenticated with `token`.
+    pub fn with_token(mut self, token: AuthToken) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// The relay's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The token, if any.
+    pub fn token(&self) -> Option<&AuthToken> {
+        self.token.as_ref()
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose());
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable(without_url(e)))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable(without_url(e)))?;
+        if status.is_success() {
+            let text = if bytes.is_empty() {
+                &b"null"[..]
+            } else {
+                &bytes[..]
+            };
+            return serde_json::from_slice(text)
+                .map_err(|_| ClientError::BadResponse(status.as_u16()));
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(ClientError::Server {
+                status: status.as_u16(),
+                code: body.error.code,
+                message: body.error.message,
+                devices: body.error.devices,
+            }),
+            Err(_) => Err(ClientError::BadResponse(status.as_u16())),
+        }
+    }
+
+    /// Asks for a verification code.
+    pub async fn request_code(&self, phone: &PhoneNumber) -> Result<RequestCodeResponse> {
+        self.call(
+            Method::POST,
+            "/v1/registration/code",
+            Some(&RequestCodeRequest {
+                phone: phone.clone(),
+            }),
+        )
+        .await
+    }
+
+    /// Verifies a code and registers a device.
+    pub async fn verify_code(&self, request: &VerifyCodeRequest) -> Result<VerifyCodeResponse> {
+        self.call(Method::POST, "/v1/registration/verify", Some(request))
+            .await
+    }
+
+    /// The caller's devices.
+    pub async fn own_devices(&self) -> Result<OwnDevicesResponse> {
+        self.call::<(), _>(Method::GET, "/v1/devices", None).await
+    }
+
+    /// Revokes one of the caller's devices.
+    pub async fn revoke_device(&self, device: DeviceId) -> Result<()> {
+        self.call::<(), serde_json::Value>(Method::DELETE, &format!("/v1/devices/{device}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// The account behind a number.
+    pub async fn lookup(&self, phone: &PhoneNumber) -> Result<AccountDevicesResponse> {
+        match self
+            .call(
+                Method::POST,
+                "/v1/accounts/lookup",
+                Some(&LookupRequest {
+                    phone: phone.clone(),
+                }),
+            )
+            .await
+        {
+            Err(ClientError::Server { status: 404, .. }) => {
+                Err(ClientError::UnknownContact(phone.to_string()))
+            }
+            other => other,
+        }
+    }
+
+    /// An account's devices.
+    pub async fn account_devices(&self, account: AccountId) -> Result<AccountDevicesResponse> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/v1/accounts/{account}/devices"),
+            None,
+        )
+        .await
+    }
+
+    /// Uploads key packages.
+    pub async fn upload_key_packages(
+        &self,
+        key_packages: Vec<KeyPackageUpload>,
+    ) -> Result<KeyPackageCountResponse> {
+        self.call(
+            Method::POST,
+            "/v1/keypackages",
+            Some(&UploadKeyPackagesRequest { key_packages }),
+        )
+        .await
+    }
+
+    /// How many key packages are left.
+    pub async fn key_package_count(&self) -> Result<KeyPackageCountResponse> {
+        self.call::<(), _>(Method::GET, "/v1/keypackages/count", None)
+            .await
+    }
+
+    /// Claims one key package per device.
+    pub async fn claim(&self, devices: Vec<DeviceId>) -> Result<ClaimKeyPackagesResponse> {
+        self.call(
+            Method::POST,
+            "/v1/keypackages/claim",
+            Some(&ClaimKeyPackagesRequest { devices }),
+        )
+        .await
+    }
+
+    /// Sends an envelope.
+    pub async fn send(
+        &self,
+        id: EnvelopeId,
+        recipients: Vec<DeviceId>,
+        payload: Vec<u8>,
+    ) -> Result<SendResponse> {
+        self.call(
+            Method::POST,
+            "/v1/messages",
+            Some(&SendRequest {
+                id,
+                recipients,
+                payload: payload.into(),
+            }),
+        )
+        .await
+    }
+
+    /// Fetches the oldest waiting envelopes.
+    pub async fn fetch(&self) -> Result<FetchResponse> {
+        self.call::<(), _>(Method::GET, "/v1/messages", None).await
+    }
+
+    /// Acknowledges envelopes.
+    pub async fn ack(&self, ids: Vec<EnvelopeId>) -> Result<AckResponse> {
+        self.call(Method::POST, "/v1/messages/ack", Some(&AckRequest { ids }))
+            .await
+    }
+
+    /// Whether the server status means "unavailable", for retry decisions.
+    pub fn is_retryable(status: StatusCode) -> bool {
+        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+    }
+}
+
+/// reqwest errors print the URL; keep only the cause.
+fn without_url(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}

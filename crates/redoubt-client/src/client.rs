@@ -1,0 +1,1373 @@
+//! The client: a profile, its identity on one relay, its MLS groups.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::signatures::Signer as _;
+use redoubt_proto::api::{EnvelopeKind, KeyPackageUpload, VerifyCodeRequest};
+use redoubt_proto::{AccountId, AuthToken, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::Api;
+use crate::error::{ClientError, Result};
+use crate::mls::{self, Provider};
+use crate::model::*;
+use crate::seal::KdfParams;
+use crate::store::{Changes, ProfileStore};
+
+/// The largest text message, in bytes of UTF-8.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+
+/// The group id under which notices from the service itself are filed.
+pub const NOTICES_CHAT: &[u8] = b"redoubt/server-notices";
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Cost of deriving the profile key.
+    pub kdf: KdfParams,
+    /// Key packages to keep on the server.
+    pub key_packages: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            kdf: KdfParams::default(),
+            key_packages: 50,
+        }
+    }
+}
+
+/// Who this device is, sealed in the profile.
+#[derive(Serialize, Deserialize)]
+struct IdentityDoc {
+    server: String,
+    phone: PhoneNumber,
+    account: AccountId,
+    device: DeviceId,
+    token: AuthToken,
+    signer: SignatureKeyPair,
+}
+
+/// A member of a chat, device by device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// The account's number.
+    pub phone: String,
+    /// The account.
+    pub account: AccountId,
+    /// The device.
+    pub device: DeviceId,
+    /// Whether it is this device.
+    pub this_device: bool,
+}
+
+/// An account with the devices the relay lists for it, each with its
+/// public signature key.
+#[derive(Debug, Clone)]
+struct AccountDevices {
+    phone: PhoneNumber,
+    account: AccountId,
+    devices: Vec<(DeviceId, Vec<u8>)>,
+}
+
+/// What a sync brought in.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// Envelopes processed (new ones, not redeliveries).
+    pub processed: usize,
+    /// Messages stored (texts and notices).
+    pub messages: Vec<MessageRecord>,
+}
+
+/// An unlocked profile, ready to chat.
+pub struct Client {
+    store: ProfileStore,
+    api: Api,
+    identity: IdentityDoc,
+    provider: Provider,
+    groups: HashMap<Vec<u8>, MlsGroup>,
+    config: ClientConfig,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn system_message(group_id: &[u8], text: String) -> MessageRecord {
+    MessageRecord {
+        message_id: Uuid::new_v4(),
+        group_id: group_id.to_vec(),
+        author: Author::System,
+        text,
+        sent_at: now_ms(),
+        received_at: now_ms(),
+    }
+}
+
+impl Client {
+    /// Asks the relay to send a verification code to `phone`.
+    pub async fn request_code(server: &str, phone: &PhoneNumber) -> Result<()> {
+        Api::new(server).request_code(phone).await.map(|_| ())
+    }
+
+    /// Registers this device with `code`, creates the profile in `dir` and
+    /// uploads key packages.
+    pub async fn register(
+        dir: &Path,
+        passphrase: &str,
+        server: &str,
+        phone: &PhoneNumber,
+        code: &str,
+        device_name: &str,
+        config: ClientConfig,
+    ) -> Result<Self> {
+        if ProfileStore::exists(dir) {
+            return Err(ClientError::ProfileExists(dir.to_owned()));
+        }
+        let signer = SignatureKeyPair::new(SignatureScheme::ED25519).map_err(ClientError::mls)?;
+        let challenge = VerifyCodeRequest::registration_challenge(phone, code);
+        let proof = signer
+            .sign(&challenge)
+            .map_err(|e| ClientError::Mls(format!("{e:?}")))?;
+        let api = Api::new(server);
+        let registered = api
+            .verify_code(&VerifyCodeRequest {
+                phone: phone.clone(),
+                code: code.to_owned(),
+                device_name: device_name.to_owned(),
+                signature_key: signer.public().to_vec().into(),
+                proof: proof.into(),
+            })
+            .await?;
+        let store = ProfileStore::create(dir, passphrase, config.kdf).await?;
+        let identity = IdentityDoc {
+            server: api.base().to_owned(),
+            phone: phone.clone(),
+            account: registered.account_id,
+            device: registered.device_id,
+            token: registered.token.clone(),
+            signer,
+        };
+        let doc = serde_json::to_vec(&identity).map_err(|_| ClientError::Corrupt("identity"))?;
+
+        let mut client = Self {
+            store,
+            api: api.with_token(registered.token),
+            identity,
+            provider: Provider::default(),
+            groups: HashMap::new(),
+            config,
+        };
+        client
+            .store
+            .apply(Changes {
+                documents: vec![("identity", doc)],
+                ..Default::default()
+            })
+            .await?;
+        client.top_up_key_packages().await?;
+        Ok(client)
+    }
+
+    /// Opens an existing profile.
+    pub async fn open(dir: &Path, passphrase: &str, config: ClientConfig) -> Result<Self> {
+        let store = ProfileStore::open(dir, passphrase).await?;
+        let doc = store
+            .document("identity")
+            .await?
+            .ok_or(ClientError::Corrupt("identity missing"))?;
+        let identity: IdentityDoc =
+            serde_json::from_slice(&doc).map_err(|_| ClientError::Corrupt("identity"))?;
+        let provider = match store.document("mls").await? {
+            Some(snapshot) => Provider::restore(&snapshot)?,
+            None => Provider::default(),
+        };
+        let mut groups = HashMap::new();
+        for chat in store.chats().await? {
+            if chat.state != ChatState::Active {
+                continue;
+            }
+            let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(&chat.group_id))
+                .map_err(|_| ClientError::Corrupt("MLS group state"))?;
+            if let Some(group) = group {
+                groups.insert(chat.group_id.clone(), group);
+            }
+        }
+        let api = Api::new(&identity.server).with_token(identity.token.clone());
+        Ok(Self {
+            store,
+            api,
+            identity,
+            provider,
+            groups,
+            config,
+        })
+    }
+
+    /// This profile's number.
+    pub fn phone(&self) -> &PhoneNumber {
+        &self.identity.phone
+    }
+    /// This profile's account.
+    pub fn account_id(&self) -> AccountId {
+        self.identity.account
+    }
+    /// This device.
+    pub fn device_id(&self) -> DeviceId {
+        self.identity.device
+    }
+    /// The relay API (authenticated).
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    fn me(&self) -> MemberIdentity {
+        MemberIdentity {
+            account: self.identity.account,
+            device: self.identity.device,
+            phone: self.identity.phone.clone(),
+        }
+    }
+
+    fn credential(&self) -> Result<CredentialWithKey> {
+        mls::credential(&self.me(), &self.identity.signer)
+    }
+
+    /// Persists `changes` together with the current MLS state.
+    async fn persist(&self, mut changes: Changes) -> Result<()> {
+        changes.documents.push(("mls", self.provider.snapshot()?));
+        self.store.apply(changes).await
+    }
+
+    /// Uploads key packages when the server holds fewer than it asks for.
+    pub async fn top_up_key_packages(&mut self) -> Result<()> {
+        let count = self.api.key_package_count().await?;
+        let wanted = (self.config.key_packages as u64).max(count.low_watermark);
+        if count.remaining >= count.low_watermark && count.last_resort {
+            return Ok(());
+        }
+        let mut uploads = Vec::new();
+        for _ in count.remaining..wanted {
+            uploads.push(self.fresh_key_package(false)?);
+        }
+        if !count.last_resort {
+            uploads.push(self.fresh_key_package(true)?);
+        }
+        // The private halves are stored before the public ones are published,
+        // so no one can claim a key package this device cannot open.
+        self.persist(Changes::default()).await?;
+        for batch in uploads.chunks(100) {
+            self.api.upload_key_packages(batch.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    fn fresh_key_package(&self, last_resort: bool) -> Result<KeyPackageUpload> {
+        let kp = mls::key_package(
+            &self.provider,
+            &self.identity.signer,
+            self.credential()?,
+            last_resort,
+        )?;
+        Ok(KeyPackageUpload {
+            id: KeyPackageRef::new(kp.reference)
+                .map_err(|_| ClientError::Mls("key package reference".into()))?,
+            data: kp.bytes.into(),
+            last_resort,
+        })
+    }
+
+    /// Every chat, most recent first.
+    pub async fn chats(&self) -> Result<Vec<ChatRecord>> {
+        Ok(self
+            .store
+            .chats()
+            .await?
+            .into_iter()
+            .filter(|c| c.group_id != NOTICES_CHAT)
+            .collect())
+    }
+
+    /// A chat's last `limit` messages, oldest first.
+    pub async fn messages(&self, chat: &ChatRecord, limit: u32) -> Result<Vec<MessageRecord>> {
+        self.store.messages(&chat.group_id, limit).await
+    }
+
+    /// Notices from the service itself.
+    pub async fn notices(&self, limit: u32) -> Result<Vec<MessageRecord>> {
+        self.store.messages(NOTICES_CHAT, limit).await
+    }
+
+    /// Finds a chat by name, by the peer's number, or by a prefix of its id.
+    pub async fn find_chat(&self, query: &str) -> Result<ChatRecord> {
+        let chats = self.chats().await?;
+        let phone = PhoneNumber::parse(query).ok();
+        let matches: Vec<&ChatRecord> = chats
+            .iter()
+            .filter(|c| {
+                c.name == query
+                    || phone
+                        .as_ref()
+                        .is_some_and(|p| c.kind == ChatKind::Direct && c.name == p.e164())
+                    || (query.len() >= 4 && hex(&c.group_id).starts_with(&query.to_lowercase()))
+            })
+            .collect();
+        // Prefer an active chat when a name was reused after leaving.
+        matches
+            .iter()
+            .find(|c| c.state == ChatState::Active)
+            .or(matches.first())
+            .map(|c| (*c).clone())
+            .ok_or_else(|| ClientError::UnknownChat(query.to_owned()))
+    }
+
+    /// The members of a chat, device by device.
+    pub fn members(&self, chat: &ChatRecord) -> Result<Vec<Member>> {
+        let group = self
+            .groups
+            .get(&chat.group_id)
+            .ok_or(ClientError::NotAMember)?;
+        group
+            .members()
+            .map(|m| {
+                let id = mls::identity_of(&m.credential)?;
+                Ok(Member {
+                    this_device: id.device == self.identity.device,
+                    phone: id.phone.to_string(),
+                    account: id.account,
+                    device: id.device,
+                })
+            })
+            .collect()
+    }
+
+    /// The devices of other members, which every message goes to.
+    fn recipients(&self, group: &MlsGroup) -> Result<Vec<DeviceId>> {
+        let mut out = Vec::new();
+        for m in group.members() {
+            let id = mls::identity_of(&m.credential)?;
+            if id.device != self.identity.device {
+                out.push(id.device);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends one envelope to `recipients`. Devices the relay no longer knows
+    /// (revoked since the group last changed) are dropped and the send is
+    /// retried once for the rest: the relay queues all or nothing, so nobody
+    /// receives it twice.
+    async fn send_envelope(&self, mut recipients: Vec<DeviceId>, payload: Vec<u8>) -> Result<()> {
+        for _ in 0..2 {
+            if recipients.is_empty() {
+                return Ok(());
+            }
+            match self
+                .api
+                .send(EnvelopeId::random(), recipients.clone(), payload.clone())
+                .await
+            {
+                Err(ClientError::Server {
+                    code: redoubt_proto::ErrorCode::UnknownRecipients,
+                    devices,
+                    ..
+                }) if !devices.is_empty() => {
+                    recipients.retain(|d| !devices.contains(d));
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(ClientError::Invalid(
+            "the relay keeps refusing this chat's devices; try `redoubt sync`".into(),
+        ))
+    }
+
+    /// Claims and validates key packages for the devices of `accounts`
+    /// (each with the phone the user named), refusing any whose credential
+    /// does not match the device the server listed.
+    async fn claim_for(
+        &self,
+        accounts: &[AccountDevices],
+    ) -> Result<(Vec<KeyPackage>, Vec<ContactDevice>)> {
+        let devices: Vec<DeviceId> = accounts
+            .iter()
+            .flat_map(|a| a.devices.iter().map(|(id, _)| *id))
+            .collect();
+        if devices.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let claimed = self.api.claim(devices).await?;
+        let mut packages = Vec::new();
+        let mut contacts = Vec::new();
+        for c in claimed.key_packages {
+            let kp = mls::parse_key_package(&self.provider, c.data.as_slice())?;
+            let id = mls::identity_of(kp.leaf_node().credential())?;
+            let AccountDevices {
+                phone,
+                account,
+                devices: listed,
+            } = accounts
+                .iter()
+                .find(|a| a.account == id.account)
+                .ok_or_else(|| {
+                    ClientError::Mls("a key package names an account that was not asked for".into())
+                })?;
+            let listed_key = listed
+                .iter()
+                .find(|(d, _)| *d == c.device_id)
+                .map(|(_, k)| k);
+            if id.device != c.device_id
+                || id.phone != *phone
+                || listed_key.map(|k| k.as_slice())
+                    != Some(kp.leaf_node().signature_key().as_slice())
+            {
+                return Err(ClientError::Mls(
+                    "a key package does not match the device it was claimed for".into(),
+                ));
+            }
+            contacts.push(ContactDevice {
+                account_id: *account,
+                device_id: c.device_id,
+                signature_key: kp.leaf_node().signature_key().as_slice().to_vec(),
+                phone: phone.to_string(),
+            });
+            packages.push(kp);
+        }
+        Ok((packages, contacts))
+    }
+
+    async fn account_with_devices(&self, phone: &PhoneNumber) -> Result<AccountDevices> {
+        let found = self.api.lookup(phone).await?;
+        let devices = found
+            .devices
+            .into_iter()
+            .map(|d| (d.device_id, d.signature_key.into_vec()))
+            .collect();
+        Ok(AccountDevices {
+            phone: phone.clone(),
+            account: found.account_id,
+            devices,
+        })
+    }
+
+    async fn own_other_devices(&self) -> Result<AccountDevices> {
+        let own = self.api.own_devices().await?;
+        let devices = own
+            .devices
+            .into_iter()
+            .filter(|d| d.device_id != self.identity.device)
+            .map(|d| (d.device_id, d.signature_key.into_vec()))
+            .collect();
+        Ok(AccountDevices {
+            phone: self.identity.phone.clone(),
+            account: self.identity.account,
+            devices,
+        })
+    }
+
+    /// Compares newly seen device keys with the ones remembered, returning
+    /// a loud notice for every account whose keys changed.
+    async fn key_change_notices(
+        &self,
+        group_id: &[u8],
+        seen: &[ContactDevice],
+    ) -> Result<Vec<MessageRecord>> {
+        let mut notices = Vec::new();
+        let mut warned = BTreeSet::new();
+        for device in seen {
+            if device.account_id == self.identity.account || warned.contains(&device.account_id) {
+                continue;
+            }
+            let known = self.store.contact_devices(device.account_id).await?;
+            let changed = !known.is_empty()
+                && !known.iter().any(|k| {
+                    k.device_id == device.device_id && k.signature_key == device.signature_key
+                });
+            if changed {
+                warned.insert(device.account_id);
+                notices.push(system_message(
+                    group_id,
+                    format!(
+                        "⚠ SAFETY NUMBER CHANGED for {}: a device with a new key joined. \
+                         Compare safety numbers with `redoubt verify {}` before trusting it.",
+                        device.phone, device.phone
+                    ),
+                ));
+            }
+        }
+        Ok(notices)
+    }
+
+    /// Creates a chat with the accounts behind `phones` (all their devices
+    /// and this account's other devices).
+    async fn create_chat(
+        &mut self,
+        kind: ChatKind,
+        name: String,
+        phones: &[PhoneNumber],
+    ) -> Result<ChatRecord> {
+        let mut accounts = Vec::new();
+        for phone in phones {
+            if *phone == self.identity.phone {
+                return Err(ClientError::Invalid(
+                    "you cannot start a chat with your own number".into(),
+                ));
+            }
+            let account = self.account_with_devices(phone).await?;
+            if account.devices.is_empty() {
+                return Err(ClientError::UnknownContact(phone.to_string()));
+            }
+            accounts.push(account);
+        }
+        let own = self.own_other_devices().await?;
+        if !own.devices.is_empty() {
+            accounts.push(own);
+        }
+        let (packages, contacts) = self.claim_for(&accounts).await?;
+        let mut group = MlsGroup::new(
+            &self.provider,
+            &self.identity.signer,
+            &mls::create_config(),
+            self.credential()?,
+        )
+        .map_err(ClientError::mls)?;
+        let group_id = group.group_id().as_slice().to_vec();
+        let recipients: Vec<DeviceId> = contacts.iter().map(|c| c.device_id).collect();
+        let (_commit, welcome, _) = group
+            .add_members(&self.provider, &self.identity.signer, &packages)
+            .map_err(ClientError::mls)?;
+        group
+            .merge_pending_commit(&self.provider)
+            .map_err(ClientError::mls)?;
+        let info = AppMessage::ChatInfo {
+            kind,
+            name: if kind == ChatKind::Group {
+                name.clone()
+            } else {
+                String::new()
+            },
+        };
+        let info = group
+            .create_message(
+                &self.provider,
+                &self.identity.signer,
+                &serde_json::to_vec(&info).map_err(ClientError::mls)?,
+            )
+            .map_err(ClientError::mls)?;
+        // The Welcome goes first: the same mailbox order makes every new
+        // device join before it reads the chat's name.
+        self.send_envelope(
+            recipients.clone(),
+            welcome.tls_serialize_detached().map_err(ClientError::mls)?,
+        )
+        .await?;
+        self.send_envelope(
+            recipients,
+            info.tls_serialize_detached().map_err(ClientError::mls)?,
+        )
+        .await?;
+
+        let chat = ChatRecord {
+            group_id: group_id.clone(),
+            kind,
+            name,
+            peer: (kind == ChatKind::Direct).then(|| accounts[0].account),
+            state: ChatState::Active,
+            created_at: now_ms(),
+        };
+        let mut messages = self.key_change_notices(&group_id, &contacts).await?;
+        messages.push(system_message(&group_id, "You created this chat.".into()));
+        self.groups.insert(group_id, group);
+        self.persist(Changes {
+            chats: vec![chat.clone()],
+            messages,
+            contact_devices: contacts,
+            ..Default::default()
+        })
+        .await?;
+        Ok(chat)
+    }
+
+    /// Starts (or returns the existing) direct chat with the account behind `phone`.
+    pub async fn start_direct(&mut self, phone: &PhoneNumber) -> Result<ChatRecord> {
+        let existing = self.chats().await?.into_iter().find(|c| {
+            c.kind == ChatKind::Direct && c.state == ChatState::Active && c.name == phone.e164()
+        });
+        if let Some(chat) = existing {
+            return Ok(chat);
+        }
+        self.create_chat(
+            ChatKind::Direct,
+            phone.to_string(),
+            std::slice::from_ref(phone),
+        )
+        .await
+    }
+
+    /// Creates a named group with the accounts behind `phones`.
+    pub async fn create_group(&mut self, name: &str, phones: &[PhoneNumber]) -> Result<ChatRecord> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 || PhoneNumber::parse(name).is_ok() {
+            return Err(ClientError::Invalid(
+                "a group name must be 1 to 100 characters and not a phone number".into(),
+            ));
+        }
+        self.create_chat(ChatKind::Group, name.to_owned(), phones)
+            .await
+    }
+
+    fn active_group(&self, chat: &ChatRecord) -> Result<&MlsGroup> {
+        if chat.state != ChatState::Active {
+            return Err(ClientError::NotAMember);
+        }
+        self.groups
+            .get(&chat.group_id)
+            .ok_or(ClientError::NotAMember)
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(&mut self, chat: &ChatRecord, text: &str) -> Result<MessageRecord> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(ClientError::TooLarge {
+                len: text.len(),
+                max: MAX_TEXT_BYTES,
+            });
+        }
+        if text.trim().is_empty() {
+            return Err(ClientError::Invalid("an empty message is not sent".into()));
+        }
+        // A direct chat follows the peer's devices as they change: one
+        // request per send, worth it so a re-registered phone keeps receiving.
+        if chat.kind == ChatKind::Direct {
+            self.reconcile(chat).await?;
+        }
+        let id = Uuid::new_v4();
+        let sent_at = now_ms();
+        let body = serde_json::to_vec(&AppMessage::Text {
+            id,
+            text: text.to_owned(),
+            sent_at,
+        })
+        .map_err(ClientError::mls)?;
+        let (provider, signer) = (&self.provider, &self.identity.signer);
+        let group = self
+            .groups
+            .get_mut(&chat.group_id)
+            .filter(|_| chat.state == ChatState::Active)
+            .ok_or(ClientError::NotAMember)?;
+        let out = group
+            .create_message(provider, signer, &body)
+            .map_err(ClientError::mls)?;
+        let recipients = self.recipients(
+            self.groups
+                .get(&chat.group_id)
+                .ok_or(ClientError::NotAMember)?,
+        )?;
+        self.send_envelope(
+            recipients,
+            out.tls_serialize_detached().map_err(ClientError::mls)?,
+        )
+        .await?;
+        let record = MessageRecord {
+            message_id: id,
+            group_id: chat.group_id.clone(),
+            author: Author::Member {
+                account: self.identity.account,
+                device: self.identity.device,
+                phone: self.identity.phone.to_string(),
+                me: true,
+            },
+            text: text.to_owned(),
+            sent_at,
+            received_at: sent_at,
+        };
+        self.persist(Changes {
+            messages: vec![record.clone()],
+            ..Default::default()
+        })
+        .await?;
+        Ok(record)
+    }
+
+    /// Adds the account behind `phone` (all its devices) to a group.
+    pub async fn add_member(&mut self, chat: &ChatRecord, phone: &PhoneNumber) -> Result<()> {
+        if chat.kind != ChatKind::Group {
+            return Err(ClientError::Invalid(
+                "members can only be added to groups".into(),
+            ));
+        }
+        let account = self.account_with_devices(phone).await?;
+        let current = self.members(chat)?;
+        let new_devices: Vec<(DeviceId, Vec<u8>)> = account
+            .devices
+            .iter()
+            .filter(|(d, _)| !current.iter().any(|m| m.device == *d))
+            .cloned()
+            .collect();
+        if new_devices.is_empty() {
+            return Err(ClientError::Invalid(format!("{phone} is already a member")));
+        }
+        self.add_devices(
+            chat,
+            &[AccountDevices {
+                devices: new_devices,
+                ..account
+            }],
+        )
+        .await?;
+        let messages = vec![system_message(
+            &chat.group_id,
+            format!("You added {phone}."),
+        )];
+        self.persist(Changes {
+            messages,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Commits the addition of these accounts' devices, sends the commit to
+    /// the current members and the Welcome to the new devices, then the
+    /// chat's description to everyone.
+    async fn add_devices(&mut self, chat: &ChatRecord, accounts: &[AccountDevices]) -> Result<()> {
+        let (packages, contacts) = self.claim_for(accounts).await?;
+        let existing = self.recipients(self.active_group(chat)?)?;
+        let (provider, signer) = (&self.provider, &self.identity.signer);
+        let group = self
+            .groups
+            .get_mut(&chat.group_id)
+            .ok_or(ClientError::NotAMember)?;
+        let (commit, welcome, _) = group
+            .add_members(provider, signer, &packages)
+            .map_err(ClientError::mls)?;
+        self.send_commit(&chat.group_id, existing, commit).await?;
+        let new_recipients: Vec<DeviceId> = contacts.iter().map(|c| c.device_id).collect();
+        self.send_envelope(
+            new_recipients,
+            welcome.tls_serialize_detached().map_err(ClientError::mls)?,
+        )
+        .await?;
+        let info = serde_json::to_vec(&AppMessage::ChatInfo {
+            kind: chat.kind,
+            name: if chat.kind == ChatKind::Group {
+                chat.name.clone()
+            } else {
+                String::new()
+            },
+        })
+        .map_err(ClientError::mls)?;
+        let (provider, signer) = (&self.provider, &self.identity.signer);
+        let group = self
+            .groups
+            .get_mut(&chat.group_id)
+            .ok_or(ClientError::NotAMember)?;
+        let info = group
+            .create_message(provider, signer, &info)
+            .map_err(ClientError::mls)?;
+        let everyone = self.recipients(self.active_group(chat)?)?;
+        self.send_envelope(
+            everyone,
+            info.tls_serialize_detached().map_err(ClientError::mls)?,
+        )
+        .await?;
+        let messages = self.key_change_notices(&chat.group_id, &contacts).await?;
+        self.persist(Changes {
+            messages,
+            contact_devices: contacts,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Sends a commit this device created to `recipients` and merges it; if
+    /// the relay refuses it, the commit is discarded so the group stays usable.
+    async fn send_commit(
+        &mut self,
+        group_id: &[u8],
+        recipients: Vec<DeviceId>,
+        commit: MlsMessageOut,
+    ) -> Result<()> {
+        let bytes = commit.tls_serialize_detached().map_err(ClientError::mls)?;
+        if let Err(e) = self.send_envelope(recipients, bytes).await {
+            let group = self
+                .groups
+                .get_mut(group_id)
+                .ok_or(ClientError::NotAMember)?;
+            let _ = group.clear_pending_commit(self.provider.storage());
+            return Err(e);
+        }
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(ClientError::NotAMember)?;
+        group
+            .merge_pending_commit(&self.provider)
+            .map_err(ClientError::mls)
+    }
+
+    /// Removes these leaves. The removed devices get the commit too, so they
+    /// learn they are out.
+    async fn remove_leaves(&mut self, chat: &ChatRecord, leaves: &[LeafNodeIndex]) -> Result<()> {
+        let recipients = self.recipients(self.active_group(chat)?)?;
+        let (provider, signer) = (&self.provider, &self.identity.signer);
+        let group = self
+            .groups
+            .get_mut(&chat.group_id)
+            .ok_or(ClientError::NotAMember)?;
+        let (commit, _, _) = group
+            .remove_members(provider, signer, leaves)
+            .map_err(ClientError::mls)?;
+        self.send_commit(&chat.group_id, recipients, commit).await
+    }
+
+    /// Removes the account behind `phone` (all its devices) from a group.
+    pub async fn remove_member(&mut self, chat: &ChatRecord, phone: &PhoneNumber) -> Result<()> {
+        if chat.kind != ChatKind::Group {
+            return Err(ClientError::Invalid(
+                "members can only be removed from groups".into(),
+            ));
+        }
+        if *phone == self.identity.phone {
+            return Err(ClientError::Invalid(
+                "use `redoubt group leave` to leave".into(),
+            ));
+        }
+        let group = self.active_group(chat)?;
+        let mut leaves = Vec::new();
+        for m in group.members() {
+            if mls::identity_of(&m.credential)?.phone == *phone {
+                leaves.push(m.index);
+            }
+        }
+        if leaves.is_empty() {
+            return Err(ClientError::NotInChat(phone.to_string()));
+        }
+        self.remove_leaves(chat, &leaves).await?;
+        let messages = vec![system_message(
+            &chat.group_id,
+            format!("You removed {phone}."),
+        )];
+        self.persist(Changes {
+            messages,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Brings the chat's devices in line with the devices the relay lists for
+    /// its member accounts: revoked devices are removed, new ones (a new
+    /// phone, or a device that lost its state and registered again) are
+    /// added, with a loud notice when their keys are new.
+    pub async fn reconcile(&mut self, chat: &ChatRecord) -> Result<()> {
+        let members = self.members(chat)?;
+        let mut accounts: Vec<(PhoneNumber, AccountId)> = Vec::new();
+        for m in &members {
+            if !accounts.iter().any(|(_, a)| *a == m.account) {
+                accounts.push((PhoneNumber::parse(&m.phone)?, m.account));
+            }
+        }
+        let mut stale = Vec::new();
+        let mut fresh = Vec::new();
+        for (phone, account) in accounts {
+            let listed: Vec<(DeviceId, Vec<u8>)> = if account == self.identity.account {
+                self.own_other_devices().await?.devices
+            } else {
+                let devices = self.api.account_devices(account).await?.devices;
+                devices
+                    .into_iter()
+                    .map(|d| (d.device_id, d.signature_key.into_vec()))
+                    .collect()
+            };
+            let group = self.active_group(chat)?;
+            for m in group.members() {
+                let id = mls::identity_of(&m.credential)?;
+                if id.account == account
+                    && id.device != self.identity.device
+                    && !listed.iter().any(|(d, _)| *d == id.device)
+                {
+                    stale.push(m.index);
+                }
+            }
+            let new: Vec<(DeviceId, Vec<u8>)> = listed
+                .into_iter()
+                .filter(|(d, _)| !members.iter().any(|m| m.device == *d))
+                .collect();
+            if !new.is_empty() {
+                fresh.push(AccountDevices {
+                    phone,
+                    account,
+                    devices: new,
+                });
+            }
+        }
+        if !stale.is_empty() {
+            self.remove_leaves(chat, &stale).await?;
+        }
+        if !fresh.is_empty() {
+            self.add_devices(chat, &fresh).await?;
+        }
+        if !stale.is_empty() && fresh.is_empty() {
+            self.persist(Changes::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves a group: proposes this device's removal; another member commits it.
+    pub async fn leave(&mut self, chat: &ChatRecord) -> Result<()> {
+        let recipients = self.recipients(self.active_group(chat)?)?;
+        let (provider, signer) = (&self.provider, &self.identity.signer);
+        let group = self
+            .groups
+            .get_mut(&chat.group_id)
+            .ok_or(ClientError::NotAMember)?;
+        let proposal = group
+            .leave_group(provider, signer)
+            .map_err(ClientError::mls)?;
+        self.send_envelope(
+            recipients,
+            proposal
+                .tls_serialize_detached()
+                .map_err(ClientError::mls)?,
+        )
+        .await?;
+        self.groups.remove(&chat.group_id);
+        let mut left = chat.clone();
+        left.state = ChatState::Left;
+        let messages = vec![system_message(&chat.group_id, "You left this chat.".into())];
+        self.persist(Changes {
+            chats: vec![left],
+            messages,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// The safety number with a contact, and their device count.
+    pub async fn safety_number(&self, phone: &PhoneNumber) -> Result<(String, usize)> {
+        let theirs = self.api.lookup(phone).await?;
+        let their_keys: Vec<Vec<u8>> = theirs
+            .devices
+            .iter()
+            .map(|d| d.signature_key.as_slice().to_vec())
+            .collect();
+        let own = self.api.own_devices().await?;
+        let my_keys: Vec<Vec<u8>> = own
+            .devices
+            .iter()
+            .map(|d| d.signature_key.as_slice().to_vec())
+            .collect();
+        let number = crate::safety::safety_number(
+            &crate::safety::fingerprint(self.identity.phone.e164(), &my_keys),
+            &crate::safety::fingerprint(phone.e164(), &their_keys),
+        );
+        Ok((number, their_keys.len()))
+    }
+
+    /// Fetches, processes and acknowledges everything waiting, then tops up
+    /// key packages.
+    pub async fn sync(&mut self) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        loop {
+            let page = self.api.fetch().await?;
+            if page.envelopes.is_empty() {
+                break;
+            }
+            let mut changes = Changes::default();
+            let mut acks = Vec::new();
+            for envelope in page.envelopes {
+                acks.push(envelope.id);
+                if self.store.is_processed(envelope.id).await?
+                    || changes.processed.contains(&envelope.id)
+                {
+                    continue;
+                }
+                self.process(envelope.kind, envelope.payload.as_slice(), &mut changes)
+                    .await?;
+                changes.processed.push(envelope.id);
+                report.processed += 1;
+            }
+            report.messages.extend(changes.messages.iter().cloned());
+            // Stored first, acknowledged second: a crash in between means a
+            // redelivery, which the processed list drops.
+            self.persist(changes).await?;
+            self.api.ack(acks).await?;
+            if !page.more {
+                break;
+            }
+        }
+        self.top_up_key_packages().await?;
+        Ok(report)
+    }
+
+    /// Processes one envelope's payload into `changes`. Bad input becomes a
+    /// visible notice, never an error that would block the mailbox.
+    async fn process(
+        &mut self,
+        kind: EnvelopeKind,
+        payload: &[u8],
+        changes: &mut Changes,
+    ) -> Result<()> {
+        if kind == EnvelopeKind::ServerNotice {
+            self.ensure_notices_chat(changes).await?;
+            let text = String::from_utf8_lossy(payload).into_owned();
+            changes.messages.push(system_message(NOTICES_CHAT, text));
+            return Ok(());
+        }
+        let Ok(message) = MlsMessageIn::tls_deserialize_exact(payload) else {
+            self.ensure_notices_chat(changes).await?;
+            changes.messages.push(system_message(
+                NOTICES_CHAT,
+                "A message that is not valid MLS was dropped.".into(),
+            ));
+            return Ok(());
+        };
+        match message.extract() {
+            MlsMessageBodyIn::Welcome(welcome) => self.join(welcome, changes).await,
+            MlsMessageBodyIn::PrivateMessage(m) => self.handle_protocol(m.into(), changes).await,
+            MlsMessageBodyIn::PublicMessage(m) => self.handle_protocol(m.into(), changes).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn ensure_notices_chat(&self, changes: &mut Changes) -> Result<()> {
+        let exists = self
+            .store
+            .chats()
+            .await?
+            .iter()
+            .any(|c| c.group_id == NOTICES_CHAT)
+            || changes.chats.iter().any(|c| c.group_id == NOTICES_CHAT);
+        if !exists {
+            changes.chats.push(ChatRecord {
+                group_id: NOTICES_CHAT.to_vec(),
+                kind: ChatKind::Group,
+                name: "Redoubt notices".into(),
+                peer: None,
+                state: ChatState::Active,
+                created_at: now_ms(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn join(&mut self, welcome: Welcome, changes: &mut Changes) -> Result<()> {
+        let staged = match StagedWelcome::new_from_welcome(
+            &self.provider,
+            &mls::join_config(),
+            welcome,
+            None,
+        ) {
+            Ok(staged) => staged,
+            Err(_) => {
+                // A Welcome for a key package this device no longer has (or a
+                // forged one) cannot be used; say so instead of failing.
+                self.ensure_notices_chat(changes).await?;
+                changes.messages.push(system_message(
+                    NOTICES_CHAT,
+                    "An invitation to a chat could not be opened and was dropped.".into(),
+                ));
+                return Ok(());
+            }
+        };
+        let inviter = staged
+            .welcome_sender()
+            .ok()
+            .and_then(|leaf| mls::identity_of(leaf.credential()).ok());
+        let group = staged
+            .into_group(&self.provider)
+            .map_err(ClientError::mls)?;
+        let group_id = group.group_id().as_slice().to_vec();
+        let mut seen = Vec::new();
+        for m in group.members() {
+            let id = mls::identity_of(&m.credential)?;
+            seen.push(ContactDevice {
+                account_id: id.account,
+                device_id: id.device,
+                signature_key: m.signature_key.clone(),
+                phone: id.phone.to_string(),
+            });
+        }
+        let inviter_name = inviter
+            .as_ref()
+            .map(|i| i.phone.to_string())
+            .unwrap_or_else(|| "someone".into());
+        changes.chats.push(ChatRecord {
+            group_id: group_id.clone(),
+            kind: ChatKind::Group,
+            name: format!("chat from {inviter_name}"),
+            peer: inviter
+                .as_ref()
+                .map(|i| i.account)
+                .filter(|a| *a != self.identity.account),
+            state: ChatState::Active,
+            created_at: now_ms(),
+        });
+        changes
+            .messages
+            .extend(self.key_change_notices(&group_id, &seen).await?);
+        changes.messages.push(system_message(
+            &group_id,
+            format!("{inviter_name} added you to this chat."),
+        ));
+        changes.contact_devices.extend(
+            seen.into_iter()
+                .filter(|d| d.account_id != self.identity.account),
+        );
+        self.groups.insert(group_id, group);
+        Ok(())
+    }
+
+    fn pending_chat(&self, group_id: &[u8], changes: &Changes) -> Option<ChatRecord> {
+        changes
+            .chats
+            .iter()
+            .rev()
+            .find(|c| c.group_id == group_id)
+            .cloned()
+    }
+
+    async fn chat_record(&self, group_id: &[u8], changes: &Changes) -> Result<Option<ChatRecord>> {
+        if let Some(chat) = self.pending_chat(group_id, changes) {
+            return Ok(Some(chat));
+        }
+        Ok(self
+            .store
+            .chats()
+            .await?
+            .into_iter()
+            .find(|c| c.group_id == group_id))
+    }
+
+    async fn handle_protocol(
+        &mut self,
+        message: ProtocolMessage,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let group_id = message.group_id().as_slice().to_vec();
+        let Some(group) = self.groups.get_mut(&group_id) else {
+            // A chat this device left or never joined: nothing to do.
+            return Ok(());
+        };
+        let processed = match group.process_message(&self.provider, message) {
+            Ok(p) => p,
+            Err(_) => {
+                changes.messages.push(system_message(
+                    &group_id,
+                    "⚠ A message could not be decrypted or verified and was dropped \
+                     (tampered, replayed, or not from a member)."
+                        .into(),
+                ));
+                return Ok(());
+            }
+        };
+        let sender = mls::identity_of(processed.credential())?;
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let Ok(body) = serde_json::from_slice::<AppMessage>(&app.into_bytes()) else {
+                    changes.messages.push(system_message(
+                        &group_id,
+                        "A message in an unknown format was dropped.".into(),
+                    ));
+                    return Ok(());
+                };
+                self.apply_app_message(&group_id, sender, body, changes)
+                    .await?;
+            }
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                let group = self
+                    .groups
+                    .get_mut(&group_id)
+                    .ok_or(ClientError::NotAMember)?;
+                group
+                    .store_pending_proposal(self.provider.storage(), *proposal)
+                    .map_err(ClientError::mls)?;
+                self.commit_if_designated(&group_id, changes).await?;
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                self.apply_commit(&group_id, &sender, *staged, changes)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn apply_app_message(
+        &mut self,
+        group_id: &[u8],
+        sender: MemberIdentity,
+        body: AppMessage,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        match body {
+            AppMessage::Text { id, text, sent_at } => changes.messages.push(MessageRecord {
+                message_id: id,
+                group_id: group_id.to_vec(),
+                author: Author::Member {
+                    me: sender.account == self.identity.account,
+                    account: sender.account,
+                    device: sender.device,
+                    phone: sender.phone.to_string(),
+                },
+                text,
+                sent_at,
+                received_at: now_ms(),
+            }),
+            AppMessage::ChatInfo { kind, name } => {
+                if let Some(mut chat) = self.chat_record(group_id, changes).await? {
+                    chat.kind = kind;
+                    if kind == ChatKind::Direct {
+                        if sender.account != self.identity.account {
+                            chat.name = sender.phone.to_string();
+                            chat.peer = Some(sender.account);
+                        }
+                    } else if !name.trim().is_empty() {
+                        chat.name = name.chars().take(100).collect();
+                    }
+                    changes.chats.push(chat);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// When a member proposes to leave, the remaining member with the lowest
+    /// leaf index commits the proposal, so exactly one commit is made.
+    async fn commit_if_designated(&mut self, group_id: &[u8], changes: &mut Changes) -> Result<()> {
+        let group = self.groups.get(group_id).ok_or(ClientError::NotAMember)?;
+        let leaving: BTreeSet<u32> = group
+            .pending_proposals()
+            .filter_map(|p| match p.proposal() {
+                Proposal::Remove(r) => Some(r.removed().u32()),
+                _ => None,
+            })
+            .collect();
+        let designated = group
+            .members()
+            .map(|m| m.index.u32())
+            .find(|i| !leaving.contains(i));
+        if designated != Some(group.own_leaf_index().u32()) {
+            return Ok(());
+        }
+        let recipients = self.recipients(group)?;
+        let (provider, signer) = (&self.provider, &self.identity.signer);
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(ClientError::NotAMember)?;
+        let (commit, _, _) = group
+            .commit_to_pending_proposals(provider, signer)
+            .map_err(ClientError::mls)?;
+        self.send_commit(group_id, recipients, commit).await?;
+        changes
+            .messages
+            .push(system_message(group_id, "A member left.".into()));
+        Ok(())
+    }
+
+    async fn apply_commit(
+        &mut self,
+        group_id: &[u8],
+        sender: &MemberIdentity,
+        staged: StagedCommit,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let group = self.groups.get(group_id).ok_or(ClientError::NotAMember)?;
+        let mut added = Vec::new();
+        for add in staged.add_proposals() {
+            let leaf = add.add_proposal().key_package().leaf_node();
+            let id = mls::identity_of(leaf.credential())?;
+            added.push(ContactDevice {
+                account_id: id.account,
+                device_id: id.device,
+                signature_key: leaf.signature_key().as_slice().to_vec(),
+                phone: id.phone.to_string(),
+            });
+        }
+        let mut removed = BTreeSet::new();
+        for remove in staged.remove_proposals() {
+            if let Some(member) = group.member_at(remove.remove_proposal().removed()) {
+                removed.insert(mls::identity_of(&member.credential)?.phone.to_string());
+            }
+        }
+        let self_removed = staged.self_removed();
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(ClientError::NotAMember)?;
+        group
+            .merge_staged_commit(&self.provider, staged)
+            .map_err(ClientError::mls)?;
+        changes
+            .messages
+            .extend(self.key_change_notices(group_id, &added).await?);
+        let who = if sender.account == self.identity.account {
+            "You".to_owned()
+        } else {
+            sender.phone.to_string()
+        };
+        for phone in BTreeSet::from_iter(added.iter().map(|a| a.phone.clone())) {
+            changes
+                .messages
+                .push(system_message(group_id, format!("{who} added {phone}.")));
+        }
+        for phone in removed {
+            if phone != sender.phone.to_string() {
+                changes
+                    .messages
+                    .push(system_message(group_id, format!("{who} removed {phone}.")));
+            }
+        }
+        changes.contact_devices.extend(
+            added
+                .into_iter()
+                .filter(|d| d.account_id != self.identity.account),
+        );
+        if self_removed {
+            self.groups.remove(group_id);
+            if let Some(mut chat) = self.chat_record(group_id, changes).await? {
+                if chat.state == ChatState::Active {
+                    chat.state = ChatState::Removed;
+                    changes.messages.push(system_message(
+                        group_id,
+                        format!("{who} removed you from this chat."),
+                    ));
+                }
+                changes.chats.push(chat);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the profile database.
+    pub async fn close(self) {
+        self.store.close().await;
+    }
+
+    /// The profile directory.
+    pub fn profile_dir(&self) -> &Path {
+        self.store.dir()
+    }
+
+    /// The relay's WebSocket URL and this device's token, for live delivery.
+    pub fn ws_endpoint(&self) -> (String, &AuthToken) {
+        (
+            format!("{}/v1/ws", self.identity.server.replacen("http", "ws", 1)),
+            &self.identity.token,
+        )
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

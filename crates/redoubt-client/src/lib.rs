@@ -1,0 +1,24 @@
+//! The Redoubt client core.
+//!
+//! Every chat, one-to-one or group, is an MLS group (RFC 9420) run by
+//! OpenMLS on this device. Keys, group state, contacts and history live only
+//! in the profile directory, in a SQLite database whose sensitive values are
+//! sealed with a key derived from the user's passphrase (Argon2id,
+//! XChaCha20-Poly1305).
+//!
+//! What it must never do: send plaintext, a private key or a group secret to
+//! the server, or write them to disk unsealed; acknowledge an envelope
+//! before what it carried is stored; or accept a changed device key
+//! silently.
+
+pub mod api;
+pub mod client;
+pub mod error;
+pub mod mls;
+pub mod model;
+pub mod safety;
+pub mod seal;
+pub mod store;
+
+pub use client::{Client, ClientConfig};
+pub use error::{ClientError, Result};

@@ -1,0 +1,3 @@
+//! `redoubt`: the Redoubt command-line client.
+
+fn main() {}

@@ -1,0 +1,127 @@
+//! What the client stores and shows: chats, messages, contacts, and the
+//! application payloads that travel inside MLS messages.
+
+use redoubt_proto::{AccountId, DeviceId, PhoneNumber};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One chat kind or the other; both are MLS groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatKind {
+    /// Two accounts (each with all of its devices).
+    Direct,
+    /// A named group.
+    Group,
+}
+
+/// Whether this device still takes part in the chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatState {
+    /// A member.
+    Active,
+    /// Left on its own.
+    Left,
+    /// Removed by another member.
+    Removed,
+}
+
+/// A chat as stored locally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatRecord {
+    /// The MLS group id.
+    pub group_id: Vec<u8>,
+    /// Direct or group.
+    pub kind: ChatKind,
+    /// The group's name, or for a direct chat the peer's number.
+    pub name: String,
+    /// For a direct chat, the peer's account.
+    pub peer: Option<AccountId>,
+    /// Whether this device is still a member.
+    pub state: ChatState,
+    /// When the chat was created or joined (ms since epoch).
+    pub created_at: i64,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Author {
+    /// A member's device.
+    Member {
+        /// The account.
+        account: AccountId,
+        /// The device.
+        device: DeviceId,
+        /// The account's number, from its MLS credential.
+        phone: String,
+        /// Whether it is this profile's own account.
+        me: bool,
+    },
+    /// This client, about the chat itself (joins, removals, key changes, errors).
+    System,
+}
+
+/// A message as stored locally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// The sender's message id (or a local id for system notices).
+    pub message_id: Uuid,
+    /// The chat.
+    pub group_id: Vec<u8>,
+    /// Who wrote it.
+    pub author: Author,
+    /// The text.
+    pub text: String,
+    /// When the author sent it, by the author's clock (ms since epoch).
+    pub sent_at: i64,
+    /// When this device stored it.
+    pub received_at: i64,
+}
+
+/// A contact's device key, remembered to detect key changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactDevice {
+    /// The account.
+    pub account_id: AccountId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The device's Ed25519 public key.
+    pub signature_key: Vec<u8>,
+    /// The account's number.
+    pub phone: String,
+}
+
+/// The payload of an MLS application message: what members say to each other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AppMessage {
+    /// A text message.
+    Text {
+        /// Unique per message; receivers drop repeats.
+        id: Uuid,
+        /// The text.
+        text: String,
+        /// The sender's clock (ms since epoch).
+        sent_at: i64,
+    },
+    /// What the chat is, sent after every add so new members know.
+    ChatInfo {
+        /// Direct or group.
+        kind: ChatKind,
+        /// The group's name (empty for direct chats).
+        name: String,
+    },
+}
+
+/// The identity an MLS credential carries: who this leaf is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberIdentity {
+    /// The account.
+    pub account: AccountId,
+    /// The device.
+    pub device: DeviceId,
+    /// The account's number.
+    pub phone: PhoneNumber,
+}

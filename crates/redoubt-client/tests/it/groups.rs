@@ -1,0 +1,168 @@
+//! Groups: five users, one with two devices; adds, removes, leaves.
+
+use redoubt_client::model::{ChatKind, ChatState};
+use redoubt_client::ClientError;
+use redoubt_proto::PhoneNumber;
+use test_support::{fresh_phone, TestServer};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_five_with_adds_and_removes() {
+    let server = TestServer::start().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let bob_phone = fresh_phone();
+    let mut bob_laptop = register(&server, &bob_phone).await;
+    let mut bob_phone_device = register(&server, &bob_phone).await;
+    let mut carol = register(&server, &fresh_phone()).await;
+    let mut dave = register(&server, &fresh_phone()).await;
+    let mut erin = register(&server, &fresh_phone()).await;
+    let phone = |p: &Profile| p.client.phone().clone();
+
+    let group = alice
+        .client
+        .create_group("climbing", &[phone(&bob_laptop), phone(&carol)])
+        .await
+        .unwrap();
+    // Bob's two devices and Carol's, plus Alice: four leaves.
+    assert_eq!(alice.client.members(&group).unwrap().len(), 4);
+    alice.client.send_text(&group, "first").await.unwrap();
+    for p in [&mut bob_laptop, &mut bob_phone_device, &mut carol] {
+        p.client.sync().await.unwrap();
+        let chat = p.client.find_chat("climbing").await.unwrap();
+        assert_eq!(chat.kind, ChatKind::Group);
+        assert_eq!(texts(&p.client, &chat).await, vec!["first"]);
+        assert_eq!(p.client.members(&chat).unwrap().len(), 4);
+    }
+
+    // Carol adds Dave and Erin; everyone converges on the same membership.
+    let carol_chat = carol.client.find_chat("climbing").await.unwrap();
+    carol
+        .client
+        .add_member(&carol_chat, &phone(&dave))
+        .await
+        .unwrap();
+    carol
+        .client
+        .add_member(&carol_chat, &phone(&erin))
+        .await
+        .unwrap();
+    carol
+        .client
+        .send_text(&carol_chat, "welcome dave and erin")
+        .await
+        .unwrap();
+    for p in [
+        &mut alice,
+        &mut bob_laptop,
+        &mut bob_phone_device,
+        &mut dave,
+        &mut erin,
+    ] {
+        p.client.sync().await.unwrap();
+        let chat = p.client.find_chat("climbing").await.unwrap();
+        let members = p.client.members(&chat).unwrap();
+        assert_eq!(members.len(), 6, "five users, Bob with two devices");
+        assert_eq!(members.iter().filter(|m| m.this_device).count(), 1);
+        assert!(texts(&p.client, &chat)
+            .await
+            .contains(&"welcome dave and erin".to_owned()));
+    }
+    // The newcomers do not see what was said before they joined.
+    let dave_chat = dave.client.find_chat("climbing").await.unwrap();
+    assert_eq!(
+        texts(&dave.client, &dave_chat).await,
+        vec!["welcome dave and erin"]
+    );
+
+    // Alice removes Bob: both his devices go, and he cannot read what follows.
+    alice
+        .client
+        .remove_member(&group, &phone(&bob_laptop))
+        .await
+        .unwrap();
+    alice.client.send_text(&group, "bob is gone").await.unwrap();
+    for p in [&mut bob_laptop, &mut bob_phone_device] {
+        p.client.sync().await.unwrap();
+        let chat = p.client.find_chat("climbing").await.unwrap();
+        assert_eq!(chat.state, ChatState::Removed);
+        assert!(!texts(&p.client, &chat)
+            .await
+            .contains(&"bob is gone".to_owned()));
+        assert!(matches!(
+            p.client.send_text(&chat, "let me back").await,
+            Err(ClientError::NotAMember)
+        ));
+    }
+    for p in [&mut carol, &mut dave, &mut erin] {
+        p.client.sync().await.unwrap();
+        let chat = p.client.find_chat("climbing").await.unwrap();
+        assert_eq!(p.client.members(&chat).unwrap().len(), 4);
+        assert!(texts(&p.client, &chat)
+            .await
+            .contains(&"bob is gone".to_owned()));
+    }
+
+    // Erin leaves; the remaining member with the lowest leaf commits it.
+    let erin_chat = erin.client.find_chat("climbing").await.unwrap();
+    erin.client.leave(&erin_chat).await.unwrap();
+    for p in [&mut alice, &mut carol, &mut dave] {
+        p.client.sync().await.unwrap();
+    }
+    for p in [&mut alice, &mut carol, &mut dave] {
+        p.client.sync().await.unwrap();
+        let chat = p.client.find_chat("climbing").await.unwrap();
+        let members = p.client.members(&chat).unwrap();
+        assert_eq!(members.len(), 3, "{:?}", members);
+    }
+    dave.client
+        .send_text(&dave_chat, "three of us")
+        .await
+        .unwrap();
+    for p in [&mut alice, &mut carol] {
+        p.client.sync().await.unwrap();
+        let chat = p.client.find_chat("climbing").await.unwrap();
+        assert_eq!(
+            texts(&p.client, &chat).await.last().map(String::as_str),
+            Some("three of us")
+        );
+    }
+    erin.client.sync().await.unwrap();
+    let erin_chat = erin.client.find_chat("climbing").await.unwrap();
+    assert!(!texts(&erin.client, &erin_chat)
+        .await
+        .contains(&"three of us".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let server = TestServer::start().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let stranger = PhoneNumber::parse(&fresh_phone()).unwrap();
+    assert!(matches!(
+        alice.client.start_direct(&stranger).await,
+        Err(ClientError::UnknownContact(_))
+    ));
+    let own = alice.client.phone().clone();
+    assert!(matches!(
+        alice.client.start_direct(&own).await,
+        Err(ClientError::Invalid(_))
+    ));
+    assert!(matches!(
+        alice.client.find_chat("nothing").await,
+        Err(ClientError::UnknownChat(_))
+    ));
+    let bob = register(&server, &fresh_phone()).await;
+    let chat = alice.client.start_direct(bob.client.phone()).await.unwrap();
+    let huge = "x".repeat(redoubt_client::client::MAX_TEXT_BYTES + 1);
+    assert!(matches!(
+        alice.client.send_text(&chat, &huge).await,
+        Err(ClientError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        alice.client.add_member(&chat, &stranger).await,
+        Err(ClientError::Invalid(_))
+    ));
+    // None of that disturbed the chat.
+    alice.client.send_text(&chat, "still fine").await.unwrap();
+}

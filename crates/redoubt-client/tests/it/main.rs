@@ -1,0 +1,8 @@
+//! Client integration tests: real relay on `127.0.0.1:0`, real client
+//! profiles in temporary directories, real OpenMLS.
+
+mod chats;
+mod groups;
+mod privacy;
+mod rejoin;
+mod support;

@@ -1,0 +1,168 @@
+//! What the server sees: only ciphertext. And what the client does with
+//! ciphertext that was tampered with or replayed.
+
+use redoubt_client::model::Author;
+use redoubt_proto::EnvelopeId;
+use test_support::{fresh_phone, logs, TestServer, WsClient};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_never_sees_the_plaintext() {
+    let server = TestServer::start().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let mut bob = register(&server, &fresh_phone()).await;
+    let marker = "PLAINTEXT-MARKER-4c1d9e7a";
+    // A raw socket with Bob's token records every frame the server pushes.
+    let (base, token) = (server.base_url(), bob.client.api().token().unwrap().clone());
+    let mut tap = WsClient::connect(&base, &token).await;
+    tap.until_drained().await;
+
+    let chat = alice.client.start_direct(bob.client.phone()).await.unwrap();
+    alice
+        .client
+        .send_text(&chat, &format!("{marker} one"))
+        .await
+        .unwrap();
+    let group = alice
+        .client
+        .create_group("marker group", &[bob.client.phone().clone()])
+        .await
+        .unwrap();
+    alice
+        .client
+        .send_text(&group, &format!("{marker} two"))
+        .await
+        .unwrap();
+    // Welcome, info, text, welcome, info, text: six pushes.
+    for _ in 0..6 {
+        tap.envelope().await;
+    }
+    // Scan the server's database before Bob acks anything.
+    let mut db = Vec::new();
+    for suffix in ["", "-wal"] {
+        if let Ok(b) = std::fs::read(format!("{}{suffix}", server.db_path().display())) {
+            db.extend(b);
+        }
+    }
+    let needle = marker.as_bytes();
+    assert!(db.len() > 10_000, "the scan sees the database");
+    assert!(
+        !db.windows(needle.len()).any(|w| w == needle),
+        "plaintext in the server database"
+    );
+    assert!(
+        !logs::captured().contains(marker),
+        "plaintext in the server log"
+    );
+    assert!(tap.raw.len() >= 6);
+    for frame in &tap.raw {
+        assert!(!frame.contains(marker), "plaintext on the wire");
+    }
+    tap.close().await;
+
+    bob.client.sync().await.unwrap();
+    let all: Vec<String> = [
+        texts(
+            &bob.client,
+            &bob.client
+                .find_chat(alice.client.phone().e164())
+                .await
+                .unwrap(),
+        )
+        .await,
+        texts(
+            &bob.client,
+            &bob.client.find_chat("marker group").await.unwrap(),
+        )
+        .await,
+    ]
+    .concat();
+    assert_eq!(all, vec![format!("{marker} one"), format!("{marker} two")]);
+    // The profile database seals message bodies too.
+    let profile =
+        std::fs::read(redoubt_client::store::ProfileStore::db_path(bob.dir.path())).unwrap();
+    assert!(
+        !profile.windows(needle.len()).any(|w| w == needle),
+        "plaintext at rest on the device"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_replayed_ciphertext_is_rejected_visibly() {
+    let server = TestServer::start().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let mut bob = register(&server, &fresh_phone()).await;
+    let chat = alice.client.start_direct(bob.client.phone()).await.unwrap();
+    bob.client.sync().await.unwrap();
+    alice.client.send_text(&chat, "genuine").await.unwrap();
+
+    // Take the genuine ciphertext from Bob's mailbox as the server holds it.
+    let page = bob.client.api().fetch().await.unwrap();
+    let genuine = page.envelopes.last().unwrap().payload.as_slice().to_vec();
+    let mut tampered = genuine.clone();
+    let at = tampered.len() - 20;
+    tampered[at] ^= 0x01;
+    let bob_device = bob.client.device_id();
+    alice
+        .client
+        .api()
+        .send(EnvelopeId::random(), vec![bob_device], tampered)
+        .await
+        .unwrap();
+    // The same bytes again under a new envelope id: an MLS replay.
+    alice
+        .client
+        .api()
+        .send(EnvelopeId::random(), vec![bob_device], genuine)
+        .await
+        .unwrap();
+    alice
+        .client
+        .api()
+        .send(
+            EnvelopeId::random(),
+            vec![bob_device],
+            b"not mls at all".to_vec(),
+        )
+        .await
+        .unwrap();
+
+    bob.client.sync().await.unwrap();
+    let bob_chat = bob
+        .client
+        .find_chat(alice.client.phone().e164())
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&bob.client, &bob_chat).await,
+        vec!["genuine"],
+        "accepted exactly once"
+    );
+    let notices: Vec<String> = bob
+        .client
+        .messages(&bob_chat, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.author == Author::System && m.text.contains("could not be decrypted"))
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(
+        notices.len(),
+        2,
+        "the tampered copy and the replay each get a notice"
+    );
+    assert_eq!(
+        bob.client.notices(10).await.unwrap().len(),
+        1,
+        "the non-MLS blob gets a notice"
+    );
+    // The chat still works afterwards.
+    alice.client.send_text(&chat, "after").await.unwrap();
+    bob.client.sync().await.unwrap();
+    assert_eq!(
+        texts(&bob.client, &bob_chat).await,
+        vec!["genuine", "after"]
+    );
+}

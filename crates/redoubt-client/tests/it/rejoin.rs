@@ -1,0 +1,145 @@
+//! A device that loses its state registers again and is brought back in
+//! through a fresh Welcome; its new key is announced loudly.
+
+use redoubt_client::model::Author;
+use test_support::{fresh_phone, TestServer};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_lost_its_state_rejoins_and_the_key_change_is_loud() {
+    let server = TestServer::start().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let bob_phone = fresh_phone();
+    let mut bob = register(&server, &bob_phone).await;
+    let chat = alice.client.start_direct(bob.client.phone()).await.unwrap();
+    alice.client.send_text(&chat, "before").await.unwrap();
+    bob.client.sync().await.unwrap();
+
+    let (alice_view, n) = alice
+        .client
+        .safety_number(bob.client.phone())
+        .await
+        .unwrap();
+    let (bob_view, _) = bob
+        .client
+        .safety_number(alice.client.phone())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(alice_view, bob_view, "both sides compare the same number");
+    assert_eq!(alice_view.split(' ').count(), 12);
+
+    // Bob loses his phone: a new profile, the same number, and the lost
+    // device revoked from the new one.
+    let old_device = bob.client.device_id();
+    drop(bob);
+    let mut bob = register(&server, &bob_phone).await;
+    bob.client.api().revoke_device(old_device).await.unwrap();
+
+    alice
+        .client
+        .send_text(&chat, "are you there?")
+        .await
+        .unwrap();
+    bob.client.sync().await.unwrap();
+    let bob_chat = bob
+        .client
+        .find_chat(alice.client.phone().e164())
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&bob.client, &bob_chat).await,
+        vec!["are you there?"],
+        "history before the rejoin stays lost"
+    );
+
+    let notices: Vec<String> = alice
+        .client
+        .messages(&chat, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.author == Author::System)
+        .map(|m| m.text)
+        .collect();
+    assert!(
+        notices
+            .iter()
+            .any(|t| t.contains("SAFETY NUMBER CHANGED") && t.contains(&bob_phone)),
+        "{notices:?}"
+    );
+    let members = alice.client.members(&chat).unwrap();
+    assert_eq!(members.len(), 2);
+    assert!(
+        members.iter().all(|m| m.device != old_device),
+        "the lost device was removed"
+    );
+
+    let (after, _) = alice
+        .client
+        .safety_number(bob.client.phone())
+        .await
+        .unwrap();
+    assert_ne!(after, alice_view, "a new key means a new safety number");
+
+    bob.client
+        .send_text(&bob_chat, "new phone, who dis")
+        .await
+        .unwrap();
+    alice.client.sync().await.unwrap();
+    assert_eq!(
+        texts(&alice.client, &chat).await,
+        vec!["before", "are you there?", "new phone, who dis"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_for_an_offline_device_and_a_reopened_profile() {
+    let server = TestServer::start().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let bob = register(&server, &fresh_phone()).await;
+    let bob_dir = bob.dir;
+    bob.client.close().await;
+    // Bob is offline (his profile closed) while Alice writes.
+    let chat = alice
+        .client
+        .start_direct(&redoubt_proto::PhoneNumber::parse(&fresh_phone()).unwrap())
+        .await;
+    assert!(chat.is_err(), "an unknown number is refused");
+    let bob_phone = {
+        let reopened = redoubt_client::Client::open(bob_dir.path(), PASSPHRASE, config())
+            .await
+            .unwrap();
+        let phone = reopened.phone().clone();
+        reopened.close().await;
+        phone
+    };
+    let chat = alice.client.start_direct(&bob_phone).await.unwrap();
+    for i in 0..5 {
+        alice
+            .client
+            .send_text(&chat, &format!("offline {i}"))
+            .await
+            .unwrap();
+    }
+    // A wrong passphrase is refused and changes nothing.
+    assert!(matches!(
+        redoubt_client::Client::open(bob_dir.path(), "wrong", config()).await,
+        Err(redoubt_client::ClientError::WrongPassphrase)
+    ));
+    let mut bob = redoubt_client::Client::open(bob_dir.path(), PASSPHRASE, config())
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    let bob_chat = bob.find_chat(alice.client.phone().e164()).await.unwrap();
+    let expected: Vec<String> = (0..5).map(|i| format!("offline {i}")).collect();
+    assert_eq!(texts(&bob, &bob_chat).await, expected);
+    // Reopening shows the same history; syncing again adds nothing.
+    bob.close().await;
+    let mut bob = redoubt_client::Client::open(bob_dir.path(), PASSPHRASE, config())
+        .await
+        .unwrap();
+    assert_eq!(bob.sync().await.unwrap().processed, 0);
+    assert_eq!(texts(&bob, &bob_chat).await, expected);
+}

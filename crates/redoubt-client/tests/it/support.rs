@@ -1,0 +1,67 @@
+//! Profiles registered against a test server.
+
+use redoubt_client::seal::KdfParams;
+use redoubt_client::{Client, ClientConfig};
+use redoubt_proto::PhoneNumber;
+use tempfile::TempDir;
+use test_support::{logs, TestServer};
+
+/// Cheap key derivation: tests open many profiles.
+pub fn config() -> ClientConfig {
+    ClientConfig {
+        kdf: KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
+        key_packages: 10,
+    }
+}
+
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// A registered profile and the directory that holds it.
+pub struct Profile {
+    pub client: Client,
+    pub dir: TempDir,
+}
+
+/// Registers a new device for `phone` in a fresh profile directory.
+pub async fn register(server: &TestServer, phone: &str) -> Profile {
+    let dir = tempfile::tempdir().unwrap();
+    let client = register_in(server, phone, dir.path()).await;
+    Profile { client, dir }
+}
+
+pub async fn register_in(server: &TestServer, phone: &str, dir: &std::path::Path) -> Client {
+    let phone = PhoneNumber::parse(phone).unwrap();
+    let before = logs::dev_code_for(&logs::captured(), phone.e164());
+    Client::request_code(&server.base_url(), &phone)
+        .await
+        .unwrap();
+    let code = logs::dev_code_for(&logs::captured(), phone.e164()).unwrap();
+    assert_ne!(Some(&code), before.as_ref(), "a fresh code was logged");
+    Client::register(
+        dir,
+        PASSPHRASE,
+        &server.base_url(),
+        &phone,
+        &code,
+        "test",
+        config(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Texts of a chat's messages from members (not system notices).
+pub async fn texts(client: &Client, chat: &redoubt_client::model::ChatRecord) -> Vec<String> {
+    client
+        .messages(chat, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| matches!(m.author, redoubt_client::model::Author::Member { .. }))
+        .map(|m| m.text)
+        .collect()
+}
