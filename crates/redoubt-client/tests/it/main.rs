@@ -2,7 +2,9 @@
 //! profiles in temporary directories, real OpenMLS.
 
 mod chats;
+mod cli;
 mod groups;
 mod privacy;
 mod rejoin;
 mod support;
+mod tui;

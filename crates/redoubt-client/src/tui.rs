@@ -1,0 +1,242 @@
+//! `redoubt chat`: a terminal screen with the chat list, the selected chat's
+//! messages (updated live: the relay's WebSocket push triggers a sync) and an
+//! input line.
+
+use std::time::Duration;
+
+use crossterm::event::{Event, EventStream, KeyCode, KeyEventKind, KeyModifiers};
+use futures::StreamExt;
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
+use ratatui::{DefaultTerminal, Frame};
+use redoubt_client::model::{Author, ChatRecord, ChatState, MessageRecord};
+use redoubt_client::Client;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct App {
+    chats: Vec<ChatRecord>,
+    selected: usize,
+    messages: Vec<MessageRecord>,
+    input: String,
+    status: String,
+}
+
+/// Runs the screen until Esc or Ctrl-C. The terminal is restored on every
+/// exit path, errors included.
+pub async fn run(mut client: Client) -> anyhow::Result<()> {
+    let initial = client.sync().await;
+    let mut terminal = ratatui::init();
+    let result = event_loop(
+        &mut terminal,
+        &mut client,
+        initial.err().map(|e| e.to_string()),
+    )
+    .await;
+    ratatui::restore();
+    result
+}
+
+async fn connect(client: &Client) -> Option<Socket> {
+    let (url, token) = client.ws_endpoint();
+    let mut request = url.into_client_request().ok()?;
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token.expose()).parse().ok()?,
+    );
+    tokio_tungstenite::connect_async(request)
+        .await
+        .ok()
+        .map(|(s, _)| s)
+}
+
+async fn refresh(app: &mut App, client: &Client) -> anyhow::Result<()> {
+    let current = app.chats.get(app.selected).map(|c| c.group_id.clone());
+    app.chats = client.chats().await?;
+    if let Some(id) = current {
+        if let Some(i) = app.chats.iter().position(|c| c.group_id == id) {
+            app.selected = i;
+        }
+    }
+    app.selected = app.selected.min(app.chats.len().saturating_sub(1));
+    app.messages = match app.chats.get(app.selected) {
+        Some(chat) => client.messages(chat, 200).await?,
+        None => Vec::new(),
+    };
+    Ok(())
+}
+
+async fn event_loop(
+    terminal: &mut DefaultTerminal,
+    client: &mut Client,
+    error: Option<String>,
+) -> anyhow::Result<()> {
+    let mut app = App {
+        chats: Vec::new(),
+        selected: 0,
+        messages: Vec::new(),
+        input: String::new(),
+        status: error.unwrap_or_else(|| format!("{} — connecting…", client.phone())),
+    };
+    let mut events = EventStream::new();
+    let mut socket = connect(client).await;
+    if socket.is_some() {
+        app.status = format!("{} — live", client.phone());
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        refresh(&mut app, client).await?;
+        terminal.draw(|f| draw(f, &app))?;
+        tokio::select! {
+            event = events.next() => {
+                let Some(Ok(Event::Key(key))) = event else { continue };
+                if key.kind != KeyEventKind::Press {
+                    continue;
+                }
+                match key.code {
+                    KeyCode::Esc => break,
+                    KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => break,
+                    KeyCode::Tab | KeyCode::Down if !app.chats.is_empty() => {
+                        app.selected = (app.selected + 1) % app.chats.len();
+                    }
+                    KeyCode::BackTab | KeyCode::Up if !app.chats.is_empty() => {
+                        app.selected = (app.selected + app.chats.len() - 1) % app.chats.len();
+                    }
+                    KeyCode::Enter => {
+                        let text = std::mem::take(&mut app.input);
+                        if let Some(chat) = app.chats.get(app.selected).cloned() {
+                            if !text.trim().is_empty() {
+                                if let Err(e) = client.send_text(&chat, &text).await {
+                                    app.status = format!("not sent: {e}");
+                                    app.input = text;
+                                }
+                            }
+                        }
+                    }
+                    KeyCode::Backspace => {
+                        app.input.pop();
+                    }
+                    KeyCode::Char(c) => app.input.push(c),
+                    _ => {}
+                }
+            }
+            frame = async { match socket.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
+                match frame {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_))) => {
+                        // A push means the mailbox has something: fetch,
+                        // process and acknowledge it through the sync path.
+                        if let Err(e) = client.sync().await {
+                            app.status = format!("sync failed: {e}");
+                        }
+                    }
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Close(reason))) => {
+                        socket = None;
+                        app.status = match reason {
+                            Some(r) => format!("disconnected: {}", r.reason),
+                            None => "disconnected; retrying".into(),
+                        };
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => {
+                        socket = None;
+                        app.status = "disconnected; retrying".into();
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if socket.is_none() {
+                    socket = connect(client).await;
+                    if socket.is_some() {
+                        app.status = format!("{} — live", client.phone());
+                        let _ = client.sync().await;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn message_line(m: &MessageRecord) -> Line<'static> {
+    match &m.author {
+        Author::System => {
+            let style = if m.text.contains("SAFETY NUMBER CHANGED") || m.text.starts_with('⚠') {
+                Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
+            } else {
+                Style::default().fg(Color::Yellow)
+            };
+            Line::from(Span::styled(format!("* {}", m.text), style))
+        }
+        Author::Member { me, phone, .. } => {
+            let who = if *me { "you".to_owned() } else { phone.clone() };
+            let colour = if *me { Color::Cyan } else { Color::Green };
+            Line::from(vec![
+                Span::styled(
+                    format!("{who}: "),
+                    Style::default().fg(colour).add_modifier(Modifier::BOLD),
+                ),
+                Span::raw(m.text.clone()),
+            ])
+        }
+    }
+}
+
+fn draw(frame: &mut Frame, app: &App) {
+    let [left, right] =
+        Layout::horizontal([Constraint::Length(30), Constraint::Min(20)]).areas(frame.area());
+    let [messages_area, input_area] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(3)]).areas(right);
+
+    let items: Vec<ListItem> = app
+        .chats
+        .iter()
+        .map(|c| {
+            let suffix = match c.state {
+                ChatState::Active => "",
+                ChatState::Left => " (left)",
+                ChatState::Removed => " (removed)",
+            };
+            ListItem::new(format!("{}{suffix}", c.name))
+        })
+        .collect();
+    let mut state =
+        ListState::default().with_selected((!app.chats.is_empty()).then_some(app.selected));
+    let list = List::new(items)
+        .block(Block::bordered().title(" Chats "))
+        .highlight_style(Style::default().add_modifier(Modifier::REVERSED));
+    frame.render_stateful_widget(list, left, &mut state);
+
+    let title = app
+        .chats
+        .get(app.selected)
+        .map(|c| format!(" {} ", c.name))
+        .unwrap_or_else(|| " No chats ".into());
+    // Show the latest messages that fit, newest at the bottom.
+    let height = messages_area.height.saturating_sub(2) as usize;
+    let width = messages_area.width.saturating_sub(2).max(1) as usize;
+    let mut rows = 0;
+    let mut shown = Vec::new();
+    for m in app.messages.iter().rev() {
+        let line = message_line(m);
+        rows += line.width().div_ceil(width).max(1);
+        if rows > height && !shown.is_empty() {
+            break;
+        }
+        shown.push(line);
+    }
+    shown.reverse();
+    let messages = Paragraph::new(shown).wrap(Wrap { trim: false }).block(
+        Block::bordered()
+            .title(title)
+            .title_bottom(format!(" {} ", app.status)),
+    );
+    frame.render_widget(messages, messages_area);
+
+    let input = Paragraph::new(app.input.as_str())
+        .block(Block::bordered().title(" Message — Enter sends, Tab switches chat, Esc quits "));
+    frame.render_widget(input, input_area);
+}
