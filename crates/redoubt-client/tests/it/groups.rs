@@ -166,3 +166,60 @@ async fn bad_requests_get_clear_errors() {
     // None of that disturbed the chat.
     alice.client.send_text(&chat, "still fine").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_from_a_removed_member_is_rejected_visibly() {
+    let server = TestServer::start().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let mut bob = register(&server, &fresh_phone()).await;
+    let mut carol = register(&server, &fresh_phone()).await;
+    let carol_phone = carol.client.phone().clone();
+    let group = alice
+        .client
+        .create_group("stale", &[bob.client.phone().clone(), carol_phone.clone()])
+        .await
+        .unwrap();
+    bob.client.sync().await.unwrap();
+    carol.client.sync().await.unwrap();
+
+    alice
+        .client
+        .remove_member(&group, bob.client.phone())
+        .await
+        .unwrap();
+    // Bob has not seen his removal and commits from his old state: he is no
+    // longer a member of the epoch everyone else is in.
+    let bob_chat = bob.client.find_chat("stale").await.unwrap();
+    bob.client
+        .remove_member(&bob_chat, &carol_phone)
+        .await
+        .unwrap();
+
+    for p in [&mut alice, &mut carol] {
+        p.client.sync().await.unwrap();
+        let chat = p.client.find_chat("stale").await.unwrap();
+        let members = p.client.members(&chat).unwrap();
+        assert_eq!(members.len(), 2, "Bob's commit changed nothing");
+        let rejected = p
+            .client
+            .messages(&chat, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .any(|m| {
+                m.author == redoubt_client::model::Author::System
+                    && m.text.contains("not from a member")
+            });
+        assert!(rejected, "the rejection is visible in the chat");
+    }
+    alice.client.send_text(&group, "still here").await.unwrap();
+    carol.client.sync().await.unwrap();
+    let carol_chat = carol.client.find_chat("stale").await.unwrap();
+    assert_eq!(
+        texts(&carol.client, &carol_chat)
+            .await
+            .last()
+            .map(String::as_str),
+        Some("still here")
+    );
+}

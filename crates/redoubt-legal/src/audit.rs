@@ -1,0 +1,269 @@
+//! The hash-chained audit log: every intake, rejection, approval, disclosure
+//! and market change, one JSON object per line. Each entry commits to the
+//! previous entry's hash, so an edited, removed or reordered entry breaks
+//! the chain at a place `verify` names.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::order::canonical_json;
+use crate::LegalError;
+
+/// The `prev` of the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// When it was written.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// What happened: `intake`, `rejection`, `approval`, `disclosure`, `market`, ...
+    pub event: String,
+    /// Who did it (an operator name).
+    pub actor: String,
+    /// The order concerned, if any.
+    #[serde(default)]
+    pub order_id: Option<String>,
+    /// Details (never personal data beyond what the event itself concerns).
+    pub detail: serde_json::Value,
+    /// The previous entry's hash (hex), or [`GENESIS`].
+    pub prev: String,
+    /// SHA-256 (hex) of this entry's canonical encoding without `hash`.
+    pub hash: String,
+}
+
+#[derive(Serialize)]
+struct Unhashed<'a> {
+    seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    event: &'a str,
+    actor: &'a str,
+    order_id: &'a Option<String>,
+    detail: &'a serde_json::Value,
+    prev: &'a str,
+}
+
+fn hash_of(e: &AuditEntry) -> String {
+    let unhashed = Unhashed {
+        seq: e.seq,
+        at: e.at,
+        event: &e.event,
+        actor: &e.actor,
+        order_id: &e.order_id,
+        detail: &e.detail,
+        prev: &e.prev,
+    };
+    Sha256::digest(canonical_json(&unhashed))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where and how the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainBreak {
+    /// A line is not an entry.
+    #[error("line {line}: not an audit entry")]
+    Unreadable {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// The entry's content does not match its hash: it was edited.
+    #[error("entry {seq} (line {line}) was edited: its content does not match its hash")]
+    Edited {
+        /// 1-based line number.
+        line: usize,
+        /// The entry's sequence number.
+        seq: u64,
+    },
+    /// The entry does not follow the one before it: an entry before it was
+    /// removed, or entries were reordered.
+    #[error("entry {seq} (line {line}) does not follow the entry before it: entries were removed or reordered")]
+    Broken {
+        /// 1-based line number.
+        line: usize,
+        /// The entry's sequence number.
+        seq: u64,
+    },
+}
+
+/// The audit log file.
+pub struct AuditLog {
+    path: PathBuf,
+}
+
+impl AuditLog {
+    /// The log at `path` (created on first append).
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Every entry, without checking the chain.
+    pub fn entries(&self) -> Result<Vec<AuditEntry>, LegalError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).map_err(|e| LegalError::Malformed {
+                    what: "the audit log",
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Appends an entry chained to the last one. Refuses to extend a log
+    /// whose chain is already broken.
+    pub fn append(
+        &self,
+        event: &str,
+        actor: &str,
+        order_id: Option<&str>,
+        detail: serde_json::Value,
+        at: OffsetDateTime,
+    ) -> Result<AuditEntry, LegalError> {
+        let count = self.verify().map_err(|e| LegalError::Malformed {
+            what: "the audit log",
+            detail: e.to_string(),
+        })?;
+        let last = self.entries()?.pop();
+        let mut entry = AuditEntry {
+            seq: count as u64 + 1,
+            at,
+            event: event.into(),
+            actor: actor.into(),
+            order_id: order_id.map(str::to_owned),
+            detail,
+            prev: last.map(|e| e.hash).unwrap_or_else(|| GENESIS.into()),
+            hash: String::new(),
+        };
+        entry.hash = hash_of(&entry);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        let mut line = serde_json::to_vec(&entry).map_err(|e| LegalError::Malformed {
+            what: "an audit entry",
+            detail: e.to_string(),
+        })?;
+        line.push(b'\n');
+        file.write_all(&line)?;
+        file.sync_all()?;
+        Ok(entry)
+    }
+
+    /// Checks the whole chain; returns the number of entries.
+    pub fn verify(&self) -> Result<usize, ChainBreak> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(_) => return Ok(0),
+        };
+        let mut prev = GENESIS.to_owned();
+        let mut count = 0;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let line_no = i + 1;
+            let entry: AuditEntry =
+                serde_json::from_str(line).map_err(|_| ChainBreak::Unreadable { line: line_no })?;
+            if hash_of(&entry) != entry.hash {
+                return Err(ChainBreak::Edited {
+                    line: line_no,
+                    seq: entry.seq,
+                });
+            }
+            if entry.prev != prev || entry.seq != count as u64 + 1 {
+                return Err(ChainBreak::Broken {
+                    line: line_no,
+                    seq: entry.seq,
+                });
+            }
+            prev = entry.hash;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn log_with(n: usize) -> (tempfile::TempDir, AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(&dir.path().join("audit.jsonl"));
+        for i in 0..n {
+            log.append(
+                "intake",
+                "op",
+                Some(&format!("order-{i}")),
+                json!({ "i": i }),
+                OffsetDateTime::UNIX_EPOCH,
+            )
+            .unwrap();
+        }
+        (dir, log)
+    }
+
+    fn rewrite(log: &AuditLog, f: impl FnOnce(&mut Vec<String>)) {
+        let mut lines: Vec<String> = std::fs::read_to_string(&log.path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        f(&mut lines);
+        std::fs::write(&log.path, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let (_d, log) = log_with(5);
+        assert_eq!(log.verify(), Ok(5));
+        assert_eq!(log.entries().unwrap()[0].prev, GENESIS);
+    }
+
+    #[test]
+    fn an_edited_entry_is_located() {
+        let (_d, log) = log_with(5);
+        rewrite(&log, |l| l[2] = l[2].replace("order-2", "order-X"));
+        assert_eq!(log.verify(), Err(ChainBreak::Edited { line: 3, seq: 3 }));
+        assert!(
+            log.append("intake", "op", None, json!({}), OffsetDateTime::UNIX_EPOCH)
+                .is_err(),
+            "no appending to a broken chain"
+        );
+    }
+
+    #[test]
+    fn removed_and_reordered_entries_are_located() {
+        let (_d, log) = log_with(5);
+        rewrite(&log, |l| {
+            l.remove(1);
+        });
+        assert_eq!(log.verify(), Err(ChainBreak::Broken { line: 2, seq: 3 }));
+        let (_d, log) = log_with(5);
+        rewrite(&log, |l| l.swap(3, 4));
+        assert_eq!(log.verify(), Err(ChainBreak::Broken { line: 4, seq: 5 }));
+        let (_d, log) = log_with(3);
+        rewrite(&log, |l| l[1] = "{\"not\": \"an entry\"}".into());
+        assert_eq!(log.verify(), Err(ChainBreak::Unreadable { line: 2 }));
+    }
+}

@@ -1,0 +1,3 @@
+//! Legal-desk tests: order verification with every rejection reason.
+
+mod orders;

@@ -1,0 +1,448 @@
+//! Court-order verification, one test per rejection reason, plus malformed
+//! documents of every kind.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use ed25519_dalek::{Signer, SigningKey};
+use redoubt_legal::order::*;
+use redoubt_legal::trust::*;
+use redoubt_legal::verify::*;
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+const NOW: OffsetDateTime = datetime!(2026-11-20 12:00 UTC);
+
+struct Fixture {
+    trust: TrustStore,
+    court_key: SigningKey,
+    prosecutor_key: SigningKey,
+}
+
+fn authority(id: &str, jurisdiction: &str, kind: AuthorityKind, key: &SigningKey) -> Authority {
+    Authority {
+        id: id.into(),
+        name: format!("{id} (test)"),
+        jurisdiction: jurisdiction.into(),
+        kind,
+        keys: vec![AuthorityKey {
+            key_id: format!("{id}#1"),
+            public_key: STANDARD.encode(key.verifying_key().as_bytes()),
+        }],
+        valid_from: datetime!(2026-01-01 0:00 UTC),
+        valid_until: datetime!(2027-12-31 0:00 UTC),
+        revoked_at: None,
+    }
+}
+
+fn fixture() -> Fixture {
+    let court_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let prosecutor_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let mut trust = TrustStore::default();
+    trust
+        .add(authority(
+            "fr-tj-paris",
+            "FR",
+            AuthorityKind::Court,
+            &court_key,
+        ))
+        .unwrap();
+    trust
+        .add(authority(
+            "fr-pr-paris",
+            "FR",
+            AuthorityKind::Prosecutor,
+            &prosecutor_key,
+        ))
+        .unwrap();
+    trust
+        .add(authority(
+            "de-ag-berlin",
+            "DE",
+            AuthorityKind::Court,
+            &court_key,
+        ))
+        .unwrap();
+    Fixture {
+        trust,
+        court_key,
+        prosecutor_key,
+    }
+}
+
+fn order() -> CourtOrder {
+    CourtOrder {
+        order_id: "FR-2026-000123".into(),
+        issuing_authority: "fr-tj-paris".into(),
+        validating_authority: None,
+        jurisdiction: "FR".into(),
+        legal_instrument: "national".into(),
+        legal_basis: "Code de procédure pénale, art. 60-1".into(),
+        case_reference: "PARQUET-26-4411".into(),
+        offence: "Extortion".into(),
+        target: Target::Phone("+33612345678".into()),
+        categories: vec![DataCategory::Subscriber, DataCategory::IpIdentification],
+        window: TimeWindow {
+            from: datetime!(2026-11-01 0:00 UTC),
+            to: datetime!(2026-11-19 0:00 UTC),
+        },
+        issued_at: datetime!(2026-11-20 9:00 UTC),
+        deadline: datetime!(2026-12-20 0:00 UTC),
+        emergency: false,
+        notify_user_after: Some(datetime!(2027-02-01 0:00 UTC)),
+        reasons: "The suspect's number was used in the extortion messages.".into(),
+    }
+}
+
+fn sign(order: CourtOrder, key: &SigningKey, key_id: &str) -> Vec<u8> {
+    let signature = key.sign(&canonical_json(&order));
+    let signed = SignedOrder {
+        order,
+        signature: OrderSignature {
+            alg: "Ed25519".into(),
+            key_id: key_id.into(),
+            value: STANDARD.encode(signature.to_bytes()),
+        },
+    };
+    serde_json::to_vec_pretty(&signed).unwrap()
+}
+
+fn check(document: &[u8], f: &Fixture) -> Result<SignedOrder, Rejection> {
+    verify_document(document, &f.trust, &MarketPolicy::default(), NOW)
+}
+
+#[test]
+fn a_valid_order_verifies() {
+    let f = fixture();
+    let signed = check(&sign(order(), &f.court_key, "fr-tj-paris#1"), &f).unwrap();
+    assert_eq!(signed.order.order_id, "FR-2026-000123");
+}
+
+#[test]
+fn any_one_byte_change_breaks_the_signature() {
+    let f = fixture();
+    let document = sign(order(), &f.court_key, "fr-tj-paris#1");
+    let text = String::from_utf8(document).unwrap();
+    let tampered = text.replace("Extortion", "Extortiom");
+    assert_eq!(
+        check(tampered.as_bytes(), &f).unwrap_err(),
+        Rejection::BadSignature
+    );
+    let widened = text.replace("2026-11-01T00:00:00Z", "2026-10-01T00:00:00Z");
+    assert_eq!(
+        check(widened.as_bytes(), &f).unwrap_err(),
+        Rejection::BadSignature
+    );
+}
+
+#[test]
+fn each_rejection_reason_is_distinct() {
+    let f = fixture();
+    let other_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let cases: Vec<(Vec<u8>, TrustStore, MarketPolicy, &str)> = vec![
+        (
+            sign(order(), &other_key, "fr-tj-paris#1"),
+            f.trust.clone(),
+            MarketPolicy::default(),
+            "bad_signature",
+        ),
+        (
+            sign(order(), &f.court_key, "fr-tj-paris#9"),
+            f.trust.clone(),
+            MarketPolicy::default(),
+            "bad_signature",
+        ),
+        (
+            sign(
+                CourtOrder {
+                    issuing_authority: "xx-unknown".into(),
+                    ..order()
+                },
+                &f.court_key,
+                "xx-unknown#1",
+            ),
+            f.trust.clone(),
+            MarketPolicy::default(),
+            "unknown_authority",
+        ),
+        (
+            sign(order(), &f.court_key, "fr-tj-paris#1"),
+            {
+                let mut t = f.trust.clone();
+                t.revoke("fr-tj-paris", datetime!(2026-11-01 0:00 UTC))
+                    .unwrap();
+                t
+            },
+            MarketPolicy::default(),
+            "authority_revoked",
+        ),
+        (
+            sign(order(), &f.court_key, "fr-tj-paris#1"),
+            {
+                let mut t = f.trust.clone();
+                t.authorities[0].valid_until = datetime!(2026-06-30 0:00 UTC);
+                t
+            },
+            MarketPolicy::default(),
+            "authority_expired",
+        ),
+        (
+            sign(
+                CourtOrder {
+                    issuing_authority: "de-ag-berlin".into(),
+                    ..order()
+                },
+                &f.court_key,
+                "de-ag-berlin#1",
+            ),
+            f.trust.clone(),
+            MarketPolicy::default(),
+            "not_competent",
+        ),
+        (
+            sign(
+                CourtOrder {
+                    issuing_authority: "fr-pr-paris".into(),
+                    ..order()
+                },
+                &f.prosecutor_key,
+                "fr-pr-paris#1",
+            ),
+            f.trust.clone(),
+            MarketPolicy::default(),
+            "validation_required",
+        ),
+        (
+            sign(
+                CourtOrder {
+                    issuing_authority: "fr-pr-paris".into(),
+                    validating_authority: Some("fr-pr-paris".into()),
+                    ..order()
+                },
+                &f.prosecutor_key,
+                "fr-pr-paris#1",
+            ),
+            f.trust.clone(),
+            MarketPolicy::default(),
+            "validation_required",
+        ),
+        (
+            sign(order(), &f.court_key, "fr-tj-paris#1"),
+            f.trust.clone(),
+            MarketPolicy {
+                served: vec![],
+                exited: vec!["FR".into()],
+            },
+            "jurisdiction_exited",
+        ),
+        (
+            sign(order(), &f.court_key, "fr-tj-paris#1"),
+            f.trust.clone(),
+            MarketPolicy {
+                served: vec!["DE".into()],
+                exited: vec![],
+            },
+            "jurisdiction_not_served",
+        ),
+        (
+            sign(
+                CourtOrder {
+                    deadline: datetime!(2026-11-20 10:00 UTC),
+                    ..order()
+                },
+                &f.court_key,
+                "fr-tj-paris#1",
+            ),
+            f.trust.clone(),
+            MarketPolicy::default(),
+            "expired",
+        ),
+        (
+            sign(
+                CourtOrder {
+                    issued_at: NOW + Duration::hours(2),
+                    deadline: NOW + Duration::days(30),
+                    ..order()
+                },
+                &f.court_key,
+                "fr-tj-paris#1",
+            ),
+            f.trust.clone(),
+            MarketPolicy::default(),
+            "issued_in_future",
+        ),
+    ];
+    for (i, (document, trust, markets, code)) in cases.into_iter().enumerate() {
+        let rejection = verify_document(&document, &trust, &markets, NOW).unwrap_err();
+        assert_eq!(rejection.code(), code, "case {i}: {rejection}");
+        assert!(!rejection.to_string().is_empty());
+    }
+    // A prosecutor's order validated by a court of the same state passes.
+    let validated = sign(
+        CourtOrder {
+            issuing_authority: "fr-pr-paris".into(),
+            validating_authority: Some("fr-tj-paris".into()),
+            ..order()
+        },
+        &f.prosecutor_key,
+        "fr-pr-paris#1",
+    );
+    assert!(check(&validated, &f).is_ok());
+}
+
+#[test]
+fn malformed_documents_are_rejected_with_a_reason() {
+    let f = fixture();
+    let good = String::from_utf8(sign(order(), &f.court_key, "fr-tj-paris#1")).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let with = |path: &[&str], v: serde_json::Value| {
+        let mut doc = value.clone();
+        let mut cursor = &mut doc;
+        for key in &path[..path.len() - 1] {
+            cursor = cursor.get_mut(*key).unwrap();
+        }
+        cursor[path[path.len() - 1]] = v;
+        serde_json::to_vec(&doc).unwrap()
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", good.as_bytes()[..good.len() / 2].to_vec()),
+        ("empty", Vec::new()),
+        ("not an object", b"[1,2,3]".to_vec()),
+        (
+            "wrong type",
+            with(&["order", "emergency"], serde_json::json!("yes")),
+        ),
+        (
+            "unknown category",
+            with(
+                &["order", "categories"],
+                serde_json::json!(["subscriber", "everything"]),
+            ),
+        ),
+        (
+            "no category",
+            with(&["order", "categories"], serde_json::json!([])),
+        ),
+        (
+            "repeated category",
+            with(
+                &["order", "categories"],
+                serde_json::json!(["content", "content"]),
+            ),
+        ),
+        (
+            "unknown field",
+            with(&["order", "priority"], serde_json::json!("high")),
+        ),
+        (
+            "huge field",
+            with(&["order", "reasons"], serde_json::json!("x".repeat(20_000))),
+        ),
+        (
+            "huge document",
+            with(&["order", "reasons"], serde_json::json!("x".repeat(70_000))),
+        ),
+        (
+            "cyrillic in id",
+            with(
+                &["order", "order_id"],
+                serde_json::json!("FR-2026-0001\u{0410}"),
+            ),
+        ),
+        (
+            "bidi override",
+            with(
+                &["order", "offence"],
+                serde_json::json!("fraud \u{202E}dnuof"),
+            ),
+        ),
+        (
+            "zero-width in authority",
+            with(
+                &["order", "issuing_authority"],
+                serde_json::json!("fr-tj-\u{200B}paris"),
+            ),
+        ),
+        (
+            "bad country",
+            with(&["order", "jurisdiction"], serde_json::json!("France")),
+        ),
+        (
+            "bad phone",
+            with(
+                &["order", "target"],
+                serde_json::json!({ "phone": "0612345678" }),
+            ),
+        ),
+        (
+            "bad account",
+            with(
+                &["order", "target"],
+                serde_json::json!({ "account_id": "nobody" }),
+            ),
+        ),
+        (
+            "bad date",
+            with(&["order", "issued_at"], serde_json::json!("yesterday")),
+        ),
+        (
+            "inverted window",
+            with(
+                &["order", "window"],
+                serde_json::json!({ "from": "2026-11-19T00:00:00Z", "to": "2026-11-01T00:00:00Z" }),
+            ),
+        ),
+        (
+            "other algorithm",
+            with(&["signature", "alg"], serde_json::json!("RS256")),
+        ),
+    ];
+    for (what, document) in cases {
+        match check(&document, &f) {
+            Err(Rejection::Malformed(reason)) => assert!(!reason.is_empty(), "{what}"),
+            other => panic!("{what}: expected a malformed-order rejection, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn only_subscriber_and_ip_data_can_ever_be_produced() {
+    assert!(producible(DataCategory::Subscriber).is_ok());
+    assert!(producible(DataCategory::IpIdentification).is_ok());
+    assert!(producible(DataCategory::Traffic)
+        .unwrap_err()
+        .starts_with("not held"));
+    assert!(producible(DataCategory::Content)
+        .unwrap_err()
+        .contains("end-to-end encrypted"));
+}
+
+#[test]
+fn the_trust_store_refuses_bad_entries_and_round_trips() {
+    let f = fixture();
+    let mut trust = f.trust.clone();
+    let dup = trust.authorities[0].clone();
+    assert_eq!(
+        trust.add(dup),
+        Err(TrustError::Duplicate("fr-tj-paris".into()))
+    );
+    let mut bad = authority("it-trib-roma", "Italy", AuthorityKind::Court, &f.court_key);
+    assert!(matches!(
+        trust.add(bad.clone()),
+        Err(TrustError::Invalid(_))
+    ));
+    bad.jurisdiction = "IT".into();
+    bad.keys[0].public_key = "not a key".into();
+    assert!(matches!(trust.add(bad), Err(TrustError::Invalid(_))));
+    assert!(matches!(
+        trust.revoke("nobody", NOW),
+        Err(TrustError::Unknown(_))
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trust.json");
+    trust.save(&path).unwrap();
+    assert_eq!(TrustStore::load(&path).unwrap(), trust);
+    assert_eq!(
+        TrustStore::load(&dir.path().join("missing.json")).unwrap(),
+        TrustStore::default()
+    );
+}
