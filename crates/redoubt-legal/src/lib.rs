@@ -13,7 +13,10 @@
 //! them.
 
 pub mod audit;
+pub mod desk;
+pub mod disclosure;
 pub mod order;
+pub mod records;
 pub mod trust;
 pub mod verify;
 

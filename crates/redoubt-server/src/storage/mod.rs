@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use redoubt_proto::api::EnvelopeKind;
 use redoubt_proto::{AccountId, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber, Timestamp};
 
+pub mod legal_view;
 pub mod sqlite;
 
 /// A storage failure. None of its messages contain stored values.

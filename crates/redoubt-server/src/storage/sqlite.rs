@@ -69,6 +69,11 @@ impl SqliteStore {
         Ok(Self { read, write })
     }
 
+    /// The read pool, for the legal desk's read-only queries (`legal_view`).
+    pub(crate) fn read_pool(&self) -> &SqlitePool {
+        &self.read
+    }
+
     /// Closes both pools, checkpointing the WAL.
     pub async fn close(&self) {
         self.read.close().await;

@@ -6,6 +6,7 @@ mod bad_input;
 mod binary;
 mod delivery;
 mod keypackages;
+mod legal;
 mod logs;
 mod ops;
 mod registration;

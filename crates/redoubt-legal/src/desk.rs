@@ -1,0 +1,368 @@
+//! The desk's workflow: intake (verify and record), four-eyes approval, and
+//! the disclosure package, each step written to the audit log.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use time::{Duration, OffsetDateTime};
+
+use crate::audit::AuditLog;
+use crate::disclosure::{Disclosure, NotProduced, ServiceKey, SignedPackage};
+use crate::order::{DataCategory, SignedOrder};
+use crate::records::{RecordsError, SubscriberRecords};
+use crate::trust::TrustStore;
+use crate::verify::{producible, verify_document, MarketPolicy, Rejection};
+use crate::LegalError;
+
+/// Where an order stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Verified; waiting for a second operator's approval.
+    Pending,
+    /// Refused, with the reason's code and text.
+    Rejected {
+        /// The stable code.
+        code: String,
+        /// The explanation.
+        reason: String,
+    },
+    /// Approved and answered.
+    Fulfilled {
+        /// The approving operator.
+        approved_by: String,
+        /// When the package was produced.
+        #[serde(with = "time::serde::rfc3339")]
+        disclosed_at: OffsetDateTime,
+    },
+}
+
+/// An order on file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    /// The order as received.
+    pub order: SignedOrder,
+    /// Who took it in.
+    pub intake_by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// Where it stands.
+    pub status: OrderStatus,
+}
+
+/// The result of an intake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intake {
+    /// Verified and waiting for approval.
+    Pending {
+        /// The order.
+        order_id: String,
+    },
+    /// Refused.
+    Rejected {
+        /// The order's id, when the document had a usable one.
+        order_id: Option<String>,
+        /// Why.
+        rejection: Rejection,
+    },
+}
+
+/// Errors of the desk's workflow.
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    /// Files could not be read or written.
+    #[error(transparent)]
+    Legal(#[from] LegalError),
+    /// The records could not be read.
+    #[error(transparent)]
+    Records(#[from] RecordsError),
+    /// No order with this id is on file.
+    #[error("no order {0:?} is on file")]
+    UnknownOrder(String),
+    /// The order is not waiting for approval.
+    #[error("order {0:?} is not pending (it was rejected or already answered)")]
+    NotPending(String),
+    /// The operator who took the order in tried to approve it.
+    #[error("four-eyes rule: the operator who took an order in cannot approve it")]
+    FourEyes,
+    /// The order lapsed while waiting.
+    #[error("the order's deadline passed before approval")]
+    Expired,
+}
+
+/// The desk, over a data directory and read-only records.
+pub struct Desk<R> {
+    dir: PathBuf,
+    records: R,
+    /// The trust store in force.
+    pub trust: TrustStore,
+    /// Where the service operates.
+    pub markets: MarketPolicy,
+    /// How long IP-log rows are kept (the relay's `ip_log.retention`).
+    pub retention: Duration,
+    audit: AuditLog,
+    key: ServiceKey,
+}
+
+fn file_name(order_id: &str) -> String {
+    // Order ids may contain '/' and ':'; a hash is a safe file name.
+    let digest = Sha256::digest(order_id.as_bytes());
+    format!(
+        "{}.json",
+        digest
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+impl<R: SubscriberRecords> Desk<R> {
+    /// Opens the desk in `dir` (trust store, audit log, service key, orders).
+    pub fn open(
+        dir: &Path,
+        records: R,
+        markets: MarketPolicy,
+        retention: Duration,
+    ) -> Result<Self, LegalError> {
+        std::fs::create_dir_all(dir.join("orders"))?;
+        std::fs::create_dir_all(dir.join("disclosures"))?;
+        Ok(Self {
+            trust: TrustStore::load(&dir.join("trust.json"))?,
+            audit: AuditLog::new(&dir.join("audit.jsonl")),
+            key: ServiceKey::load_or_create(&dir.join("service_key"))?,
+            dir: dir.to_owned(),
+            records,
+            markets,
+            retention,
+        })
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The service's public key (base64), which authorities use to check packages.
+    pub fn public_key(&self) -> String {
+        self.key.public_key()
+    }
+
+    /// The order on file with this id.
+    pub fn order(&self, order_id: &str) -> Result<Option<OrderRecord>, LegalError> {
+        match std::fs::read(self.dir.join("orders").join(file_name(order_id))) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| LegalError::Malformed {
+                        what: "an order record",
+                        detail: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn save(&self, record: &OrderRecord) -> Result<(), LegalError> {
+        let path = self
+            .dir
+            .join("orders")
+            .join(file_name(&record.order.order.order_id));
+        let tmp = path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(record).map_err(|e| LegalError::Malformed {
+                what: "an order record",
+                detail: e.to_string(),
+            })?,
+        )?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    fn reject(
+        &self,
+        order: Option<&SignedOrder>,
+        rejection: Rejection,
+        operator: &str,
+        now: OffsetDateTime,
+    ) -> Result<Intake, LegalError> {
+        let order_id = order.map(|o| o.order.order_id.clone());
+        // A replay is refused without touching the original's record.
+        if let (Some(order), false) = (order, rejection == Rejection::Duplicate) {
+            self.save(&OrderRecord {
+                order: order.clone(),
+                intake_by: operator.into(),
+                received_at: now,
+                status: OrderStatus::Rejected {
+                    code: rejection.code().into(),
+                    reason: rejection.to_string(),
+                },
+            })?;
+        }
+        let jurisdiction = order.map(|o| o.order.jurisdiction.clone());
+        self.audit.append(
+            "rejection",
+            operator,
+            order_id.as_deref(),
+            json!({ "code": rejection.code(), "reason": rejection.to_string(), "jurisdiction": jurisdiction }),
+            now,
+        )?;
+        Ok(Intake::Rejected {
+            order_id,
+            rejection,
+        })
+    }
+
+    /// Verifies an order document and files it as pending or rejected.
+    pub async fn intake(
+        &self,
+        document: &[u8],
+        operator: &str,
+        now: OffsetDateTime,
+    ) -> Result<Intake, DeskError> {
+        let signed = match verify_document(document, &self.trust, &self.markets, now) {
+            Ok(signed) => signed,
+            Err(rejection) => return Ok(self.reject(None, rejection, operator, now)?),
+        };
+        let order = &signed.order;
+        if self.order(&order.order_id)?.is_some() {
+            return Ok(self.reject(Some(&signed), Rejection::Duplicate, operator, now)?);
+        }
+        if self.records.subscriber(&order.target).await?.is_none() {
+            return Ok(self.reject(Some(&signed), Rejection::TargetNotFound, operator, now)?);
+        }
+        let only_ip_data = !order.categories.contains(&DataCategory::Subscriber);
+        if only_ip_data && order.window.to < now - self.retention {
+            return Ok(self.reject(Some(&signed), Rejection::NoDataHeld, operator, now)?);
+        }
+        self.save(&OrderRecord {
+            order: signed.clone(),
+            intake_by: operator.into(),
+            received_at: now,
+            status: OrderStatus::Pending,
+        })?;
+        self.audit.append(
+            "intake",
+            operator,
+            Some(&order.order_id),
+            json!({
+                "jurisdiction": order.jurisdiction,
+                "legal_instrument": order.legal_instrument,
+                "categories": order.categories,
+                "emergency": order.emergency,
+            }),
+            now,
+        )?;
+        Ok(Intake::Pending {
+            order_id: order.order_id.clone(),
+        })
+    }
+
+    /// A second operator approves a pending order: the package is produced,
+    /// signed, filed and returned.
+    pub async fn approve(
+        &self,
+        order_id: &str,
+        operator: &str,
+        now: OffsetDateTime,
+    ) -> Result<SignedPackage, DeskError> {
+        let mut record = self
+            .order(order_id)?
+            .ok_or_else(|| DeskError::UnknownOrder(order_id.into()))?;
+        if record.status != OrderStatus::Pending {
+            return Err(DeskError::NotPending(order_id.into()));
+        }
+        if record.intake_by == operator {
+            return Err(DeskError::FourEyes);
+        }
+        let order = record.order.order.clone();
+        if order.deadline < now {
+            return Err(DeskError::Expired);
+        }
+        let subscriber = self
+            .records
+            .subscriber(&order.target)
+            .await?
+            .ok_or(DeskError::UnknownOrder(order_id.into()))?;
+        let account = subscriber.account_id;
+        let mut produced = Disclosure {
+            subscriber: None,
+            ip_identification: None,
+        };
+        let mut not_produced = Vec::new();
+        for category in &order.categories {
+            match (category, producible(*category)) {
+                (DataCategory::Subscriber, Ok(())) => {
+                    produced.subscriber = Some((&subscriber).into())
+                }
+                (DataCategory::IpIdentification, Ok(())) => {
+                    produced.ip_identification = Some(
+                        self.records
+                            .ip_records(account, order.window.from, order.window.to)
+                            .await?,
+                    );
+                }
+                (category, Err(reason)) => not_produced.push(NotProduced {
+                    category: *category,
+                    reason: reason.into(),
+                }),
+                (_, Ok(())) => {}
+            }
+        }
+        let package = crate::disclosure::DisclosurePackage {
+            order_id: order.order_id.clone(),
+            issuing_authority: order.issuing_authority.clone(),
+            jurisdiction: order.jurisdiction.clone(),
+            produced,
+            not_produced,
+            message_content_bytes_disclosed: 0,
+            produced_at: now,
+        };
+        let signed = self.key.sign(package);
+        let path = self.dir.join("disclosures").join(file_name(order_id));
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&signed).map_err(|e| LegalError::Malformed {
+                what: "a package",
+                detail: e.to_string(),
+            })?,
+        )
+        .map_err(LegalError::from)?;
+        record.status = OrderStatus::Fulfilled {
+            approved_by: operator.into(),
+            disclosed_at: now,
+        };
+        self.save(&record)?;
+        self.audit.append(
+            "approval",
+            operator,
+            Some(order_id),
+            json!({ "intake_by": record.intake_by }),
+            now,
+        )?;
+        let ip_rows = signed
+            .package
+            .produced
+            .ip_identification
+            .as_ref()
+            .map_or(0, Vec::len);
+        self.audit.append(
+            "disclosure",
+            operator,
+            Some(order_id),
+            json!({
+                "jurisdiction": order.jurisdiction,
+                "produced": { "subscriber": signed.package.produced.subscriber.is_some(), "ip_records": ip_rows },
+                "not_produced": signed.package.not_produced.iter().map(|n| n.category).collect::<Vec<_>>(),
+                "message_content_bytes": 0,
+            }),
+            now,
+        )?;
+        Ok(signed)
+    }
+}

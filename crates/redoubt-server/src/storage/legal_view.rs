@@ -1,0 +1,93 @@
+//! The legal desk's window onto the SQLite store: the two read-only queries
+//! of `redoubt_legal::records::SubscriberRecords`, and nothing else. Keeping
+//! them in their own module makes invariant 2 reviewable at a glance: no
+//! query here touches `envelopes`, `mailbox`, `key_packages` or `devices`.
+
+use redoubt_legal::order::Target;
+use redoubt_legal::records::{IpRecord, RecordsError, Subscriber, SubscriberRecords};
+use redoubt_proto::{AccountId, PhoneNumber};
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use super::sqlite::SqliteStore;
+
+fn to_time(ms: i64) -> Result<OffsetDateTime, RecordsError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|e| RecordsError(e.to_string()))
+}
+
+fn to_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn failed(e: sqlx::Error) -> RecordsError {
+    RecordsError(e.to_string())
+}
+
+impl SubscriberRecords for SqliteStore {
+    async fn subscriber(&self, target: &Target) -> Result<Option<Subscriber>, RecordsError> {
+        let row = match target {
+            Target::Phone(phone) => {
+                let Ok(phone) = PhoneNumber::parse(phone) else {
+                    return Ok(None);
+                };
+                sqlx::query("SELECT id, phone, created_at FROM accounts WHERE phone = ?")
+                    .bind(phone.e164().to_owned())
+                    .fetch_optional(self.read_pool())
+                    .await
+            }
+            Target::AccountId(id) => {
+                let Ok(id) = id.parse::<AccountId>() else {
+                    return Ok(None);
+                };
+                sqlx::query("SELECT id, phone, created_at FROM accounts WHERE id = ?")
+                    .bind(id.as_bytes().to_vec())
+                    .fetch_optional(self.read_pool())
+                    .await
+            }
+        }
+        .map_err(failed)?;
+        let Some(row) = row else { return Ok(None) };
+        let id: Vec<u8> = row.get(0);
+        let id: [u8; 16] = id
+            .try_into()
+            .map_err(|_| RecordsError("account id".into()))?;
+        let phone: String = row.get(1);
+        Ok(Some(Subscriber {
+            account_id: AccountId::from_bytes(id),
+            phone: PhoneNumber::parse(&phone).map_err(|e| RecordsError(e.to_string()))?,
+            account_created_at: to_time(row.get(2))?,
+        }))
+    }
+
+    async fn ip_records(
+        &self,
+        account: AccountId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<IpRecord>, RecordsError> {
+        let rows = sqlx::query(
+            "SELECT ip, port, first_seen, last_seen FROM ip_log
+             WHERE account_id = ? AND last_seen >= ? AND first_seen <= ?
+             ORDER BY first_seen, ip, port",
+        )
+        .bind(account.as_bytes().to_vec())
+        .bind(to_ms(from))
+        .bind(to_ms(to))
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(failed)?;
+        rows.into_iter()
+            .map(|row| {
+                let ip: String = row.get(0);
+                let port: i64 = row.get(1);
+                Ok(IpRecord {
+                    ip: ip.parse().map_err(|_| RecordsError("ip address".into()))?,
+                    port: u16::try_from(port).map_err(|_| RecordsError("port".into()))?,
+                    first_seen: to_time(row.get(2))?,
+                    last_seen: to_time(row.get(3))?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,267 @@
+//! The legal desk against a real relay: real accounts, IP-log rows made by
+//! real requests from several loopback addresses, and the desk's answer
+//! holding exactly the target's phone number and addresses.
+
+use std::net::IpAddr;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use ed25519_dalek::{Signer, SigningKey};
+use redoubt_legal::desk::{DeskError, Intake};
+use redoubt_legal::disclosure::{verify_package, PackageError};
+use redoubt_legal::order::*;
+use redoubt_legal::trust::{Authority, AuthorityKey, AuthorityKind};
+use redoubt_legal::verify::{MarketPolicy, Rejection};
+use redoubt_proto::PhoneNumber;
+use redoubt_server::storage::sqlite::SqliteStore;
+use test_support::{logs, TestDevice, TestServer};
+use time::{Duration, OffsetDateTime};
+
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn register_from(server: &TestServer, ip: &str) -> TestDevice {
+    let phone = test_support::fresh_phone();
+    let e164 = PhoneNumber::parse(&phone).unwrap().e164().to_owned();
+    TestDevice::register_from(client_from(ip), &server.base_url(), &phone, "legal", || {
+        logs::dev_code_for(&logs::captured(), &e164)
+    })
+    .await
+}
+
+fn signed_order(key: &SigningKey, order: CourtOrder) -> Vec<u8> {
+    let signature = STANDARD.encode(key.sign(&canonical_json(&order)).to_bytes());
+    serde_json::to_vec(&SignedOrder {
+        order,
+        signature: OrderSignature {
+            alg: "Ed25519".into(),
+            key_id: "fr-tj-paris#1".into(),
+            value: signature,
+        },
+    })
+    .unwrap()
+}
+
+fn order(id: &str, phone: &str, categories: Vec<DataCategory>, now: OffsetDateTime) -> CourtOrder {
+    CourtOrder {
+        order_id: id.into(),
+        issuing_authority: "fr-tj-paris".into(),
+        validating_authority: None,
+        jurisdiction: "FR".into(),
+        legal_instrument: "national".into(),
+        legal_basis: "Code de procédure pénale, art. 60-1".into(),
+        case_reference: "CASE-1".into(),
+        offence: "Fraud".into(),
+        target: Target::Phone(phone.into()),
+        categories,
+        window: TimeWindow {
+            from: now - Duration::days(1),
+            to: now + Duration::hours(1),
+        },
+        issued_at: now - Duration::minutes(5),
+        deadline: now + Duration::days(10),
+        emergency: false,
+        notify_user_after: None,
+        reasons: "Needed for the investigation.".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
+    let server = TestServer::start().await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    suspect.get("/v1/devices").await;
+    let mut elsewhere = suspect.clone();
+    elsewhere.http = client_from("127.0.0.3");
+    elsewhere.get("/v1/devices").await;
+    let bystander = register_from(&server, "127.0.0.4").await;
+    bystander.get("/v1/devices").await;
+    bystander.send_ok(&[suspect.device_id], b"opaque").await;
+
+    // The desk runs as the operator's commands do: its own connection to the
+    // relay's database, read-only queries only.
+    let store = SqliteStore::open(&server.db_path(), &Default::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut desk = redoubt_legal::desk::Desk::open(
+        dir.path(),
+        store,
+        MarketPolicy::default(),
+        Duration::days(30),
+    )
+    .unwrap();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let now = OffsetDateTime::now_utc();
+    desk.trust
+        .add(Authority {
+            id: "fr-tj-paris".into(),
+            name: "Tribunal judiciaire de Paris".into(),
+            jurisdiction: "FR".into(),
+            kind: AuthorityKind::Court,
+            keys: vec![AuthorityKey {
+                key_id: "fr-tj-paris#1".into(),
+                public_key: STANDARD.encode(key.verifying_key().as_bytes()),
+            }],
+            valid_from: now - Duration::days(365),
+            valid_until: now + Duration::days(365),
+            revoked_at: None,
+        })
+        .unwrap();
+
+    let phone = suspect.phone.e164().to_owned();
+    let all = vec![
+        DataCategory::Subscriber,
+        DataCategory::IpIdentification,
+        DataCategory::Traffic,
+        DataCategory::Content,
+    ];
+    let document = signed_order(&key, order("FR-1", &phone, all, now));
+    assert_eq!(
+        desk.intake(&document, "olga", now).await.unwrap(),
+        Intake::Pending {
+            order_id: "FR-1".into()
+        }
+    );
+    assert!(matches!(
+        desk.approve("FR-1", "olga", now).await,
+        Err(DeskError::FourEyes)
+    ));
+    let package = desk.approve("FR-1", "pierre", now).await.unwrap();
+    assert!(matches!(
+        desk.approve("FR-1", "pierre", now).await,
+        Err(DeskError::NotPending(_))
+    ));
+
+    let produced = &package.package.produced;
+    assert_eq!(produced.subscriber.as_ref().unwrap().phone.e164(), phone);
+    let ips: Vec<String> = produced
+        .ip_identification
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|r| r.ip.to_string())
+        .collect();
+    assert!(
+        ips.contains(&"127.0.0.2".to_owned()) && ips.contains(&"127.0.0.3".to_owned()),
+        "{ips:?}"
+    );
+    assert!(
+        !ips.contains(&"127.0.0.4".to_owned()),
+        "no other account's data"
+    );
+    let text = serde_json::to_string(&package).unwrap();
+    assert!(
+        !text.contains(bystander.phone.e164()),
+        "no other account's data"
+    );
+    assert!(!text.contains("opaque"), "no message bytes");
+    let not_produced: Vec<(DataCategory, &str)> = package
+        .package
+        .not_produced
+        .iter()
+        .map(|n| (n.category, n.reason.as_str()))
+        .collect();
+    assert_eq!(not_produced.len(), 2);
+    assert!(not_produced
+        .iter()
+        .all(|(_, reason)| reason.starts_with("not held")));
+    assert!(not_produced
+        .iter()
+        .any(|(c, r)| *c == DataCategory::Content && r.contains("end-to-end encrypted")));
+    assert!(not_produced
+        .iter()
+        .any(|(c, r)| *c == DataCategory::Traffic && r.contains("not collected")));
+    assert_eq!(package.package.message_content_bytes_disclosed, 0);
+
+    // The authority can check the package, and any one-byte change fails.
+    let bytes = serde_json::to_vec(&package).unwrap();
+    assert!(verify_package(&bytes, &desk.public_key()).is_ok());
+    let mut altered = String::from_utf8(bytes.clone()).unwrap();
+    altered = altered.replacen("127.0.0.2", "127.0.0.9", 1);
+    assert_eq!(
+        verify_package(altered.as_bytes(), &desk.public_key()),
+        Err(PackageError::BadSignature)
+    );
+
+    // The desk-level rejections.
+    let replay = desk.intake(&document, "olga", now).await.unwrap();
+    assert!(matches!(
+        replay,
+        Intake::Rejected {
+            rejection: Rejection::Duplicate,
+            ..
+        }
+    ));
+    let nobody = signed_order(
+        &key,
+        order(
+            "FR-2",
+            &test_support::fresh_phone(),
+            vec![DataCategory::Subscriber],
+            now,
+        ),
+    );
+    let outcome = desk.intake(&nobody, "olga", now).await.unwrap();
+    assert!(matches!(
+        outcome,
+        Intake::Rejected {
+            rejection: Rejection::TargetNotFound,
+            ..
+        }
+    ));
+    let mut old = order("FR-3", &phone, vec![DataCategory::IpIdentification], now);
+    old.window = TimeWindow {
+        from: now - Duration::days(90),
+        to: now - Duration::days(60),
+    };
+    let outcome = desk
+        .intake(&signed_order(&key, old), "olga", now)
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome,
+        Intake::Rejected {
+            rejection: Rejection::NoDataHeld,
+            ..
+        }
+    ));
+    let outcome = desk.intake(b"{\"order\": {", "olga", now).await.unwrap();
+    assert!(matches!(
+        outcome,
+        Intake::Rejected {
+            rejection: Rejection::Malformed(_),
+            order_id: None
+        }
+    ));
+
+    // Every step is in the audit chain, which verifies; an edit is located.
+    let entries = desk.audit().entries().unwrap();
+    let events: Vec<&str> = entries.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        events,
+        vec![
+            "intake",
+            "approval",
+            "disclosure",
+            "rejection",
+            "rejection",
+            "rejection",
+            "rejection"
+        ]
+    );
+    assert_eq!(desk.audit().verify(), Ok(7));
+    let path = dir.path().join("audit.jsonl");
+    let edited = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen("\"pierre\"", "\"mallory\"", 1);
+    std::fs::write(&path, edited).unwrap();
+    assert!(matches!(
+        desk.audit().verify(),
+        Err(redoubt_legal::audit::ChainBreak::Edited { seq: 2, .. })
+    ));
+}
