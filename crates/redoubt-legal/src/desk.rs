@@ -141,6 +141,37 @@ impl<R: SubscriberRecords> Desk<R> {
         })
     }
 
+    /// Saves the trust store after a change and records the change.
+    pub fn save_trust(
+        &self,
+        operator: &str,
+        change: serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<(), LegalError> {
+        self.trust.save(&self.dir.join("trust.json"))?;
+        self.audit.append("trust", operator, None, change, now)?;
+        Ok(())
+    }
+
+    /// Every order on file, oldest first.
+    pub fn orders(&self) -> Result<Vec<OrderRecord>, LegalError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join("orders"))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let bytes = std::fs::read(&path)?;
+                out.push(serde_json::from_slice::<OrderRecord>(&bytes).map_err(|e| {
+                    LegalError::Malformed {
+                        what: "an order record",
+                        detail: e.to_string(),
+                    }
+                })?);
+            }
+        }
+        out.sort_by_key(|r| r.received_at);
+        Ok(out)
+    }
+
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -227,7 +258,30 @@ impl<R: SubscriberRecords> Desk<R> {
     ) -> Result<Intake, DeskError> {
         let signed = match verify_document(document, &self.trust, &self.markets, now) {
             Ok(signed) => signed,
-            Err(rejection) => return Ok(self.reject(None, rejection, operator, now)?),
+            Err(rejection) => {
+                // Name the order in the audit log when its id is readable,
+                // but file nothing: an unverified document must never create
+                // or overwrite an order record.
+                let order_id = serde_json::from_slice::<serde_json::Value>(document)
+                    .ok()
+                    .and_then(|v| {
+                        v.pointer("/order/order_id")
+                            .and_then(|id| id.as_str())
+                            .map(str::to_owned)
+                    })
+                    .filter(|id| crate::verify::check_id("order_id", id).is_ok());
+                self.audit.append(
+                    "rejection",
+                    operator,
+                    order_id.as_deref(),
+                    json!({ "code": rejection.code(), "reason": rejection.to_string() }),
+                    now,
+                )?;
+                return Ok(Intake::Rejected {
+                    order_id,
+                    rejection,
+                });
+            }
         };
         let order = &signed.order;
         if self.order(&order.order_id)?.is_some() {

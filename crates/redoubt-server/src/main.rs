@@ -34,6 +34,9 @@ struct Cli {
     command: Option<Command>,
 }
 
+// The command line is parsed once at start-up; the size of its largest
+// variant does not matter, and boxing would only obscure the clap derive.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the relay (the default when no command is given). Stops cleanly on
@@ -45,6 +48,105 @@ enum Command {
     /// Create or upgrade the database schema, then exit. `serve` does this
     /// too; this is for deployments that migrate before rolling out nodes.
     Migrate,
+    /// The legal desk: court orders, the authority trust store, disclosure
+    /// (phone number and IP records only) and the audit log. Its files live
+    /// in <data_dir>/legal.
+    #[command(subcommand)]
+    Legal(LegalCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum LegalCommand {
+    /// Manage the authorities whose orders are considered.
+    #[command(subcommand)]
+    Authority(AuthorityCommand),
+    /// Verify a signed court order (JSON, see docs/court-order.md) and file
+    /// it as pending review, or reject it with the reason.
+    Intake {
+        /// The order document.
+        file: PathBuf,
+        /// The operator taking it in.
+        #[arg(long, env = "REDOUBT_OPERATOR")]
+        operator: String,
+    },
+    /// Approve a pending order (a different operator from the one who took
+    /// it in) and write the signed disclosure package.
+    Approve {
+        /// The order id.
+        order_id: String,
+        /// The approving operator.
+        #[arg(long, env = "REDOUBT_OPERATOR")]
+        operator: String,
+        /// Where to write the package (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List the orders on file and where each stands.
+    Orders,
+    /// Check the audit log's hash chain; names the first broken entry.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print the service's public key, which authorities use to verify
+    /// disclosure packages and reports.
+    ServiceKey,
+    /// Verify a signed disclosure package against the service key.
+    VerifyPackage {
+        /// The package file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuthorityCommand {
+    /// Add an authority.
+    Add {
+        /// Its id, as orders name it (such as fr-tj-paris).
+        #[arg(long)]
+        id: String,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// ISO 3166-1 alpha-2 code of the state it acts for.
+        #[arg(long)]
+        jurisdiction: String,
+        /// court, judge, prosecutor or other (prosecutors and others need a
+        /// validating court or judge).
+        #[arg(long)]
+        kind: String,
+        /// The key's id, as orders name it in signature.key_id.
+        #[arg(long)]
+        key_id: String,
+        /// The Ed25519 public key, standard base64.
+        #[arg(long)]
+        public_key: String,
+        /// Trusted from (RFC 3339); default now. Orders are checked against
+        /// the validity period both now and at their issue time, so set this
+        /// back to when the authority's key came into use.
+        #[arg(long)]
+        valid_from: Option<String>,
+        /// Trusted until (RFC 3339).
+        #[arg(long)]
+        valid_until: String,
+        /// The operator making the change.
+        #[arg(long, env = "REDOUBT_OPERATOR")]
+        operator: String,
+    },
+    /// List authorities.
+    List,
+    /// Revoke an authority from now on.
+    Revoke {
+        /// Its id.
+        id: String,
+        /// The operator making the change.
+        #[arg(long, env = "REDOUBT_OPERATOR")]
+        operator: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the hash chain.
+    Verify,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +212,169 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+type Desk = redoubt_legal::desk::Desk<redoubt_server::storage::sqlite::SqliteStore>;
+
+async fn open_desk(config: &Config) -> anyhow::Result<Desk> {
+    let redoubt_server::config::StorageConfig::Sqlite(sqlite) = &config.storage;
+    let store =
+        redoubt_server::storage::sqlite::SqliteStore::open(&config.sqlite_path(), sqlite).await?;
+    let retention = time::Duration::try_from(config.ip_log.retention)?;
+    Ok(redoubt_legal::desk::Desk::open(
+        &config.data_dir.join("legal"),
+        store,
+        redoubt_legal::verify::MarketPolicy::default(),
+        retention,
+    )?)
+}
+
+fn parse_time(text: &str) -> anyhow::Result<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(
+        |_| anyhow::anyhow!("{text:?} is not an RFC 3339 time such as 2027-01-15T00:00:00Z"),
+    )
+}
+
+async fn legal(config: Config, command: &LegalCommand) -> anyhow::Result<()> {
+    use redoubt_legal::desk::Intake;
+    let now = time::OffsetDateTime::now_utc();
+    let mut desk = open_desk(&config).await?;
+    match command {
+        LegalCommand::Authority(AuthorityCommand::Add {
+            id,
+            name,
+            jurisdiction,
+            kind,
+            key_id,
+            public_key,
+            valid_from,
+            valid_until,
+            operator,
+        }) => {
+            let kind = match kind.as_str() {
+                "court" => redoubt_legal::trust::AuthorityKind::Court,
+                "judge" => redoubt_legal::trust::AuthorityKind::Judge,
+                "prosecutor" => redoubt_legal::trust::AuthorityKind::Prosecutor,
+                "other" => redoubt_legal::trust::AuthorityKind::Other,
+                other => anyhow::bail!(
+                    "{other:?} is not an authority kind (court, judge, prosecutor, other)"
+                ),
+            };
+            let authority = redoubt_legal::trust::Authority {
+                id: id.clone(),
+                name: name.clone(),
+                jurisdiction: jurisdiction.clone(),
+                kind,
+                keys: vec![redoubt_legal::trust::AuthorityKey {
+                    key_id: key_id.clone(),
+                    public_key: public_key.clone(),
+                }],
+                valid_from: valid_from
+                    .as_deref()
+                    .map(parse_time)
+                    .transpose()?
+                    .unwrap_or(now),
+                valid_until: parse_time(valid_until)?,
+                revoked_at: None,
+            };
+            desk.trust.add(authority)?;
+            desk.save_trust(
+                operator,
+                serde_json::json!({ "added": id, "jurisdiction": jurisdiction }),
+                now,
+            )?;
+            println!("Added authority {id} ({jurisdiction}).");
+        }
+        LegalCommand::Authority(AuthorityCommand::List) => {
+            for a in &desk.trust.authorities {
+                let state = if a.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}  {}  {:?}  {}  {}",
+                    a.id, a.jurisdiction, a.kind, state, a.name
+                );
+            }
+        }
+        LegalCommand::Authority(AuthorityCommand::Revoke { id, operator }) => {
+            desk.trust.revoke(id, now)?;
+            desk.save_trust(operator, serde_json::json!({ "revoked": id }), now)?;
+            println!("Revoked authority {id}.");
+        }
+        LegalCommand::Intake { file, operator } => {
+            let document =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            match desk.intake(&document, operator, now).await? {
+                Intake::Pending { order_id } => {
+                    println!("Order {order_id} verified and filed: pending approval by a second operator.");
+                }
+                Intake::Rejected {
+                    order_id,
+                    rejection,
+                } => {
+                    anyhow::bail!(
+                        "order {} rejected ({}): {rejection}",
+                        order_id.unwrap_or_else(|| "(unreadable)".into()),
+                        rejection.code()
+                    );
+                }
+            }
+        }
+        LegalCommand::Approve {
+            order_id,
+            operator,
+            out,
+        } => {
+            let package = desk.approve(order_id, operator, now).await?;
+            let text = serde_json::to_string_pretty(&package)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(path, text)?;
+                    eprintln!(
+                        "Disclosure package for {order_id} written to {}.",
+                        path.display()
+                    );
+                }
+                None => println!("{text}"),
+            }
+        }
+        LegalCommand::Orders => {
+            for r in desk.orders()? {
+                let status = match &r.status {
+                    redoubt_legal::desk::OrderStatus::Pending => "pending".to_owned(),
+                    redoubt_legal::desk::OrderStatus::Rejected { code, .. } => {
+                        format!("rejected ({code})")
+                    }
+                    redoubt_legal::desk::OrderStatus::Fulfilled { approved_by, .. } => {
+                        format!("fulfilled (approved by {approved_by})")
+                    }
+                };
+                println!(
+                    "{}  {}  {}  {status}",
+                    r.order.order.order_id,
+                    r.order.order.jurisdiction,
+                    r.order.order.issuing_authority
+                );
+            }
+        }
+        LegalCommand::Audit(AuditCommand::Verify) => match desk.audit().verify() {
+            Ok(n) => println!("Audit log intact: {n} entries."),
+            Err(e) => anyhow::bail!("audit log broken: {e}"),
+        },
+        LegalCommand::ServiceKey => println!("{}", desk.public_key()),
+        LegalCommand::VerifyPackage { file } => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let package = redoubt_legal::disclosure::verify_package(&bytes, &desk.public_key())?;
+            println!(
+                "Package for order {} verifies with the service key.",
+                package.order_id
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = (|| -> anyhow::Result<()> {
@@ -123,6 +388,10 @@ fn main() -> ExitCode {
                 print!("{}", toml::to_string_pretty(&config)?);
                 eprintln!("configuration is valid");
                 Ok(())
+            }
+            Some(Command::Legal(command)) => {
+                let config = load_config(&cli)?;
+                tokio::runtime::Runtime::new()?.block_on(legal(config, command))
             }
             Some(Command::Migrate) => {
                 let config = load_config(&cli)?;

@@ -176,3 +176,172 @@ fn config_example_is_valid_and_bad_config_fails_clearly() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read configuration file"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
+    use base64::Engine as _;
+    use ed25519_dalek::Signer;
+    use redoubt_legal::order::*;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(BIN.as_ref(), dir.path(), &[], &[]);
+    let suspect = register(&server, &test_support::fresh_phone()).await;
+    suspect.get("/v1/devices").await;
+    let data = dir.path().to_owned();
+    let legal = move |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("legal")
+            .args(args)
+            .env_remove("REDOUBT_OPERATOR")
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
+    let added = legal(&[
+        "authority",
+        "add",
+        "--id",
+        "fr-tj-paris",
+        "--name",
+        "Tribunal judiciaire de Paris",
+        "--jurisdiction",
+        "FR",
+        "--kind",
+        "court",
+        "--key-id",
+        "fr-tj-paris#1",
+        "--public-key",
+        &public,
+        "--valid-from",
+        "2026-01-01T00:00:00Z",
+        "--valid-until",
+        "2099-01-01T00:00:00Z",
+        "--operator",
+        "olga",
+    ]);
+    assert!(added.status.success(), "{}", text(&added));
+    assert!(text(&legal(&["authority", "list"])).contains("fr-tj-paris"));
+
+    let now = time::OffsetDateTime::now_utc();
+    let order = CourtOrder {
+        order_id: "FR-CLI-1".into(),
+        issuing_authority: "fr-tj-paris".into(),
+        validating_authority: None,
+        jurisdiction: "FR".into(),
+        legal_instrument: "national".into(),
+        legal_basis: "CPP art. 60-1".into(),
+        case_reference: "CASE-9".into(),
+        offence: "Fraud".into(),
+        target: Target::Phone(suspect.phone.e164().into()),
+        categories: vec![
+            DataCategory::Subscriber,
+            DataCategory::IpIdentification,
+            DataCategory::Content,
+        ],
+        window: TimeWindow {
+            from: now - time::Duration::days(1),
+            to: now + time::Duration::hours(1),
+        },
+        issued_at: now - time::Duration::minutes(1),
+        deadline: now + time::Duration::days(7),
+        emergency: false,
+        notify_user_after: None,
+        reasons: "Needed.".into(),
+    };
+    let signature = base64::engine::general_purpose::STANDARD
+        .encode(key.sign(&canonical_json(&order)).to_bytes());
+    let signed = SignedOrder {
+        order,
+        signature: OrderSignature {
+            alg: "Ed25519".into(),
+            key_id: "fr-tj-paris#1".into(),
+            value: signature,
+        },
+    };
+    let order_file = dir.path().join("order.json");
+    std::fs::write(&order_file, serde_json::to_vec_pretty(&signed).unwrap()).unwrap();
+    let order_path = order_file.to_str().unwrap().to_owned();
+
+    let intake = legal(&["intake", &order_path, "--operator", "olga"]);
+    assert!(intake.status.success(), "{}", text(&intake));
+    assert!(text(&intake).contains("pending approval"));
+    let same = legal(&["approve", "FR-CLI-1", "--operator", "olga"]);
+    assert_eq!(same.status.code(), Some(1));
+    assert!(text(&same).contains("four-eyes"), "{}", text(&same));
+    let package_file = dir.path().join("package.json");
+    let approved = legal(&[
+        "approve",
+        "FR-CLI-1",
+        "--operator",
+        "pierre",
+        "--out",
+        package_file.to_str().unwrap(),
+    ]);
+    assert!(approved.status.success(), "{}", text(&approved));
+    let package = std::fs::read_to_string(&package_file).unwrap();
+    assert!(package.contains(suspect.phone.e164()) && package.contains("127.0.0.1"));
+    assert!(package.contains("not held: end-to-end encrypted"));
+    let verified = legal(&["verify-package", package_file.to_str().unwrap()]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    std::fs::write(&package_file, package.replacen("127.0.0.1", "127.0.0.9", 1)).unwrap();
+    assert_eq!(
+        legal(&["verify-package", package_file.to_str().unwrap()])
+            .status
+            .code(),
+        Some(1)
+    );
+
+    let replay = legal(&["intake", &order_path, "--operator", "olga"]);
+    assert_eq!(replay.status.code(), Some(1));
+    assert!(
+        text(&replay).contains("rejected (duplicate)"),
+        "{}",
+        text(&replay)
+    );
+    std::fs::write(&order_file, b"{\"order\": 42").unwrap();
+    let broken = legal(&["intake", &order_path, "--operator", "olga"]);
+    assert!(
+        text(&broken).contains("rejected (malformed)"),
+        "{}",
+        text(&broken)
+    );
+    assert!(text(&legal(&["orders"])).contains("fulfilled (approved by pierre)"));
+
+    let audit = legal(&["audit", "verify"]);
+    assert!(audit.status.success(), "{}", text(&audit));
+    assert!(
+        text(&audit).contains("intact: 6 entries"),
+        "{}",
+        text(&audit)
+    );
+    let log = dir.path().join("legal/audit.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    std::fs::write(
+        &log,
+        [lines[0].clone(), lines[2].clone(), lines[3].clone()].join("\n") + "\n",
+    )
+    .unwrap();
+    let audit = legal(&["audit", "verify"]);
+    assert_eq!(audit.status.code(), Some(1));
+    assert!(
+        text(&audit).contains("entry 3 (line 2)"),
+        "{}",
+        text(&audit)
+    );
+    server.terminate();
+}

@@ -265,3 +265,91 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
         Err(redoubt_legal::audit::ChainBreak::Edited { seq: 2, .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_orders_are_rejected_with_a_reason_and_the_chain_stays_valid() {
+    use rand::{Rng, SeedableRng};
+
+    let server = TestServer::start().await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    let store = SqliteStore::open(&server.db_path(), &Default::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut desk = redoubt_legal::desk::Desk::open(
+        dir.path(),
+        store,
+        MarketPolicy::default(),
+        Duration::days(30),
+    )
+    .unwrap();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let now = OffsetDateTime::now_utc();
+    desk.trust
+        .add(Authority {
+            id: "fr-tj-paris".into(),
+            name: "Tribunal".into(),
+            jurisdiction: "FR".into(),
+            kind: AuthorityKind::Court,
+            keys: vec![AuthorityKey {
+                key_id: "fr-tj-paris#1".into(),
+                public_key: STANDARD.encode(key.verifying_key().as_bytes()),
+            }],
+            valid_from: now - Duration::days(365),
+            valid_until: now + Duration::days(365),
+            revoked_at: None,
+        })
+        .unwrap();
+    let original = signed_order(
+        &key,
+        order(
+            "FR-FUZZ",
+            suspect.phone.e164(),
+            vec![DataCategory::Subscriber],
+            now,
+        ),
+    );
+    let canonical = |doc: &[u8]| {
+        serde_json::from_slice::<SignedOrder>(doc)
+            .ok()
+            .map(|s| canonical_json(&s.order))
+    };
+    let original_canonical = canonical(&original);
+
+    // A fixed seed keeps failures reproducible.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut accepted = 0;
+    let rounds = 300;
+    for _ in 0..rounds {
+        let mut doc = original.clone();
+        for _ in 0..rng.gen_range(1..4) {
+            let at = rng.gen_range(0..doc.len());
+            match rng.gen_range(0..4) {
+                0 => doc[at] ^= 1 << rng.gen_range(0..8),
+                1 => doc.truncate(at),
+                2 => doc.insert(at, rng.gen()),
+                _ => {
+                    doc.remove(at);
+                }
+            }
+            if doc.is_empty() {
+                break;
+            }
+        }
+        match desk.intake(&doc, "olga", now).await.unwrap() {
+            Intake::Rejected { rejection, .. } => assert!(!rejection.code().is_empty()),
+            Intake::Pending { .. } => {
+                // Only a change the signature does not cover (whitespace
+                // between tokens) may pass, and only once.
+                assert_eq!(
+                    canonical(&doc),
+                    original_canonical,
+                    "a mutated order was accepted"
+                );
+                accepted += 1;
+            }
+        }
+    }
+    assert!(accepted <= 1);
+    assert_eq!(desk.audit().verify(), Ok(rounds));
+}
