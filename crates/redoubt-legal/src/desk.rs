@@ -172,6 +172,29 @@ impl<R: SubscriberRecords> Desk<R> {
         Ok(out)
     }
 
+    /// The signed transparency report for a period such as `2026-H2`.
+    pub fn report(
+        &self,
+        period: &str,
+        market_exits: Vec<crate::report::MarketExitLine>,
+        now: OffsetDateTime,
+    ) -> Result<crate::report::SignedReport, LegalError> {
+        let range =
+            crate::report::Period::parse(period).map_err(|detail| LegalError::Malformed {
+                what: "the period",
+                detail,
+            })?;
+        let report = crate::report::build(
+            period,
+            range,
+            &self.orders()?,
+            &self.audit.entries()?,
+            market_exits,
+            now,
+        );
+        Ok(crate::report::sign(report, &self.key))
+    }
+
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -236,11 +259,17 @@ impl<R: SubscriberRecords> Desk<R> {
             })?;
         }
         let jurisdiction = order.map(|o| o.order.jurisdiction.clone());
+        let instrument = order.map(|o| o.order.legal_instrument.clone());
         self.audit.append(
             "rejection",
             operator,
             order_id.as_deref(),
-            json!({ "code": rejection.code(), "reason": rejection.to_string(), "jurisdiction": jurisdiction }),
+            json!({
+                "code": rejection.code(),
+                "reason": rejection.to_string(),
+                "jurisdiction": jurisdiction,
+                "legal_instrument": instrument,
+            }),
             now,
         )?;
         Ok(Intake::Rejected {

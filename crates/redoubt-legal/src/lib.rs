@@ -17,6 +17,7 @@ pub mod desk;
 pub mod disclosure;
 pub mod order;
 pub mod records;
+pub mod report;
 pub mod trust;
 pub mod verify;
 

@@ -94,6 +94,21 @@ enum LegalCommand {
         /// The package file.
         file: PathBuf,
     },
+    /// Write the signed transparency report for a period, as JSON and as a
+    /// readable HTML page.
+    Report {
+        /// The period: 2026, 2026-H2 or 2026-Q3.
+        #[arg(long)]
+        period: String,
+        /// The directory to write transparency-<period>.json and .html into.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
+    /// Verify a signed transparency report (JSON) against the service key.
+    VerifyReport {
+        /// The report file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -362,6 +377,27 @@ async fn legal(config: Config, command: &LegalCommand) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("audit log broken: {e}"),
         },
         LegalCommand::ServiceKey => println!("{}", desk.public_key()),
+        LegalCommand::Report { period, out_dir } => {
+            let signed = desk.report(period, Vec::new(), now)?;
+            std::fs::create_dir_all(out_dir)?;
+            let json_path = out_dir.join(format!("transparency-{period}.json"));
+            let html_path = out_dir.join(format!("transparency-{period}.html"));
+            std::fs::write(&json_path, serde_json::to_string_pretty(&signed)?)?;
+            std::fs::write(&html_path, redoubt_legal::report::html(&signed))?;
+            println!(
+                "Wrote {} and {} ({} orders received, {} fulfilled; message content disclosed: 0 bytes).",
+                json_path.display(),
+                html_path.display(),
+                signed.report.total.received,
+                signed.report.total.fulfilled
+            );
+        }
+        LegalCommand::VerifyReport { file } => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let report = redoubt_legal::report::verify(&bytes, &desk.public_key())?;
+            println!("Report {} verifies with the service key.", report.period);
+        }
         LegalCommand::VerifyPackage { file } => {
             let bytes =
                 std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;

@@ -239,6 +239,42 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
         }
     ));
 
+    // The transparency report counts all of it, verifies with the service
+    // key, and fails after a one-byte change.
+    let half = if u8::from(now.month()) <= 6 { 1 } else { 2 };
+    let period = format!("{}-H{half}", now.year());
+    let report = desk.report(&period, Vec::new(), now).unwrap();
+    let total = &report.report.total;
+    assert_eq!(total.received, 5, "{total:?}");
+    assert_eq!(total.fulfilled, 1);
+    assert_eq!(total.users_affected, 1);
+    for code in ["duplicate", "target_not_found", "no_data_held", "malformed"] {
+        assert_eq!(total.rejected.get(code), Some(&1), "{code}: {total:?}");
+    }
+    assert_eq!(total.categories_disclosed.get("subscriber"), Some(&1));
+    assert_eq!(
+        total.categories_disclosed.get("ip_identification"),
+        Some(&1)
+    );
+    assert_eq!(report.report.message_content_disclosed_bytes, 0);
+    let fr = report
+        .report
+        .rows
+        .iter()
+        .find(|r| r.jurisdiction == "FR" && r.legal_instrument == "national")
+        .unwrap();
+    assert_eq!(fr.received, 4);
+    let report_bytes = serde_json::to_vec(&report).unwrap();
+    assert!(redoubt_legal::report::verify(&report_bytes, &desk.public_key()).is_ok());
+    let forged =
+        String::from_utf8(report_bytes)
+            .unwrap()
+            .replacen("\"fulfilled\":1", "\"fulfilled\":0", 1);
+    assert!(redoubt_legal::report::verify(forged.as_bytes(), &desk.public_key()).is_err());
+    let page = redoubt_legal::report::html(&report);
+    assert!(page.contains("Message content disclosed: 0 bytes"));
+    assert!(!page.contains(&phone), "the report names no one");
+
     // Every step is in the audit chain, which verifies; an edit is located.
     let entries = desk.audit().entries().unwrap();
     let events: Vec<&str> = entries.iter().map(|e| e.event.as_str()).collect();
