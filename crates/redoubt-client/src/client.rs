@@ -286,15 +286,10 @@ impl Client {
         })
     }
 
-    /// Every chat, most recent first.
+    /// Every chat, most recent first, including "Redoubt notices" (notices
+    /// from the service itself, such as a disclosure notice) once one arrived.
     pub async fn chats(&self) -> Result<Vec<ChatRecord>> {
-        Ok(self
-            .store
-            .chats()
-            .await?
-            .into_iter()
-            .filter(|c| c.group_id != NOTICES_CHAT)
-            .collect())
+        self.store.chats().await
     }
 
     /// A chat's last `limit` messages, oldest first.
@@ -1018,7 +1013,11 @@ impl Client {
     ) -> Result<()> {
         if kind == EnvelopeKind::ServerNotice {
             self.ensure_notices_chat(changes).await?;
-            let text = String::from_utf8_lossy(payload).into_owned();
+            // Notices are JSON with a `text` for people; show that.
+            let text = serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(payload).into_owned());
             changes.messages.push(system_message(NOTICES_CHAT, text));
             return Ok(());
         }

@@ -36,6 +36,9 @@ pub enum OrderStatus {
         /// When the package was produced.
         #[serde(with = "time::serde::rfc3339")]
         disclosed_at: OffsetDateTime,
+        /// When the user was told (after any gag period).
+        #[serde(default, with = "time::serde::rfc3339::option")]
+        notified_at: Option<OffsetDateTime>,
     },
 }
 
@@ -68,6 +71,18 @@ pub enum Intake {
         /// Why.
         rejection: Rejection,
     },
+}
+
+/// A notice owed to a user whose data was disclosed, once any gag period
+/// has ended. The desk only says who is owed what; the relay delivers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNotice {
+    /// The order.
+    pub order_id: String,
+    /// The account to tell.
+    pub account_id: redoubt_proto::AccountId,
+    /// What to tell them.
+    pub text: String,
 }
 
 /// Errors of the desk's workflow.
@@ -193,6 +208,75 @@ impl<R: SubscriberRecords> Desk<R> {
             now,
         );
         Ok(crate::report::sign(report, &self.key))
+    }
+
+    /// The notices now due: answered orders whose user has not been told and
+    /// whose gag period (if any) has ended.
+    pub async fn due_notices(&self, now: OffsetDateTime) -> Result<Vec<UserNotice>, DeskError> {
+        let mut due = Vec::new();
+        for record in self.orders()? {
+            let OrderStatus::Fulfilled {
+                notified_at: None,
+                disclosed_at,
+                ..
+            } = &record.status
+            else {
+                continue;
+            };
+            let order = &record.order.order;
+            if order.notify_user_after.is_some_and(|t| t > now) {
+                continue;
+            }
+            let Some(subscriber) = self.records.subscriber(&order.target).await? else {
+                continue;
+            };
+            let authority = self
+                .trust
+                .find(&order.issuing_authority)
+                .map_or(order.issuing_authority.as_str(), |a| a.name.as_str());
+            let disclosed: Vec<&str> = order
+                .categories
+                .iter()
+                .filter_map(|c| match c {
+                    DataCategory::Subscriber => Some("your phone number and account creation date"),
+                    DataCategory::IpIdentification => {
+                        Some("the IP addresses your devices connected from")
+                    }
+                    _ => None,
+                })
+                .collect();
+            let text = format!(
+                "Redoubt disclosed data about your account on {} to {} ({}) under order {}: {}. \
+                 No message content was disclosed: Redoubt never has it.",
+                disclosed_at.date(),
+                authority,
+                order.jurisdiction,
+                order.order_id,
+                disclosed.join(" and "),
+            );
+            due.push(UserNotice {
+                order_id: order.order_id.clone(),
+                account_id: subscriber.account_id,
+                text,
+            });
+        }
+        Ok(due)
+    }
+
+    /// Records that a user was told about an order.
+    pub fn mark_notified(&self, order_id: &str, now: OffsetDateTime) -> Result<(), DeskError> {
+        let mut record = self
+            .order(order_id)?
+            .ok_or_else(|| DeskError::UnknownOrder(order_id.into()))?;
+        if let OrderStatus::Fulfilled { notified_at, .. } = &mut record.status {
+            if notified_at.is_none() {
+                *notified_at = Some(now);
+                self.save(&record)?;
+                self.audit
+                    .append("user_notice", "redoubtd", Some(order_id), json!({}), now)?;
+            }
+        }
+        Ok(())
     }
 
     /// The audit log.
@@ -419,6 +503,7 @@ impl<R: SubscriberRecords> Desk<R> {
         record.status = OrderStatus::Fulfilled {
             approved_by: operator.into(),
             disclosed_at: now,
+            notified_at: None,
         };
         self.save(&record)?;
         self.audit.append(

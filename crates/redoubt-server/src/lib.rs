@@ -29,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod iplog;
+pub mod legal_notices;
 pub mod maintenance;
 pub mod metrics;
 pub mod sessions;
@@ -138,6 +139,11 @@ impl AppState {
     pub fn tasks(&self) -> &TaskTracker {
         &self.0.tasks
     }
+    /// The SQLite store, when that is the backend (the legal desk reads it).
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        self.0.sqlite.as_ref()
+    }
+
     /// A purger over this state's store and settings.
     pub fn purger(&self) -> Purger {
         Purger::new(
@@ -170,6 +176,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let token = state.shutdown_token().clone();
     state.tasks().spawn(state.purger().run(token.clone(), None));
+    state.tasks().spawn(notices(state.clone(), token.clone()));
     if matches!(
         state.config().registration.code_sender,
         config::CodeSenderConfig::Log
@@ -211,6 +218,21 @@ pub async fn serve(
     state.close().await;
     tracing::info!("redoubtd stopped");
     Ok(())
+}
+
+/// Delivers due disclosure notices on the maintenance interval.
+async fn notices(state: AppState, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(state.config().maintenance.purge_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = legal_notices::deliver_due(&state).await {
+            tracing::error!(error = %e, "delivering disclosure notices failed");
+        }
+    }
 }
 
 /// Opens storage from `config` with the system clock and serves until

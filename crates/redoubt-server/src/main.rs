@@ -104,6 +104,9 @@ enum LegalCommand {
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
     },
+    /// Deliver the notices now due to users whose data was disclosed (the
+    /// running relay also does this on its maintenance interval).
+    Notify,
     /// Verify a signed transparency report (JSON) against the service key.
     VerifyReport {
         /// The report file.
@@ -391,6 +394,12 @@ async fn legal(config: Config, command: &LegalCommand) -> anyhow::Result<()> {
                 signed.report.total.received,
                 signed.report.total.fulfilled
             );
+        }
+        LegalCommand::Notify => {
+            let state =
+                redoubt_server::AppState::open(config, redoubt_server::Clock::system()).await?;
+            let n = redoubt_server::legal_notices::deliver_due(&state).await?;
+            println!("Delivered {n} disclosure notice(s).");
         }
         LegalCommand::VerifyReport { file } => {
             let bytes =

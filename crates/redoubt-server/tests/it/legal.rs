@@ -389,3 +389,103 @@ async fn fuzzed_orders_are_rejected_with_a_reason_and_the_chain_stays_valid() {
     assert!(accepted <= 1);
     assert_eq!(desk.audit().verify(), Ok(rounds));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_told_once_the_gag_period_ends() {
+    let server = TestServer::start().await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    let store = SqliteStore::open(&server.db_path(), &Default::default())
+        .await
+        .unwrap();
+    // The desk lives where the relay looks for it: <data_dir>/legal.
+    let mut desk = redoubt_legal::desk::Desk::open(
+        &server.data_dir().join("legal"),
+        store,
+        MarketPolicy::default(),
+        Duration::days(30),
+    )
+    .unwrap();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let now = OffsetDateTime::now_utc();
+    desk.trust
+        .add(Authority {
+            id: "fr-tj-paris".into(),
+            name: "Tribunal judiciaire de Paris".into(),
+            jurisdiction: "FR".into(),
+            kind: AuthorityKind::Court,
+            keys: vec![AuthorityKey {
+                key_id: "fr-tj-paris#1".into(),
+                public_key: STANDARD.encode(key.verifying_key().as_bytes()),
+            }],
+            valid_from: now - Duration::days(365),
+            valid_until: now + Duration::days(365),
+            revoked_at: None,
+        })
+        .unwrap();
+    desk.save_trust("olga", serde_json::json!({ "added": "fr-tj-paris" }), now)
+        .unwrap();
+    let phone = suspect.phone.e164().to_owned();
+    let open_order = order("FR-N1", &phone, vec![DataCategory::Subscriber], now);
+    let mut gagged = order("FR-N2", &phone, vec![DataCategory::IpIdentification], now);
+    gagged.notify_user_after = Some(now + Duration::days(2));
+    for o in [open_order, gagged] {
+        let id = o.order_id.clone();
+        desk.intake(&signed_order(&key, o), "olga", now)
+            .await
+            .unwrap();
+        desk.approve(&id, "pierre", now).await.unwrap();
+    }
+
+    // The ungagged order's notice goes out at once, exactly once.
+    assert_eq!(
+        redoubt_server::legal_notices::deliver_due(&server.state)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        redoubt_server::legal_notices::deliver_due(&server.state)
+            .await
+            .unwrap(),
+        0
+    );
+    let page = suspect.fetch().await;
+    assert_eq!(page.envelopes.len(), 1);
+    let notice = &page.envelopes[0];
+    assert_eq!(notice.kind, redoubt_proto::api::EnvelopeKind::ServerNotice);
+    let body: serde_json::Value = serde_json::from_slice(notice.payload.as_slice()).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.contains("Tribunal judiciaire de Paris") && text.contains("FR-N1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("phone number") && text.contains("No message content"),
+        "{text}"
+    );
+    suspect.ack(&[notice.id]).await;
+
+    // The gagged one waits for the gag to end.
+    server
+        .clock
+        .advance(std::time::Duration::from_secs(3 * 86_400));
+    assert_eq!(
+        redoubt_server::legal_notices::deliver_due(&server.state)
+            .await
+            .unwrap(),
+        1
+    );
+    let page = suspect.fetch().await;
+    let body: serde_json::Value =
+        serde_json::from_slice(page.envelopes[0].payload.as_slice()).unwrap();
+    assert!(body["text"].as_str().unwrap().contains("FR-N2"));
+    let events: Vec<String> = desk
+        .audit()
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(events.iter().filter(|e| *e == "user_notice").count(), 2);
+    assert!(desk.audit().verify().is_ok());
+}

@@ -1,0 +1,108 @@
+//! Delivers the legal desk's user notices. The desk (in `redoubt-legal`)
+//! only computes who is owed a notice; writing to a mailbox is the relay's
+//! job and stays here, so the desk keeps no code path to mailbox tables.
+
+use redoubt_proto::api::EnvelopeKind;
+use redoubt_proto::EnvelopeId;
+use sha2::{Digest, Sha256};
+
+use crate::storage::{EnqueueOutcome, NewEnvelope};
+use crate::AppState;
+
+/// Why delivering notices failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NoticeError {
+    /// The desk's files could not be read.
+    #[error(transparent)]
+    Legal(#[from] redoubt_legal::LegalError),
+    /// The desk's workflow failed.
+    #[error(transparent)]
+    Desk(#[from] redoubt_legal::desk::DeskError),
+    /// The relay's storage failed.
+    #[error(transparent)]
+    Store(#[from] crate::storage::StoreError),
+    /// The configured retention does not fit the desk's time type.
+    #[error("ip_log.retention is out of range")]
+    Retention,
+}
+
+/// The envelope id of an order's notice: derived from the order id, so a
+/// retry after a crash is recognised by the relay's receipts and never
+/// delivered twice.
+fn notice_id(order_id: &str) -> EnvelopeId {
+    let digest = Sha256::new()
+        .chain_update(b"redoubt/disclosure-notice/v1\0")
+        .chain_update(order_id.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    EnvelopeId::from_bytes(bytes)
+}
+
+/// Queues every notice that is due to the affected account's devices.
+/// Returns how many orders' notices were delivered. Does nothing when the
+/// legal desk has never been used on this data directory.
+pub async fn deliver_due(state: &AppState) -> Result<usize, NoticeError> {
+    let dir = state.config().data_dir.join("legal");
+    let Some(sqlite) = state.sqlite() else {
+        return Ok(0);
+    };
+    if !dir.join("orders").exists() {
+        return Ok(0);
+    }
+    let retention = time::Duration::try_from(state.config().ip_log.retention)
+        .map_err(|_| NoticeError::Retention)?;
+    let desk =
+        redoubt_legal::desk::Desk::open(&dir, sqlite.clone(), Default::default(), retention)?;
+    // The relay's clock, so the gag's end is judged on the same time line as
+    // everything else the relay does (and tests can move it).
+    let now = time::OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(state.clock().now().millis()) * 1_000_000,
+    )
+    .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    let mut delivered = 0;
+    for notice in desk.due_notices(now).await? {
+        let recipients: Vec<_> = state
+            .store()
+            .devices(notice.account_id)
+            .await?
+            .into_iter()
+            .map(|d| d.device_id)
+            .collect();
+        if !recipients.is_empty() {
+            let payload = serde_json::json!({ "type": "disclosure_notice", "order_id": notice.order_id, "text": notice.text });
+            let clock_now = state.clock().now();
+            let outcome = state
+                .store()
+                .enqueue(NewEnvelope {
+                    id: notice_id(&notice.order_id),
+                    kind: EnvelopeKind::ServerNotice,
+                    payload: payload.to_string().into_bytes(),
+                    recipients: recipients.clone(),
+                    now: clock_now,
+                    expires_at: clock_now.plus(state.config().mailbox.message_ttl),
+                    // A notice the law allows the user to see must not be
+                    // refused by a full mailbox; it waits in line instead.
+                    max_queued: u64::MAX,
+                })
+                .await?;
+            match outcome {
+                EnqueueOutcome::Queued => state.fanout().wake(&recipients).await,
+                EnqueueOutcome::Duplicate => {}
+                other => {
+                    tracing::warn!(
+                        ?other,
+                        "a disclosure notice could not be queued; retrying next pass"
+                    );
+                    continue;
+                }
+            }
+        }
+        desk.mark_notified(&notice.order_id, now)?;
+        delivered += 1;
+    }
+    if delivered > 0 {
+        tracing::info!(delivered, "disclosure notices delivered");
+    }
+    Ok(delivered)
+}
