@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod desk;
 pub mod disclosure;
+pub mod operators;
 pub mod order;
 pub mod records;
 pub mod report;

@@ -61,6 +61,12 @@ pub enum ErrorCode {
     EnvelopeIdConflict,
     /// Too many recipients in one send.
     TooManyRecipients,
+    /// The legal desk refused a court order; the message gives the reason and its code.
+    OrderRejected,
+    /// No such court order is on file.
+    UnknownOrder,
+    /// The operator may not do this (four-eyes: the intake operator cannot approve).
+    Forbidden,
     /// The server failed; the detail is in its log, under the request id.
     Internal,
     /// The server is shutting down or overloaded; retry shortly.

@@ -38,6 +38,17 @@ pub struct Config {
     pub ip_log: IpLogConfig,
     /// Background maintenance.
     pub maintenance: MaintenanceConfig,
+    /// The legal desk's admin API.
+    pub admin: AdminConfig,
+}
+
+/// The legal desk's admin API: off unless given an address. It has its own
+/// listener so it can be bound to a private interface, never the public one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin API listens, such as 127.0.0.1:8081. Unset: disabled.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -53,6 +64,7 @@ impl Default for Config {
             mailbox: MailboxConfig::default(),
             ip_log: IpLogConfig::default(),
             maintenance: MaintenanceConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }

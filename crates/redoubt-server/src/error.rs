@@ -132,6 +132,20 @@ pub enum ApiError {
         /// The limit.
         max: usize,
     },
+    /// The legal desk refused an order.
+    #[error("order rejected ({code}): {reason}")]
+    OrderRejected {
+        /// The rejection's stable code.
+        code: &'static str,
+        /// The explanation.
+        reason: String,
+    },
+    /// No such order.
+    #[error("no such order is on file")]
+    UnknownOrder,
+    /// Not allowed for this operator.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The server cannot serve this now (a code sender failed, shutdown).
     #[error("{0}")]
     Unavailable(&'static str),
@@ -186,6 +200,9 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::TooManyRecipients,
             ),
+            E::OrderRejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::OrderRejected),
+            E::UnknownOrder => (StatusCode::NOT_FOUND, ErrorCode::UnknownOrder),
+            E::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
             E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod admin;
 pub mod clock;
 pub mod code_sender;
 pub mod config;
@@ -64,6 +65,8 @@ struct Inner {
     ip_recorder: IpRecorder,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    legal_lock: tokio::sync::Mutex<()>,
+    admin_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 impl AppState {
@@ -95,6 +98,8 @@ impl AppState {
             ip_recorder,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            legal_lock: tokio::sync::Mutex::new(()),
+            admin_addr: std::sync::OnceLock::new(),
         })))
     }
 
@@ -139,6 +144,16 @@ impl AppState {
     pub fn tasks(&self) -> &TaskTracker {
         &self.0.tasks
     }
+    /// Serialises the legal desk's writes (its files and audit chain).
+    pub fn legal_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.0.legal_lock
+    }
+
+    /// Where the admin API listens, once it does.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.0.admin_addr.get().copied()
+    }
+
     /// The SQLite store, when that is the backend (the legal desk reads it).
     pub fn sqlite(&self) -> Option<&SqliteStore> {
         self.0.sqlite.as_ref()
@@ -188,6 +203,22 @@ pub async fn serve(
     }
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "redoubtd listening");
+    if let Some(admin) = state.config().admin.listen {
+        let admin_listener = TcpListener::bind(admin).await?;
+        let bound = admin_listener.local_addr()?;
+        let _ = state.0.admin_addr.set(bound);
+        tracing::info!(address = %bound, "legal desk admin API listening");
+        let stop = token.clone();
+        let router = admin::router(state.clone());
+        state.tasks().spawn(async move {
+            let served = axum::serve(admin_listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+    }
 
     let grace = state.config().http.shutdown_grace;
     let trigger = token.clone();

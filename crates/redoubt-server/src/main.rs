@@ -104,6 +104,10 @@ enum LegalCommand {
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
     },
+    /// Issue an admin-API token for an operator (replacing any earlier one).
+    /// The token is printed once; only its hash is kept.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Deliver the notices now due to users whose data was disclosed (the
     /// running relay also does this on its maintenance interval).
     Notify,
@@ -158,6 +162,15 @@ enum AuthorityCommand {
         /// The operator making the change.
         #[arg(long, env = "REDOUBT_OPERATOR")]
         operator: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OperatorCommand {
+    /// Add an operator, or give one a new token.
+    Add {
+        /// The operator's name, as the audit log will record it.
+        name: String,
     },
 }
 
@@ -394,6 +407,22 @@ async fn legal(config: Config, command: &LegalCommand) -> anyhow::Result<()> {
                 signed.report.total.received,
                 signed.report.total.fulfilled
             );
+        }
+        LegalCommand::Operator(OperatorCommand::Add { name }) => {
+            let token = redoubt_legal::operators::Operators::issue(
+                &config.data_dir.join("legal"),
+                name,
+                now,
+            )?;
+            desk.audit().append(
+                "operator",
+                name,
+                None,
+                serde_json::json!({ "token_issued": true }),
+                now,
+            )?;
+            println!("{token}");
+            eprintln!("Token for operator {name} (shown once; keep it secret).");
         }
         LegalCommand::Notify => {
             let state =

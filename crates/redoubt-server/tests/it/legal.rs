@@ -489,3 +489,187 @@ async fn users_are_told_once_the_gag_period_ends() {
     assert_eq!(events.iter().filter(|e| *e == "user_notice").count(), 2);
     assert!(desk.audit().verify().is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_runs_the_desk_with_operator_tokens() {
+    let server = TestServer::builder()
+        .configure(|c| c.admin.listen = Some("127.0.0.1:0".parse().unwrap()))
+        .start()
+        .await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    suspect.get("/v1/devices").await;
+    let legal_dir = server.data_dir().join("legal");
+    let now = OffsetDateTime::now_utc();
+    let olga = redoubt_legal::operators::Operators::issue(&legal_dir, "olga", now).unwrap();
+    let pierre = redoubt_legal::operators::Operators::issue(&legal_dir, "pierre", now).unwrap();
+    let mut admin = None;
+    for _ in 0..100 {
+        admin = server.state.admin_addr();
+        if admin.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let base = format!("http://{}", admin.expect("admin API listening"));
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, token: &str| {
+        http.request(method, format!("{base}{path}"))
+            .bearer_auth(token)
+    };
+
+    // No token, a wrong token, and the public port: all refused.
+    let missing = http
+        .get(format!("{base}/admin/v1/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        test_support::api_error(missing).await.1.error.code,
+        redoubt_proto::ErrorCode::MissingToken
+    );
+    let wrong = call(reqwest::Method::GET, "/admin/v1/orders", "rdo_nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let public = reqwest::get(server.url("/admin/v1/orders")).await.unwrap();
+    assert_eq!(
+        public.status(),
+        reqwest::StatusCode::NOT_FOUND,
+        "the admin API is not on the public port"
+    );
+
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let authority = Authority {
+        id: "fr-tj-paris".into(),
+        name: "Tribunal".into(),
+        jurisdiction: "FR".into(),
+        kind: AuthorityKind::Court,
+        keys: vec![AuthorityKey {
+            key_id: "fr-tj-paris#1".into(),
+            public_key: STANDARD.encode(key.verifying_key().as_bytes()),
+        }],
+        valid_from: now - Duration::days(365),
+        valid_until: now + Duration::days(365),
+        revoked_at: None,
+    };
+    let added = call(reqwest::Method::POST, "/admin/v1/authorities", &olga)
+        .json(&authority)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), reqwest::StatusCode::CREATED);
+
+    let document = signed_order(
+        &key,
+        order(
+            "FR-API-1",
+            suspect.phone.e164(),
+            vec![DataCategory::IpIdentification],
+            now,
+        ),
+    );
+    let filed = call(reqwest::Method::POST, "/admin/v1/orders", &olga)
+        .body(document)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(filed.status(), reqwest::StatusCode::CREATED);
+    let junk = call(reqwest::Method::POST, "/admin/v1/orders", &olga)
+        .body("{\"order\": 1}")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = test_support::api_error(junk).await;
+    assert_eq!(
+        (status, body.error.code),
+        (
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+            redoubt_proto::ErrorCode::OrderRejected
+        )
+    );
+    assert!(
+        body.error.message.contains("malformed"),
+        "{}",
+        body.error.message
+    );
+
+    let own = call(
+        reqwest::Method::POST,
+        "/admin/v1/orders/FR-API-1/approve",
+        &olga,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(
+        test_support::api_error(own).await.0,
+        reqwest::StatusCode::FORBIDDEN
+    );
+    let approved = call(
+        reqwest::Method::POST,
+        "/admin/v1/orders/FR-API-1/approve",
+        &pierre,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(approved.status(), reqwest::StatusCode::OK);
+    let package = approved.bytes().await.unwrap();
+    let key_body: serde_json::Value = call(reqwest::Method::GET, "/admin/v1/service-key", &pierre)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let verified = verify_package(&package, key_body["public_key"].as_str().unwrap()).unwrap();
+    let ips = verified.produced.ip_identification.unwrap();
+    assert!(!ips.is_empty() && ips.iter().all(|r| r.ip.to_string() == "127.0.0.2"));
+    assert!(
+        verified.produced.subscriber.is_none(),
+        "only what was asked for"
+    );
+    let unknown = call(
+        reqwest::Method::POST,
+        "/admin/v1/orders/NOPE/approve",
+        &pierre,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
+
+    let audit: serde_json::Value = call(reqwest::Method::GET, "/admin/v1/audit/verify", &olga)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["intact"], true);
+    let half = if u8::from(now.month()) <= 6 { 1 } else { 2 };
+    let report: serde_json::Value = call(
+        reqwest::Method::GET,
+        &format!("/admin/v1/reports/{}-H{half}", now.year()),
+        &olga,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(report["report"]["total"]["fulfilled"], 1);
+    let entries = redoubt_legal::audit::AuditLog::new(&legal_dir.join("audit.jsonl"))
+        .entries()
+        .unwrap();
+    let actors: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.event.as_str(), e.actor.as_str()))
+        .collect();
+    assert!(
+        actors.contains(&("intake", "olga")) && actors.contains(&("approval", "pierre")),
+        "{actors:?}"
+    );
+}
