@@ -242,6 +242,16 @@ impl Client {
         mls::credential(&self.me(), &self.identity.signer)
     }
 
+    /// Stores one system notice in a chat (with the current MLS state).
+    async fn note(&self, group_id: &[u8], text: String) -> Result<()> {
+        let messages = vec![system_message(group_id, text)];
+        self.persist(Changes {
+            messages,
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Persists `changes` together with the current MLS state.
     async fn persist(&self, mut changes: Changes) -> Result<()> {
         changes.documents.push(("mls", self.provider.snapshot()?));
@@ -719,15 +729,8 @@ impl Client {
             }],
         )
         .await?;
-        let messages = vec![system_message(
-            &chat.group_id,
-            format!("You added {phone}."),
-        )];
-        self.persist(Changes {
-            messages,
-            ..Default::default()
-        })
-        .await
+        self.note(&chat.group_id, format!("You added {phone}."))
+            .await
     }
 
     /// Commits the addition of these accounts' devices, sends the commit to
@@ -847,15 +850,8 @@ impl Client {
             return Err(ClientError::NotInChat(phone.to_string()));
         }
         self.remove_leaves(chat, &leaves).await?;
-        let messages = vec![system_message(
-            &chat.group_id,
-            format!("You removed {phone}."),
-        )];
-        self.persist(Changes {
-            messages,
-            ..Default::default()
-        })
-        .await
+        self.note(&chat.group_id, format!("You removed {phone}."))
+            .await
     }
 
     /// Brings the chat's devices in line with the devices the relay lists for

@@ -46,6 +46,43 @@ fn signed_order(key: &SigningKey, order: CourtOrder) -> Vec<u8> {
     .unwrap()
 }
 
+/// A court of Paris, trusted for a year either side of `now`.
+fn court(name: &str, key: &SigningKey, now: OffsetDateTime) -> Authority {
+    Authority {
+        id: "fr-tj-paris".into(),
+        name: name.into(),
+        jurisdiction: "FR".into(),
+        kind: AuthorityKind::Court,
+        keys: vec![AuthorityKey {
+            key_id: "fr-tj-paris#1".into(),
+            public_key: STANDARD.encode(key.verifying_key().as_bytes()),
+        }],
+        valid_from: now - Duration::days(365),
+        valid_until: now + Duration::days(365),
+        revoked_at: None,
+    }
+}
+
+/// A desk in `dir` over its own connection to the relay's database, as the
+/// operator's commands open it, trusting the Paris court.
+async fn desk_for(
+    server: &TestServer,
+    dir: &std::path::Path,
+    key: &SigningKey,
+    now: OffsetDateTime,
+) -> redoubt_legal::desk::Desk<SqliteStore> {
+    let store = SqliteStore::open(&server.db_path(), &Default::default())
+        .await
+        .unwrap();
+    let mut desk =
+        redoubt_legal::desk::Desk::open(dir, store, MarketPolicy::default(), Duration::days(30))
+            .unwrap();
+    desk.trust
+        .add(court("Tribunal judiciaire de Paris", key, now))
+        .unwrap();
+    desk
+}
+
 fn order(id: &str, phone: &str, categories: Vec<DataCategory>, now: OffsetDateTime) -> CourtOrder {
     CourtOrder {
         order_id: id.into(),
@@ -84,34 +121,10 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
 
     // The desk runs as the operator's commands do: its own connection to the
     // relay's database, read-only queries only.
-    let store = SqliteStore::open(&server.db_path(), &Default::default())
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut desk = redoubt_legal::desk::Desk::open(
-        dir.path(),
-        store,
-        MarketPolicy::default(),
-        Duration::days(30),
-    )
-    .unwrap();
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let now = OffsetDateTime::now_utc();
-    desk.trust
-        .add(Authority {
-            id: "fr-tj-paris".into(),
-            name: "Tribunal judiciaire de Paris".into(),
-            jurisdiction: "FR".into(),
-            kind: AuthorityKind::Court,
-            keys: vec![AuthorityKey {
-                key_id: "fr-tj-paris#1".into(),
-                public_key: STANDARD.encode(key.verifying_key().as_bytes()),
-            }],
-            valid_from: now - Duration::days(365),
-            valid_until: now + Duration::days(365),
-            revoked_at: None,
-        })
-        .unwrap();
+    let desk = desk_for(&server, dir.path(), &key, now).await;
 
     let phone = suspect.phone.e164().to_owned();
     let all = vec![
@@ -308,34 +321,10 @@ async fn fuzzed_orders_are_rejected_with_a_reason_and_the_chain_stays_valid() {
 
     let server = TestServer::start().await;
     let suspect = register_from(&server, "127.0.0.2").await;
-    let store = SqliteStore::open(&server.db_path(), &Default::default())
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut desk = redoubt_legal::desk::Desk::open(
-        dir.path(),
-        store,
-        MarketPolicy::default(),
-        Duration::days(30),
-    )
-    .unwrap();
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let now = OffsetDateTime::now_utc();
-    desk.trust
-        .add(Authority {
-            id: "fr-tj-paris".into(),
-            name: "Tribunal".into(),
-            jurisdiction: "FR".into(),
-            kind: AuthorityKind::Court,
-            keys: vec![AuthorityKey {
-                key_id: "fr-tj-paris#1".into(),
-                public_key: STANDARD.encode(key.verifying_key().as_bytes()),
-            }],
-            valid_from: now - Duration::days(365),
-            valid_until: now + Duration::days(365),
-            revoked_at: None,
-        })
-        .unwrap();
+    let desk = desk_for(&server, dir.path(), &key, now).await;
     let original = signed_order(
         &key,
         order(
@@ -394,34 +383,10 @@ async fn fuzzed_orders_are_rejected_with_a_reason_and_the_chain_stays_valid() {
 async fn users_are_told_once_the_gag_period_ends() {
     let server = TestServer::start().await;
     let suspect = register_from(&server, "127.0.0.2").await;
-    let store = SqliteStore::open(&server.db_path(), &Default::default())
-        .await
-        .unwrap();
-    // The desk lives where the relay looks for it: <data_dir>/legal.
-    let mut desk = redoubt_legal::desk::Desk::open(
-        &server.data_dir().join("legal"),
-        store,
-        MarketPolicy::default(),
-        Duration::days(30),
-    )
-    .unwrap();
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let now = OffsetDateTime::now_utc();
-    desk.trust
-        .add(Authority {
-            id: "fr-tj-paris".into(),
-            name: "Tribunal judiciaire de Paris".into(),
-            jurisdiction: "FR".into(),
-            kind: AuthorityKind::Court,
-            keys: vec![AuthorityKey {
-                key_id: "fr-tj-paris#1".into(),
-                public_key: STANDARD.encode(key.verifying_key().as_bytes()),
-            }],
-            valid_from: now - Duration::days(365),
-            valid_until: now + Duration::days(365),
-            revoked_at: None,
-        })
-        .unwrap();
+    // The desk lives where the relay looks for it: <data_dir>/legal.
+    let desk = desk_for(&server, &server.data_dir().join("legal"), &key, now).await;
     desk.save_trust("olga", serde_json::json!({ "added": "fr-tj-paris" }), now)
         .unwrap();
     let phone = suspect.phone.e164().to_owned();
@@ -540,19 +505,7 @@ async fn the_admin_api_runs_the_desk_with_operator_tokens() {
     );
 
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let authority = Authority {
-        id: "fr-tj-paris".into(),
-        name: "Tribunal".into(),
-        jurisdiction: "FR".into(),
-        kind: AuthorityKind::Court,
-        keys: vec![AuthorityKey {
-            key_id: "fr-tj-paris#1".into(),
-            public_key: STANDARD.encode(key.verifying_key().as_bytes()),
-        }],
-        valid_from: now - Duration::days(365),
-        valid_until: now + Duration::days(365),
-        revoked_at: None,
-    };
+    let authority = court("Tribunal", &key, now);
     let added = call(reqwest::Method::POST, "/admin/v1/authorities", &olga)
         .json(&authority)
         .send()
