@@ -15,6 +15,8 @@
 pub mod audit;
 pub mod desk;
 pub mod disclosure;
+pub mod jurisdiction;
+pub mod markets;
 pub mod operators;
 pub mod order;
 pub mod records;

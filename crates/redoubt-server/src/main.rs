@@ -48,11 +48,53 @@ enum Command {
     /// Create or upgrade the database schema, then exit. `serve` does this
     /// too; this is for deployments that migrate before rolling out nodes.
     Migrate,
+    /// Market policy: announce, cancel and list exits from a jurisdiction.
+    /// Changes are recorded in the legal desk's audit log.
+    #[command(subcommand)]
+    Market(MarketCommand),
     /// The legal desk: court orders, the authority trust store, disclosure
     /// (phone number and IP records only) and the audit log. Its files live
     /// in <data_dir>/legal.
     #[command(subcommand)]
     Legal(LegalCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum MarketCommand {
+    /// Announce leaving a jurisdiction: from the effective date it is
+    /// refused (HTTP 451), and after the grace period its accounts' data
+    /// is purged.
+    AnnounceExit {
+        /// ISO 3166-1 alpha-2 code, such as FR.
+        jurisdiction: String,
+        /// When the exit takes effect (RFC 3339, or a date such as 2027-01-15).
+        #[arg(long)]
+        effective: String,
+        /// A file with the notice users see.
+        #[arg(long)]
+        notice: PathBuf,
+        /// Days between the effective date and the purge.
+        #[arg(long, default_value_t = 30)]
+        grace_days: i64,
+        /// The operator making the change.
+        #[arg(long, env = "REDOUBT_OPERATOR")]
+        operator: String,
+    },
+    /// Cancel an announced exit that has not taken effect.
+    CancelExit {
+        /// The jurisdiction.
+        jurisdiction: String,
+        /// The operator making the change.
+        #[arg(long, env = "REDOUBT_OPERATOR")]
+        operator: String,
+    },
+    /// Show one jurisdiction's state.
+    Status {
+        /// The jurisdiction.
+        jurisdiction: String,
+    },
+    /// List every announced or completed exit.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,12 +292,121 @@ async fn open_desk(config: &Config) -> anyhow::Result<Desk> {
     let store =
         redoubt_server::storage::sqlite::SqliteStore::open(&config.sqlite_path(), sqlite).await?;
     let retention = time::Duration::try_from(config.ip_log.retention)?;
+    let legal_dir = config.data_dir.join("legal");
+    // Orders from markets the service has left are refused with that reason.
+    let markets = redoubt_legal::markets::MarketBook::load(&legal_dir.join("markets.json"))?;
     Ok(redoubt_legal::desk::Desk::open(
-        &config.data_dir.join("legal"),
+        &legal_dir,
         store,
-        redoubt_legal::verify::MarketPolicy::default(),
+        markets.policy(time::OffsetDateTime::now_utc()),
         retention,
     )?)
+}
+
+fn parse_day_or_time(text: &str) -> anyhow::Result<time::OffsetDateTime> {
+    let day = time::macros::format_description!("[year]-[month]-[day]");
+    match time::Date::parse(text, day) {
+        Ok(date) => Ok(date.midnight().assume_utc()),
+        Err(_) => parse_time(text),
+    }
+}
+
+async fn market(config: Config, command: &MarketCommand) -> anyhow::Result<()> {
+    use redoubt_legal::markets::{MarketBook, MarketState};
+    let now = time::OffsetDateTime::now_utc();
+    let path = config.data_dir.join("legal").join("markets.json");
+    let mut book = MarketBook::load(&path)?;
+    let desk = open_desk(&config).await?;
+    match command {
+        MarketCommand::AnnounceExit {
+            jurisdiction,
+            effective,
+            notice,
+            grace_days,
+            operator,
+        } => {
+            let text = std::fs::read_to_string(notice)
+                .with_context(|| format!("cannot read {}", notice.display()))?;
+            let exit = book.announce_exit(
+                jurisdiction,
+                parse_day_or_time(effective)?,
+                time::Duration::days(*grace_days),
+                &text,
+                now,
+            )?;
+            book.save(&path)?;
+            desk.audit().append(
+                "market",
+                operator,
+                None,
+                serde_json::json!({
+                    "announced_exit": exit.jurisdiction,
+                    "effective_at": exit.effective_at.to_string(),
+                    "purge_at": exit.purge_at.to_string(),
+                }),
+                now,
+            )?;
+            println!(
+                "Exit from {} announced: effective {}, purge {}.",
+                exit.jurisdiction,
+                exit.effective_at.date(),
+                exit.purge_at.date()
+            );
+        }
+        MarketCommand::CancelExit {
+            jurisdiction,
+            operator,
+        } => {
+            let exit = book.cancel_exit(jurisdiction, now)?;
+            book.save(&path)?;
+            desk.audit().append(
+                "market",
+                operator,
+                None,
+                serde_json::json!({ "cancelled_exit": exit.jurisdiction }),
+                now,
+            )?;
+            println!("Exit from {} cancelled.", exit.jurisdiction);
+        }
+        MarketCommand::Status { jurisdiction } => {
+            let code = redoubt_legal::markets::known_country(jurisdiction)?;
+            match book.state(&code, now) {
+                MarketState::Active => println!("{code}: active"),
+                MarketState::ExitAnnounced(e) => {
+                    println!(
+                        "{code}: exit announced, effective {}, purge {}",
+                        e.effective_at.date(),
+                        e.purge_at.date()
+                    )
+                }
+                MarketState::Exited(e) => println!(
+                    "{code}: exited on {}, purge {}",
+                    e.effective_at.date(),
+                    e.purge_at.date()
+                ),
+            }
+        }
+        MarketCommand::List => {
+            if book.exits.is_empty() {
+                println!("No market exits.");
+            }
+            for e in &book.exits {
+                let state = if e.effective_at <= now {
+                    "exited"
+                } else {
+                    "announced"
+                };
+                println!(
+                    "{}  {state}  announced {}  effective {}  purge {}",
+                    e.jurisdiction,
+                    e.announced_at.date(),
+                    e.effective_at.date(),
+                    e.purge_at.date()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_time(text: &str) -> anyhow::Result<time::OffsetDateTime> {
@@ -394,7 +545,10 @@ async fn legal(config: Config, command: &LegalCommand) -> anyhow::Result<()> {
         },
         LegalCommand::ServiceKey => println!("{}", desk.public_key()),
         LegalCommand::Report { period, out_dir } => {
-            let signed = desk.report(period, Vec::new(), now)?;
+            let markets = redoubt_legal::markets::MarketBook::load(
+                &config.data_dir.join("legal").join("markets.json"),
+            )?;
+            let signed = desk.report(period, markets.report_lines(), now)?;
             std::fs::create_dir_all(out_dir)?;
             let json_path = out_dir.join(format!("transparency-{period}.json"));
             let html_path = out_dir.join(format!("transparency-{period}.html"));
@@ -462,6 +616,10 @@ fn main() -> ExitCode {
                 print!("{}", toml::to_string_pretty(&config)?);
                 eprintln!("configuration is valid");
                 Ok(())
+            }
+            Some(Command::Market(command)) => {
+                let config = load_config(&cli)?;
+                tokio::runtime::Runtime::new()?.block_on(market(config, command))
             }
             Some(Command::Legal(command)) => {
                 let config = load_config(&cli)?;

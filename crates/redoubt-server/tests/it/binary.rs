@@ -345,3 +345,138 @@ async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
     );
     server.terminate();
 }
+
+#[test]
+fn market_commands_announce_list_and_cancel_exits_and_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("market")
+            .args(args)
+            .env_remove("REDOUBT_OPERATOR")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let notice = dir.path().join("notice.txt");
+    std::fs::write(
+        &notice,
+        "Redoubt will stop serving France on 15 January 2099 rather than weaken its encryption.",
+    )
+    .unwrap();
+    let notice = notice.to_str().unwrap();
+    let (code, text) = run(&[
+        "announce-exit",
+        "FR",
+        "--effective",
+        "2099-01-15",
+        "--notice",
+        notice,
+        "--operator",
+        "olga",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("effective 2099-01-15") && text.contains("purge 2099-02-14"),
+        "{text}"
+    );
+    assert!(run(&["status", "fr"]).1.contains("FR: exit announced"));
+    assert!(run(&["status", "DE"]).1.contains("DE: active"));
+    assert!(run(&["list"]).1.contains("FR  announced"));
+
+    for (args, needle) in [
+        (
+            vec![
+                "announce-exit",
+                "FR",
+                "--effective",
+                "2099-01-15",
+                "--notice",
+                notice,
+                "--operator",
+                "olga",
+            ],
+            "already announced",
+        ),
+        (
+            vec![
+                "announce-exit",
+                "XX",
+                "--effective",
+                "2099-01-15",
+                "--notice",
+                notice,
+                "--operator",
+                "olga",
+            ],
+            "not a known",
+        ),
+        (
+            vec![
+                "announce-exit",
+                "DE",
+                "--effective",
+                "2001-01-01",
+                "--notice",
+                notice,
+                "--operator",
+                "olga",
+            ],
+            "in the future",
+        ),
+        (
+            vec![
+                "announce-exit",
+                "DE",
+                "--effective",
+                "soon",
+                "--notice",
+                notice,
+                "--operator",
+                "olga",
+            ],
+            "RFC 3339",
+        ),
+        (
+            vec!["cancel-exit", "DE", "--operator", "olga"],
+            "no exit from DE",
+        ),
+    ] {
+        let (code, text) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {text}");
+        assert!(text.contains(needle), "{args:?}: {text}");
+    }
+    assert_eq!(
+        run(&["list"]).1.lines().count(),
+        1,
+        "failed commands changed nothing"
+    );
+
+    let (code, text) = run(&["cancel-exit", "FR", "--operator", "olga"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(run(&["status", "FR"]).1.contains("FR: active"));
+    let audit = std::fs::read_to_string(dir.path().join("legal/audit.jsonl")).unwrap();
+    assert_eq!(
+        audit
+            .lines()
+            .filter(|l| l.contains("\"event\":\"market\""))
+            .count(),
+        2
+    );
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["legal", "audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
