@@ -19,8 +19,15 @@ pub struct Api {
 impl Api {
     /// An unauthenticated client for `base` (such as `http://127.0.0.1:8080`).
     pub fn new(base: &str) -> Self {
+        Self::bound(base, None)
+    }
+
+    /// The same, with connections made from `local` (one address of a
+    /// multi-homed machine; tests use several loopback addresses).
+    pub fn bound(base: &str, local: Option<std::net::IpAddr>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
+            .local_address(local)
             .build()
             .unwrap_or_default();
         Self {
@@ -78,6 +85,10 @@ impl Api {
                 .map_err(|_| ClientError::BadResponse(status.as_u16()));
         }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(ErrorBody { error }) if error.market.is_some() => Err(ClientError::MarketExited {
+                code: error.code,
+                notice: Box::new(error.market.unwrap_or_else(|| unreachable!())),
+            }),
             Ok(body) => Err(ClientError::Server {
                 status: status.as_u16(),
                 code: body.error.code,

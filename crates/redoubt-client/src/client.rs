@@ -32,6 +32,8 @@ pub struct ClientConfig {
     pub kdf: KdfParams,
     /// Key packages to keep on the server.
     pub key_packages: usize,
+    /// The local address to connect from; `None` lets the system choose.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl Default for ClientConfig {
@@ -39,6 +41,7 @@ impl Default for ClientConfig {
         Self {
             kdf: KdfParams::default(),
             key_packages: 50,
+            local_address: None,
         }
     }
 }
@@ -115,8 +118,15 @@ fn system_message(group_id: &[u8], text: String) -> MessageRecord {
 
 impl Client {
     /// Asks the relay to send a verification code to `phone`.
-    pub async fn request_code(server: &str, phone: &PhoneNumber) -> Result<()> {
-        Api::new(server).request_code(phone).await.map(|_| ())
+    pub async fn request_code(
+        server: &str,
+        phone: &PhoneNumber,
+        config: &ClientConfig,
+    ) -> Result<()> {
+        Api::bound(server, config.local_address)
+            .request_code(phone)
+            .await
+            .map(|_| ())
     }
 
     /// Registers this device with `code`, creates the profile in `dir` and
@@ -138,7 +148,7 @@ impl Client {
         let proof = signer
             .sign(&challenge)
             .map_err(|e| ClientError::Mls(format!("{e:?}")))?;
-        let api = Api::new(server);
+        let api = Api::bound(server, config.local_address);
         let registered = api
             .verify_code(&VerifyCodeRequest {
                 phone: phone.clone(),
@@ -202,7 +212,8 @@ impl Client {
                 groups.insert(chat.group_id.clone(), group);
             }
         }
-        let api = Api::new(&identity.server).with_token(identity.token.clone());
+        let api =
+            Api::bound(&identity.server, config.local_address).with_token(identity.token.clone());
         Ok(Self {
             store,
             api,
@@ -294,6 +305,16 @@ impl Client {
             data: kp.bytes.into(),
             last_resort,
         })
+    }
+
+    /// The latest market-exit notice the service sent this account, if any:
+    /// the service is leaving the user's market.
+    pub async fn market_notice(&self) -> Result<Option<redoubt_proto::MarketNotice>> {
+        Ok(self
+            .store
+            .document("market_notice")
+            .await?
+            .and_then(|doc| serde_json::from_slice(&doc).ok()))
     }
 
     /// Every chat, most recent first, including "Redoubt notices" (notices
@@ -1010,10 +1031,24 @@ impl Client {
         if kind == EnvelopeKind::ServerNotice {
             self.ensure_notices_chat(changes).await?;
             // Notices are JSON with a `text` for people; show that.
-            let text = serde_json::from_slice::<serde_json::Value>(payload)
-                .ok()
+            let value = serde_json::from_slice::<serde_json::Value>(payload).ok();
+            let mut text = value
+                .as_ref()
                 .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_owned))
                 .unwrap_or_else(|| String::from_utf8_lossy(payload).into_owned());
+            // A market exit is kept apart as well, so every command and the
+            // chat screen can show it until the user can no longer miss it.
+            let market = value
+                .as_ref()
+                .filter(|v| v.get("type").and_then(|t| t.as_str()) == Some("market_exit"))
+                .and_then(|v| v.get("market").cloned())
+                .and_then(|m| serde_json::from_value::<redoubt_proto::MarketNotice>(m).ok());
+            if let Some(market) = market {
+                text = format!("IMPORTANT: {text}");
+                let doc = serde_json::to_vec(&market)
+                    .map_err(|_| ClientError::Corrupt("market notice"))?;
+                changes.documents.push(("market_notice", doc));
+            }
             changes.messages.push(system_message(NOTICES_CHAT, text));
             return Ok(());
         }

@@ -44,6 +44,23 @@ pub enum ClientError {
         /// The devices the error concerns, when it names some.
         devices: Vec<redoubt_proto::DeviceId>,
     },
+    /// The service has left (or, for a new account, is leaving) the user's
+    /// market: HTTP 451 with the operator's notice. Shown in full, because
+    /// it is what the user most needs to know.
+    #[error(
+        "Redoubt is unavailable for legal reasons in {} (HTTP 451, {code:?}).\n\n{}\n\nService there ends {}; everything the service holds for accounts there is deleted {}.{}",
+        notice.jurisdiction,
+        notice.notice,
+        notice.effective_at,
+        notice.purge_at,
+        notice.link.as_deref().map(|l| format!(" More: {l}")).unwrap_or_default()
+    )]
+    MarketExited {
+        /// `market_exited` or `registration_closed`.
+        code: ErrorCode,
+        /// The operator's notice.
+        notice: Box<redoubt_proto::MarketNotice>,
+    },
     /// The server answered with something that is not the API.
     #[error("unexpected answer from the server (HTTP {0})")]
     BadResponse(u16),

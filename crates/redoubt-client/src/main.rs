@@ -184,7 +184,28 @@ fn state(c: &ChatRecord) -> &'static str {
 
 async fn open(cli: &Cli) -> anyhow::Result<Client> {
     let dir = cli.profile.clone().unwrap_or_else(default_profile);
-    Ok(Client::open(&dir, &passphrase(false)?, ClientConfig::default()).await?)
+    let client = Client::open(&dir, &passphrase(false)?, ClientConfig::default()).await?;
+    market_banner(&client).await?;
+    Ok(client)
+}
+
+/// Shows a market-exit notice on every command, on stderr (so `--json`
+/// output stays parseable): losing service must never come as a surprise.
+async fn market_banner(client: &Client) -> anyhow::Result<()> {
+    if let Some(m) = client.market_notice().await? {
+        eprintln!(
+            "!! Redoubt is leaving {}: service there ends {}, and everything it holds for \
+             accounts there is deleted {}.\n!! {}{}",
+            m.jurisdiction,
+            m.effective_at,
+            m.purge_at,
+            m.notice,
+            m.link
+                .map(|l| format!("\n!! More: {l}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// Finds a chat; a number with no chat yet starts a direct chat.
@@ -221,7 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let number = phone(number)?;
             let pass = passphrase(true)?;
-            Client::request_code(server, &number).await?;
+            Client::request_code(server, &number, &ClientConfig::default()).await?;
             if std::io::stdin().is_terminal() {
                 eprint!("Enter the code sent to {number}: ");
                 std::io::stderr().flush()?;
@@ -393,7 +414,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sync => {
             let mut client = open(&cli).await?;
+            let had_notice = client.market_notice().await?.is_some();
             let report = client.sync().await?;
+            if !had_notice {
+                market_banner(&client).await?;
+            }
             out(
                 format!(
                     "{} new envelope(s), {} message(s).",

@@ -24,6 +24,8 @@ struct App {
     messages: Vec<MessageRecord>,
     input: String,
     status: String,
+    /// A market-exit notice, shown above everything while it stands.
+    banner: Option<String>,
 }
 
 /// Runs the screen until Esc or Ctrl-C. The terminal is restored on every
@@ -63,6 +65,12 @@ async fn refresh(app: &mut App, client: &Client) -> anyhow::Result<()> {
         }
     }
     app.selected = app.selected.min(app.chats.len().saturating_sub(1));
+    app.banner = client.market_notice().await?.map(|m| {
+        format!(
+            "Redoubt is leaving {}: service ends {}, data deleted {}. {}",
+            m.jurisdiction, m.effective_at, m.purge_at, m.notice
+        )
+    });
     app.messages = match app.chats.get(app.selected) {
         Some(chat) => client.messages(chat, 200).await?,
         None => Vec::new(),
@@ -81,6 +89,7 @@ async fn event_loop(
         messages: Vec::new(),
         input: String::new(),
         status: error.unwrap_or_else(|| format!("{} — connecting…", client.phone())),
+        banner: None,
     };
     let mut events = EventStream::new();
     let mut socket = connect(client).await;
@@ -186,8 +195,19 @@ fn message_line(m: &MessageRecord) -> Line<'static> {
 }
 
 fn draw(frame: &mut Frame, app: &App) {
+    let mut body = frame.area();
+    if let Some(banner) = &app.banner {
+        let [top, rest] =
+            Layout::vertical([Constraint::Length(4), Constraint::Min(6)]).areas(frame.area());
+        let notice = Paragraph::new(banner.as_str())
+            .wrap(Wrap { trim: true })
+            .style(Style::default().add_modifier(Modifier::BOLD))
+            .block(Block::bordered().title(" IMPORTANT "));
+        frame.render_widget(notice, top);
+        body = rest;
+    }
     let [left, right] =
-        Layout::horizontal([Constraint::Length(30), Constraint::Min(20)]).areas(frame.area());
+        Layout::horizontal([Constraint::Length(30), Constraint::Min(20)]).areas(body);
     let [messages_area, input_area] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(3)]).areas(right);
 

@@ -171,6 +171,83 @@ impl IpTable {
     }
 }
 
+/// An IP-to-country source: the CSV table above, or a MaxMind MMDB country
+/// (or city) database such as GeoLite2-Country, read with `maxminddb`.
+pub enum IpCountries {
+    /// A CSV range table.
+    Csv(IpTable),
+    /// A MaxMind database, held in memory.
+    Mmdb(Box<maxminddb::Reader<Vec<u8>>>),
+}
+
+impl std::fmt::Debug for IpCountries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Csv(t) => write!(f, "IpCountries::Csv({} ranges)", t.len()),
+            Self::Mmdb(r) => write!(f, "IpCountries::Mmdb({})", r.metadata().database_type),
+        }
+    }
+}
+
+/// The part of a MaxMind record we read. GeoIP2 country and city databases
+/// both carry `country.iso_code`; `registered_country` is the fallback for
+/// ranges MaxMind places by registration only.
+#[derive(serde::Deserialize)]
+struct MmdbRecord {
+    #[serde(default)]
+    country: Option<MmdbCountry>,
+    #[serde(default)]
+    registered_country: Option<MmdbCountry>,
+}
+
+#[derive(serde::Deserialize)]
+struct MmdbCountry {
+    #[serde(default)]
+    iso_code: Option<String>,
+}
+
+impl IpCountries {
+    /// Loads a table: a file ending in `.mmdb` is a MaxMind database, any
+    /// other is the CSV format. A file that does not parse is refused whole.
+    pub fn load(path: &Path) -> Result<Self, LegalError> {
+        let is_mmdb = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("mmdb"));
+        if !is_mmdb {
+            return Ok(Self::Csv(IpTable::load(path)?));
+        }
+        let bytes = std::fs::read(path)?;
+        let reader = maxminddb::Reader::from_source(bytes).map_err(|e| LegalError::Malformed {
+            what: "the MaxMind database",
+            detail: e.to_string(),
+        })?;
+        Ok(Self::Mmdb(Box::new(reader)))
+    }
+
+    /// The country of an address; [`Country::Unknown`] when the source has
+    /// no entry (or, for a damaged MaxMind record, no readable one).
+    pub fn country(&self, ip: IpAddr) -> Country {
+        match self {
+            Self::Csv(table) => table.country(ip),
+            Self::Mmdb(reader) => {
+                let record = reader
+                    .lookup(ip)
+                    .ok()
+                    .and_then(|found| found.decode::<MmdbRecord>().ok().flatten());
+                record
+                    .and_then(|r| {
+                        r.country
+                            .and_then(|c| c.iso_code)
+                            .or_else(|| r.registered_country.and_then(|c| c.iso_code))
+                    })
+                    .filter(|code| crate::verify::check_country(code).is_ok())
+                    .map(|code| Country::Code(code.to_ascii_uppercase()))
+                    .unwrap_or(Country::Unknown)
+            }
+        }
+    }
+}
+
 /// The region of a phone number as a [`Country`].
 pub fn phone_country(phone: &redoubt_proto::PhoneNumber) -> Country {
     phone
@@ -228,6 +305,55 @@ mod tests {
             let err = IpTable::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn maxmind_databases_are_read_and_bad_files_refused() {
+        use std::collections::BTreeMap;
+        #[derive(serde::Serialize)]
+        struct GeoCountry {
+            iso_code: String,
+            names: BTreeMap<String, String>,
+        }
+        #[derive(serde::Serialize)]
+        struct Record {
+            country: GeoCountry,
+        }
+        let mut writer = mmdb_writer::Writer::new("GeoLite2-Country");
+        for (net, code) in [("127.0.0.2/32", "FR"), ("10.0.0.0/8", "NL")] {
+            let record = Record {
+                country: GeoCountry {
+                    iso_code: code.into(),
+                    names: [("en".to_owned(), code.to_owned())].into(),
+                },
+            };
+            writer
+                .insert(net.parse::<ipnet::IpNet>().unwrap(), &record)
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("countries.mmdb");
+        std::fs::write(&path, writer.to_bytes().unwrap()).unwrap();
+        let table = IpCountries::load(&path).unwrap();
+        assert_eq!(table.country("127.0.0.2".parse().unwrap()), code("FR"));
+        assert_eq!(table.country("10.9.8.7".parse().unwrap()), code("NL"));
+        assert_eq!(
+            table.country("127.0.0.1".parse().unwrap()),
+            Country::Unknown
+        );
+
+        let bad = dir.path().join("broken.mmdb");
+        std::fs::write(&bad, b"not a database").unwrap();
+        let err = IpCountries::load(&bad).unwrap_err().to_string();
+        assert!(err.contains("MaxMind"), "{err}");
+        let csv = dir.path().join("table.csv");
+        std::fs::write(&csv, TABLE).unwrap();
+        assert_eq!(
+            IpCountries::load(&csv)
+                .unwrap()
+                .country("127.0.0.3".parse().unwrap()),
+            code("DE")
+        );
     }
 
     #[test]

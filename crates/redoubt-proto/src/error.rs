@@ -67,6 +67,12 @@ pub enum ErrorCode {
     UnknownOrder,
     /// The operator may not do this (four-eyes: the intake operator cannot approve).
     Forbidden,
+    /// The service has left the caller's market (HTTP 451); `market` says
+    /// which, since when, and carries the operator's notice.
+    MarketExited,
+    /// New accounts from this market are refused: the service announced it
+    /// is leaving (HTTP 451); `market` carries the notice.
+    RegistrationClosed,
     /// The server failed; the detail is in its log, under the request id.
     Internal,
     /// The server is shutting down or overloaded; retry shortly.
@@ -93,6 +99,28 @@ pub struct ErrorDetail {
     /// (unknown recipients, full mailboxes, exhausted key packages).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceId>,
+    /// The market exit behind a 451 answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub market: Option<MarketNotice>,
+}
+
+/// A market exit as users are told of it: in 451 answers and in the
+/// notices queued to every account of the market.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MarketNotice {
+    /// The market, an ISO 3166-1 alpha-2 code.
+    pub jurisdiction: String,
+    /// From when the service refuses the market, RFC 3339.
+    pub effective_at: String,
+    /// When what the service holds for the market's accounts is deleted,
+    /// RFC 3339.
+    pub purge_at: String,
+    /// The operator's notice, for people.
+    pub notice: String,
+    /// Where to read more, if the operator gave an address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 impl std::fmt::Display for ErrorBody {

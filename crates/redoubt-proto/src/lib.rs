@@ -20,7 +20,7 @@ pub mod ws;
 
 pub use auth::AuthToken;
 pub use bytes::OpaqueBytes;
-pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use error::{ErrorBody, ErrorCode, ErrorDetail, MarketNotice};
 pub use ids::{AccountId, DeviceId, EnvelopeId, IdError, KeyPackageRef};
 pub use phone::{PhoneError, PhoneNumber};
 pub use time::Timestamp;

@@ -36,4 +36,7 @@ pub mod close {
     pub const REPLACED: u16 = 4002;
     /// The client broke the protocol (a frame that does not parse).
     pub const PROTOCOL: u16 = 4003;
+    /// The service has left the device's market (the WebSocket twin of
+    /// HTTP 451); the reason names the market.
+    pub const MARKET_EXITED: u16 = 4451;
 }

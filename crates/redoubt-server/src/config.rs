@@ -40,6 +40,46 @@ pub struct Config {
     pub maintenance: MaintenanceConfig,
     /// The legal desk's admin API.
     pub admin: AdminConfig,
+    /// Where users are, and how market exits are enforced.
+    pub markets: MarketsConfig,
+}
+
+/// Market policy enforcement. The exits themselves are decided with
+/// `redoubtd market ...` and kept in `DATA_DIR/legal/markets.json`; these
+/// settings say how the relay tells where a request comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MarketsConfig {
+    /// An IP-to-country table: a CSV of ranges in the DB-IP lite format
+    /// (`first_ip,last_ip,country`) or a MaxMind `.mmdb` country database.
+    /// Unset: addresses have no country and only phone numbers count.
+    pub ip_table: Option<PathBuf>,
+    /// Which signal puts a request in a market when the phone number's
+    /// region and the address's country disagree.
+    pub precedence: redoubt_legal::jurisdiction::Precedence,
+    /// A page users can read about an exit, given in 451 answers and
+    /// notices.
+    pub notice_link: Option<String>,
+    /// How long before the effective date every account of the market is
+    /// told again (it is told once at the announcement too).
+    #[serde(with = "humantime_serde")]
+    pub reminder_before: Duration,
+    /// How often the relay re-reads the market book, sends due notices,
+    /// closes sessions of exited markets and runs due purges.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for MarketsConfig {
+    fn default() -> Self {
+        Self {
+            ip_table: None,
+            precedence: redoubt_legal::jurisdiction::Precedence::Either,
+            notice_link: None,
+            reminder_before: Duration::from_secs(7 * 24 * 3600),
+            check_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The legal desk's admin API: off unless given an address. It has its own
@@ -65,6 +105,7 @@ impl Default for Config {
             ip_log: IpLogConfig::default(),
             maintenance: MaintenanceConfig::default(),
             admin: AdminConfig::default(),
+            markets: MarketsConfig::default(),
         }
     }
 }
@@ -113,6 +154,17 @@ impl Config {
         }
         if self.ip_log.retention.is_zero() {
             return bad("ip_log.retention must be positive");
+        }
+        if self.markets.check_interval.is_zero() {
+            return bad("markets.check_interval must be positive");
+        }
+        if let Some(link) = &self.markets.notice_link {
+            if !(link.starts_with("https://") || link.starts_with("http://"))
+                || link.len() > 200
+                || link.chars().any(char::is_whitespace)
+            {
+                return bad("markets.notice_link must be an http(s) URL of at most 200 characters");
+            }
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use redoubt_proto::{DeviceId, ErrorBody, ErrorCode, ErrorDetail, PhoneError};
+use redoubt_proto::{DeviceId, ErrorBody, ErrorCode, ErrorDetail, MarketNotice, PhoneError};
 
 use crate::storage::StoreError;
 
@@ -149,6 +149,18 @@ pub enum ApiError {
     /// The server cannot serve this now (a code sender failed, shutdown).
     #[error("{0}")]
     Unavailable(&'static str),
+    /// The service has left the caller's market (451).
+    #[error(
+        "Redoubt is not available in {} since {}: {}",
+        .0.jurisdiction, .0.effective_at, .0.notice
+    )]
+    MarketExited(Box<MarketNotice>),
+    /// New accounts from a market being left are refused (451).
+    #[error(
+        "Redoubt takes no new accounts in {}; it leaves on {}: {}",
+        .0.jurisdiction, .0.effective_at, .0.notice
+    )]
+    RegistrationClosed(Box<MarketNotice>),
     /// A bug or an infrastructure failure. The source is logged, not returned.
     #[error("internal server error; quote the x-request-id response header when reporting it")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -204,6 +216,14 @@ impl ApiError {
             E::UnknownOrder => (StatusCode::NOT_FOUND, ErrorCode::UnknownOrder),
             E::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
             E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            E::MarketExited(_) => (
+                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+                ErrorCode::MarketExited,
+            ),
+            E::RegistrationClosed(_) => (
+                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+                ErrorCode::RegistrationClosed,
+            ),
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }
@@ -223,14 +243,27 @@ impl IntoResponse for ApiError {
             | ApiError::MailboxFull(d) => d.clone(),
             _ => Vec::new(),
         };
+        let market = match &self {
+            ApiError::MarketExited(m) | ApiError::RegistrationClosed(m) => Some((**m).clone()),
+            _ => None,
+        };
+        let link = market.as_ref().and_then(|m| m.link.clone());
         let body = ErrorBody {
             error: ErrorDetail {
                 code,
                 message: self.to_string(),
                 devices,
+                market,
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        // RFC 7725: a 451 may name, in a Link header, who asked for or
+        // caused the blocking; here that is the operator's page on the exit.
+        if let Some(link) =
+            link.and_then(|l| HeaderValue::from_str(&format!("<{l}>; rel=\"blocked-by\"")).ok())
+        {
+            response.headers_mut().insert(header::LINK, link);
+        }
         if let ApiError::RateLimited { retry_after_secs } = self {
             response
                 .headers_mut()

@@ -39,6 +39,56 @@ fn notice_id(order_id: &str) -> EnvelopeId {
     EnvelopeId::from_bytes(bytes)
 }
 
+/// Queues a notice from the service itself to every active device of
+/// `account`. False when it could not be queued now (the caller retries on
+/// its next pass); true when queued, already queued under the same id, or
+/// there is no device to tell. A notice the user is owed is never refused
+/// by a full mailbox: it waits in line instead.
+pub(crate) async fn queue_notice(
+    state: &AppState,
+    id: EnvelopeId,
+    account: redoubt_proto::AccountId,
+    payload: Vec<u8>,
+) -> Result<bool, crate::storage::StoreError> {
+    let recipients: Vec<_> = state
+        .store()
+        .devices(account)
+        .await?
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
+    if recipients.is_empty() {
+        return Ok(true);
+    }
+    let now = state.clock().now();
+    let outcome = state
+        .store()
+        .enqueue(NewEnvelope {
+            id,
+            kind: EnvelopeKind::ServerNotice,
+            payload,
+            recipients: recipients.clone(),
+            now,
+            expires_at: now.plus(state.config().mailbox.message_ttl),
+            max_queued: u64::MAX,
+        })
+        .await?;
+    match outcome {
+        EnqueueOutcome::Queued => {
+            state.fanout().wake(&recipients).await;
+            Ok(true)
+        }
+        EnqueueOutcome::Duplicate => Ok(true),
+        other => {
+            tracing::warn!(
+                ?other,
+                "a service notice could not be queued; retrying next pass"
+            );
+            Ok(false)
+        }
+    }
+}
+
 /// Queues every notice that is due to the affected account's devices.
 /// Returns how many orders' notices were delivered. Does nothing when the
 /// legal desk has never been used on this data directory.
@@ -62,41 +112,16 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, NoticeError> {
     .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
     let mut delivered = 0;
     for notice in desk.due_notices(now).await? {
-        let recipients: Vec<_> = state
-            .store()
-            .devices(notice.account_id)
-            .await?
-            .into_iter()
-            .map(|d| d.device_id)
-            .collect();
-        if !recipients.is_empty() {
-            let payload = serde_json::json!({ "type": "disclosure_notice", "order_id": notice.order_id, "text": notice.text });
-            let clock_now = state.clock().now();
-            let outcome = state
-                .store()
-                .enqueue(NewEnvelope {
-                    id: notice_id(&notice.order_id),
-                    kind: EnvelopeKind::ServerNotice,
-                    payload: payload.to_string().into_bytes(),
-                    recipients: recipients.clone(),
-                    now: clock_now,
-                    expires_at: clock_now.plus(state.config().mailbox.message_ttl),
-                    // A notice the law allows the user to see must not be
-                    // refused by a full mailbox; it waits in line instead.
-                    max_queued: u64::MAX,
-                })
-                .await?;
-            match outcome {
-                EnqueueOutcome::Queued => state.fanout().wake(&recipients).await,
-                EnqueueOutcome::Duplicate => {}
-                other => {
-                    tracing::warn!(
-                        ?other,
-                        "a disclosure notice could not be queued; retrying next pass"
-                    );
-                    continue;
-                }
-            }
+        let payload = serde_json::json!({ "type": "disclosure_notice", "order_id": notice.order_id, "text": notice.text });
+        if !queue_notice(
+            state,
+            notice_id(&notice.order_id),
+            notice.account_id,
+            payload.to_string().into_bytes(),
+        )
+        .await?
+        {
+            continue;
         }
         desk.mark_notified(&notice.order_id, now)?;
         delivered += 1;

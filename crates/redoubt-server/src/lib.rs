@@ -32,6 +32,7 @@ pub mod http;
 pub mod iplog;
 pub mod legal_notices;
 pub mod maintenance;
+pub mod markets;
 pub mod metrics;
 pub mod sessions;
 pub mod storage;
@@ -67,12 +68,16 @@ struct Inner {
     tasks: TaskTracker,
     legal_lock: tokio::sync::Mutex<()>,
     admin_addr: std::sync::OnceLock<SocketAddr>,
+    markets: markets::Markets,
 }
 
 impl AppState {
     /// Opens storage as configured and assembles the state.
     pub async fn open(config: Config, clock: Clock) -> Result<Self, ServerError> {
         config.validate()?;
+        // The market policy first: a table that does not parse must stop the
+        // server before it creates or changes anything.
+        let markets = markets::Markets::open(&config)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -100,6 +105,7 @@ impl AppState {
             tasks: TaskTracker::new(),
             legal_lock: tokio::sync::Mutex::new(()),
             admin_addr: std::sync::OnceLock::new(),
+            markets,
         })))
     }
 
@@ -154,6 +160,11 @@ impl AppState {
         self.0.admin_addr.get().copied()
     }
 
+    /// Market-exit enforcement.
+    pub fn markets(&self) -> &markets::Markets {
+        &self.0.markets
+    }
+
     /// The SQLite store, when that is the backend (the legal desk reads it).
     pub fn sqlite(&self) -> Option<&SqliteStore> {
         self.0.sqlite.as_ref()
@@ -192,6 +203,9 @@ pub async fn serve(
     let token = state.shutdown_token().clone();
     state.tasks().spawn(state.purger().run(token.clone(), None));
     state.tasks().spawn(notices(state.clone(), token.clone()));
+    state
+        .tasks()
+        .spawn(markets::run(state.clone(), token.clone()));
     if matches!(
         state.config().registration.code_sender,
         config::CodeSenderConfig::Log

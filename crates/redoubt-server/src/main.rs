@@ -73,9 +73,10 @@ enum MarketCommand {
         /// A file with the notice users see.
         #[arg(long)]
         notice: PathBuf,
-        /// Days between the effective date and the purge.
+        /// Days between the effective date and the purge of the market's
+        /// accounts.
         #[arg(long, default_value_t = 30)]
-        grace_days: i64,
+        grace_days: u16,
         /// The operator making the change.
         #[arg(long, env = "REDOUBT_OPERATOR")]
         operator: String,
@@ -330,7 +331,7 @@ async fn market(config: Config, command: &MarketCommand) -> anyhow::Result<()> {
             let exit = book.announce_exit(
                 jurisdiction,
                 parse_day_or_time(effective)?,
-                time::Duration::days(*grace_days),
+                time::Duration::days(i64::from(*grace_days)),
                 &text,
                 now,
             )?;
@@ -613,6 +614,9 @@ fn main() -> ExitCode {
             }
             Some(Command::Config(ConfigCommand::Check)) => {
                 let config = load_config(&cli)?;
+                // The IP table and market book are part of what the server
+                // needs to start; check them too.
+                redoubt_server::markets::Markets::open(&config)?;
                 print!("{}", toml::to_string_pretty(&config)?);
                 eprintln!("configuration is valid");
                 Ok(())

@@ -14,16 +14,19 @@ use redoubt_proto::DeviceId;
 use tokio::sync::{watch, Notify};
 
 /// Why the server ends a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
     /// The device was revoked.
     Revoked,
     /// A newer connection of the same device took over.
     Replaced,
+    /// The service left this market (ISO code).
+    MarketExited(String),
 }
 
 struct Entry {
     conn: u64,
+    markets: Vec<String>,
     wake: Arc<Notify>,
     close: watch::Sender<Option<CloseReason>>,
 }
@@ -47,13 +50,15 @@ pub struct Subscription {
 }
 
 impl Sessions {
-    /// Registers a session for `device`, closing any older one.
-    pub fn attach(self: &Arc<Self>, device: DeviceId) -> Subscription {
+    /// Registers a session for `device`, closing any older one. `markets`
+    /// are the markets the session was placed in when it connected.
+    pub fn attach(self: &Arc<Self>, device: DeviceId, markets: Vec<String>) -> Subscription {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
         let (close_tx, close_rx) = watch::channel(None);
         let entry = Entry {
             conn,
+            markets,
             wake: wake.clone(),
             close: close_tx,
         };
@@ -82,6 +87,24 @@ impl Sessions {
         if let Some(entry) = self.lock().get(device) {
             let _ = entry.close.send(Some(reason));
         }
+    }
+
+    /// Closes every session placed in `market`; returns how many.
+    pub fn close_market(&self, market: &str) -> usize {
+        let map = self.lock();
+        let mut closed = 0;
+        for entry in map
+            .values()
+            .filter(|e| e.markets.iter().any(|m| m == market))
+        {
+            if entry.close.borrow().is_none() {
+                let _ = entry
+                    .close
+                    .send(Some(CloseReason::MarketExited(market.to_owned())));
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// How many devices are connected here.
@@ -150,14 +173,20 @@ mod tests {
     async fn a_new_session_replaces_the_old_one() {
         let sessions = Arc::new(Sessions::default());
         let device = DeviceId::random();
-        let first = sessions.attach(device);
-        let second = sessions.attach(device);
+        let first = sessions.attach(device, vec![]);
+        let second = sessions.attach(device, vec!["FR".into()]);
         assert_eq!(*first.close.borrow(), Some(CloseReason::Replaced));
         drop(first);
         // Dropping the replaced session must not unregister its successor.
         assert_eq!(sessions.connected(), 1);
         sessions.wake(&device);
         second.wake.notified().await;
+        assert_eq!(sessions.close_market("DE"), 0);
+        assert_eq!(sessions.close_market("FR"), 1);
+        assert_eq!(
+            *second.close.borrow(),
+            Some(CloseReason::MarketExited("FR".into()))
+        );
         drop(second);
         assert_eq!(sessions.connected(), 0);
     }

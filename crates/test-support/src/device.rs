@@ -286,20 +286,51 @@ pub enum WsEvent {
     Closed(Option<(u16, String)>),
 }
 
+/// The upgrade request for the delivery WebSocket, with the bearer token.
+fn ws_request(
+    base: &str,
+    token: &AuthToken,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let url = format!("{}/v1/ws", base.replacen("http", "ws", 1));
+    let mut request = url.into_client_request().expect("ws request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token.expose())
+            .parse()
+            .expect("header"),
+    );
+    request
+}
+
 impl WsClient {
     /// Opens the delivery WebSocket of the relay at `base` with `token`.
     pub async fn connect(base: &str, token: &AuthToken) -> Self {
-        let url = format!("{}/v1/ws", base.replacen("http", "ws", 1));
-        let mut request = url.into_client_request().expect("ws request");
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", token.expose())
-                .parse()
-                .expect("header"),
-        );
-        let (stream, _) = tokio_tungstenite::connect_async(request)
+        let (stream, _) = tokio_tungstenite::connect_async(ws_request(base, token))
             .await
             .expect("websocket connects");
+        WsClient {
+            stream,
+            raw: Vec::new(),
+        }
+    }
+
+    /// The same, connecting from the local address `local` (tests place
+    /// clients in countries by loopback address).
+    pub async fn connect_from(base: &str, token: &AuthToken, local: std::net::IpAddr) -> Self {
+        let request = ws_request(base, token);
+        let server: std::net::SocketAddr = base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("base is http://IP:PORT");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::new(local, 0))
+            .expect("bind local address");
+        let tcp = socket.connect(server).await.expect("tcp connects");
+        let (stream, _) =
+            tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+                .await
+                .expect("websocket connects");
         WsClient {
             stream,
             raw: Vec::new(),

@@ -12,6 +12,7 @@
 //! This crate is for tests only; nothing in it may be used by a binary.
 
 pub mod device;
+pub mod legal;
 pub mod logs;
 pub mod process;
 pub mod server;
@@ -66,4 +67,22 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Writes the project's own IP-to-country test table (DB-IP lite CSV
+/// format) to `dir` and returns its path. Loopback addresses stand in for
+/// countries, so one machine can play clients from several markets:
+/// 127.0.0.2 is in France, 127.0.0.3 in Germany, 127.0.0.4 in the United
+/// Kingdom; 127.0.0.1 is in no table entry (no country).
+pub fn write_ip_table(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("ip-countries.csv");
+    std::fs::write(
+        &path,
+        "# Redoubt's test table: first_ip,last_ip,country\n\
+         127.0.0.2,127.0.0.2,FR\n\
+         127.0.0.3,127.0.0.3,DE\n\
+         127.0.0.4,127.0.0.4,GB\n",
+    )
+    .expect("write the IP table");
+    path
 }

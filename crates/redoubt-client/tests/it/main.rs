@@ -4,6 +4,7 @@
 mod chats;
 mod cli;
 mod groups;
+mod markets;
 mod privacy;
 mod rejoin;
 mod support;

@@ -15,6 +15,7 @@ pub fn config() -> ClientConfig {
             parallelism: 1,
         },
         key_packages: 10,
+        local_address: None,
     }
 }
 
@@ -36,7 +37,7 @@ pub async fn register(server: &TestServer, phone: &str) -> Profile {
 pub async fn register_in(server: &TestServer, phone: &str, dir: &std::path::Path) -> Client {
     let phone = PhoneNumber::parse(phone).unwrap();
     let before = logs::dev_code_for(&logs::captured(), phone.e164());
-    Client::request_code(&server.base_url(), &phone)
+    Client::request_code(&server.base_url(), &phone, &config())
         .await
         .unwrap();
     let code = logs::dev_code_for(&logs::captured(), phone.e164()).unwrap();

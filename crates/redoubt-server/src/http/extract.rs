@@ -120,8 +120,9 @@ pub fn token_hash(token: &AuthToken) -> Digest {
 }
 
 /// An authenticated device. Extracting it also records the sighting in the
-/// IP-address log.
-#[derive(Debug, Clone, Copy)]
+/// IP-address log, and refuses (451) a request placed in a market the
+/// service has left.
+#[derive(Debug, Clone)]
 pub struct Authed {
     /// The caller's account.
     pub account_id: AccountId,
@@ -129,6 +130,8 @@ pub struct Authed {
     pub device_id: DeviceId,
     /// Where the call came from.
     pub addr: SocketAddr,
+    /// The markets the call is placed in (phone region and address).
+    pub markets: Vec<String>,
 }
 
 impl FromRequestParts<AppState> for Authed {
@@ -151,6 +154,10 @@ impl FromRequestParts<AppState> for Authed {
             TokenStatus::Unknown => return Err(ApiError::InvalidToken),
         };
         let ClientAddr(addr) = ClientAddr::from_request_parts(parts, state).await?;
+        let markets = state.markets().place(auth.region.as_deref(), addr.ip());
+        // Refused before the sighting is logged: a market the service has
+        // left gets nothing from it, not even a new IP-log row.
+        state.markets().check(&markets, state.clock().now())?;
         state
             .ip_recorder()
             .observe(auth.account_id, addr, false)
@@ -159,6 +166,7 @@ impl FromRequestParts<AppState> for Authed {
             account_id: auth.account_id,
             device_id: auth.device_id,
             addr,
+            markets,
         })
     }
 }

@@ -40,7 +40,7 @@ pub mod ws;
         ops::healthz, ops::metrics, ops::openapi,
     ),
     components(schemas(
-        redoubt_proto::ErrorBody, redoubt_proto::ErrorDetail, redoubt_proto::ErrorCode,
+        redoubt_proto::ErrorBody, redoubt_proto::ErrorDetail, redoubt_proto::ErrorCode, redoubt_proto::MarketNotice,
         redoubt_proto::api::Envelope, redoubt_proto::api::EnvelopeKind,
     )),
     modifiers(&BearerAuth)

@@ -1,5 +1,7 @@
 //! Phone-number verification and device registration.
 
+use std::net::IpAddr;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -12,18 +14,13 @@ use sha2::{Digest as _, Sha256};
 
 use super::extract::{token_hash, ApiJson, ClientAddr};
 use crate::error::ApiError;
-use crate::storage::{CodeIssue, Digest, IssueOutcome, NewDevice, Verification, VerifyOutcome};
+use crate::storage::{
+    phone_key, CodeIssue, Digest, IssueOutcome, NewDevice, Verification, VerifyOutcome,
+};
 use crate::AppState;
 
 /// Device names are shown to their owner; keep them short and printable.
 const MAX_DEVICE_NAME_CHARS: usize = 64;
-
-fn phone_key(phone: &PhoneNumber) -> Digest {
-    let mut h = Sha256::new();
-    h.update(b"redoubt/phone-key/v1\0");
-    h.update(phone.e164().as_bytes());
-    h.finalize().into()
-}
 
 fn code_hash(phone_key: &Digest, code: &str) -> Digest {
     let mut h = Sha256::new();
@@ -31,6 +28,20 @@ fn code_hash(phone_key: &Digest, code: &str) -> Digest {
     h.update(phone_key);
     h.update(code.as_bytes());
     h.finalize().into()
+}
+
+/// Refuses registration from a market being left: new accounts from the
+/// announcement on, everyone from the effective date. Checked before a code
+/// is issued or consumed, so a refused request leaves nothing behind.
+async fn check_market(state: &AppState, phone: &PhoneNumber, ip: IpAddr) -> Result<(), ApiError> {
+    let markets = state.markets().place(phone.region().as_deref(), ip);
+    if markets.is_empty() {
+        return Ok(());
+    }
+    let existing = state.store().account_by_phone(phone).await?.is_some();
+    state
+        .markets()
+        .check_registration(&markets, existing, state.clock().now())
 }
 
 /// Request a verification code.
@@ -41,6 +52,7 @@ fn code_hash(phone_key: &Digest, code: &str) -> Digest {
         (status = 202, description = "Code sent", body = RequestCodeResponse),
         (status = 400, description = "Invalid phone number", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 451, description = "The service has left, or is leaving, this market", body = ErrorBody),
         (status = 503, description = "The code could not be sent", body = ErrorBody),
     )
 )]
@@ -49,6 +61,7 @@ pub async fn request_code(
     ClientAddr(addr): ClientAddr,
     ApiJson(req): ApiJson<RequestCodeRequest>,
 ) -> Result<(StatusCode, ApiJson<RequestCodeResponse>), ApiError> {
+    check_market(&state, &req.phone, addr.ip()).await?;
     let config = &state.config().registration;
     let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
     let key = phone_key(&req.phone);
@@ -96,12 +109,15 @@ pub async fn request_code(
         (status = 401, description = "Wrong code", body = ErrorBody),
         (status = 410, description = "Code expired", body = ErrorBody),
         (status = 429, description = "Too many attempts", body = ErrorBody),
+        (status = 451, description = "The service has left, or is leaving, this market", body = ErrorBody),
     )
 )]
 pub async fn verify_code(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     ApiJson(req): ApiJson<VerifyCodeRequest>,
 ) -> Result<(StatusCode, ApiJson<VerifyCodeResponse>), ApiError> {
+    check_market(&state, &req.phone, addr.ip()).await?;
     if req.code.len() != 6 || !req.code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::InvalidRequest("code must be 6 digits".into()));
     }

@@ -53,19 +53,21 @@ struct Session {
 
 enum End {
     /// Close with this code and reason.
-    Close(u16, &'static str),
+    Close(u16, std::borrow::Cow<'static, str>),
     /// The peer went away; nothing to send.
     Gone,
 }
 
 async fn session(state: AppState, auth: Authed, socket: WebSocket) {
-    let subscription = state.sessions().attach(auth.device_id);
+    let subscription = state
+        .sessions()
+        .attach(auth.device_id, auth.markets.clone());
     state.metrics().connected_devices.inc();
     tracing::debug!("websocket session opened");
     let (mut sink, mut stream) = socket.split();
     let mut session = Session {
         state: state.clone(),
-        auth,
+        auth: auth.clone(),
         in_flight: HashSet::new(),
         announced: false,
     };
@@ -81,12 +83,19 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket) {
         }
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break 'run End::Close(1001, "server shutting down"),
+                _ = shutdown.cancelled() => break 'run End::Close(1001, "server shutting down".into()),
                 _ = close_rx.changed() => {
-                    let reason = *close_rx.borrow();
+                    let reason = close_rx.borrow().clone();
                     break 'run match reason {
-                        Some(CloseReason::Revoked) => End::Close(close::REVOKED, "device revoked"),
-                        _ => End::Close(close::REPLACED, "replaced by a newer connection"),
+                        Some(CloseReason::Revoked) => End::Close(close::REVOKED, "device revoked".into()),
+                        // A close reason has room for 123 bytes: name the
+                        // market; the notice itself is in the mailbox and in
+                        // the 451 every later request gets.
+                        Some(CloseReason::MarketExited(market)) => End::Close(
+                            close::MARKET_EXITED,
+                            format!("unavailable for legal reasons: the service has left {market}").into(),
+                        ),
+                        _ => End::Close(close::REPLACED, "replaced by a newer connection".into()),
                     };
                 }
                 _ = subscription.wake.notified() => {
@@ -100,7 +109,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket) {
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break 'run End::Gone,
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Ok(Message::Binary(_))) => {
-                            break 'run End::Close(close::PROTOCOL, "binary frames are not used");
+                            break 'run End::Close(close::PROTOCOL, "binary frames are not used".into());
                         }
                         Some(Ok(Message::Text(text))) => {
                             match serde_json::from_str::<ClientFrame>(text.as_str()) {
@@ -113,16 +122,16 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket) {
                                     }
                                 }
                                 Ok(ClientFrame::Ack { .. }) => {
-                                    break 'run End::Close(close::PROTOCOL, "too many ids in one ack");
+                                    break 'run End::Close(close::PROTOCOL, "too many ids in one ack".into());
                                 }
-                                Err(_) => break 'run End::Close(close::PROTOCOL, "malformed frame"),
+                                Err(_) => break 'run End::Close(close::PROTOCOL, "malformed frame".into()),
                             }
                         }
                     }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > ping_every * 2 {
-                        break 'run End::Close(1001, "no answer to pings");
+                        break 'run End::Close(1001, "no answer to pings".into());
                     }
                     if sink.send(Message::Ping(Default::default())).await.is_err() {
                         break 'run End::Gone;
@@ -135,7 +144,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket) {
     if let End::Close(code, reason) = end {
         let frame = CloseFrame {
             code,
-            reason: reason.into(),
+            reason: reason.into_owned().into(),
         };
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
@@ -205,14 +214,15 @@ impl Session {
 
 fn store_failed(e: StoreError) -> End {
     tracing::error!(error = %e, "storage failed during websocket session");
-    End::Close(1011, "internal error")
+    End::Close(1011, "internal error".into())
 }
 
 async fn send_frame<S>(sink: &mut S, frame: &ServerFrame) -> Result<(), End>
 where
     S: futures::Sink<Message> + Unpin,
 {
-    let text = serde_json::to_string(frame).map_err(|_| End::Close(1011, "internal error"))?;
+    let text =
+        serde_json::to_string(frame).map_err(|_| End::Close(1011, "internal error".into()))?;
     sink.send(Message::Text(text.into()))
         .await
         .map_err(|_| End::Gone)

@@ -124,16 +124,19 @@ pub enum VerifyOutcome {
 }
 
 /// Who a token belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceAuth {
     /// The account.
     pub account_id: AccountId,
     /// The device.
     pub device_id: DeviceId,
+    /// The region of the account's phone number (ISO 3166-1 alpha-2), for
+    /// market policy; `None` for numbers with no single region.
+    pub region: Option<String>,
 }
 
 /// What a token hash resolves to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenStatus {
     /// A live device.
     Active(DeviceAuth),
@@ -308,6 +311,31 @@ pub struct PurgeCounts {
     pub receipts: u64,
 }
 
+/// What leaving a market deleted: counts only, for the audit log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RegionPurgeCounts {
+    /// Accounts deleted.
+    pub accounts: u64,
+    /// Devices (and so tokens) deleted.
+    pub devices: u64,
+    /// Queued envelope deliveries deleted.
+    pub queued: u64,
+    /// Key packages deleted.
+    pub key_packages: u64,
+    /// IP-log rows deleted.
+    pub ip_log: u64,
+}
+
+/// The key under which codes and code requests for a number are stored: a
+/// hash, so numbers that never finish registering are not kept in clear.
+pub fn phone_key(phone: &PhoneNumber) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"redoubt/phone-key/v1\0");
+    h.update(phone.e164().as_bytes());
+    h.finalize().into()
+}
+
 /// Durable state of the relay.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -383,4 +411,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes what has expired or outlived its retention.
     async fn purge(&self, cutoffs: PurgeCutoffs) -> Result<PurgeCounts, StoreError>;
+
+    /// The accounts whose phone number belongs to `region`.
+    async fn accounts_in_region(&self, region: &str) -> Result<Vec<AccountId>, StoreError>;
+
+    /// Each account with each address the IP log holds for it (within
+    /// retention), for telling accounts seen in a market about its exit.
+    async fn recent_addresses(&self) -> Result<Vec<(AccountId, IpAddr)>, StoreError>;
+
+    /// The accounts already told about an exit in one phase (`exit` names the
+    /// announcement, `phase` is "announced" or "reminder").
+    async fn market_notified(&self, exit: &str, phase: &str) -> Result<Vec<AccountId>, StoreError>;
+
+    /// Records that an account was told about an exit in one phase.
+    async fn mark_market_notified(
+        &self,
+        exit: &str,
+        phase: &str,
+        account: AccountId,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes everything held for the accounts of `region`, in one
+    /// transaction: their queued envelopes, key packages, IP-log rows,
+    /// devices and tokens, pending codes, notice records and the accounts
+    /// themselves. Envelope bytes other recipients still wait for stay.
+    async fn purge_region(&self, region: &str) -> Result<RegionPurgeCounts, StoreError>;
 }

@@ -58,6 +58,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        backfill_regions(&write).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(config.read_connections.max(1))
             .acquire_timeout(Duration::from_secs(120))
@@ -79,6 +80,28 @@ impl SqliteStore {
         self.read.close().await;
         self.write.close().await;
     }
+}
+
+/// Fills `accounts.region` for rows made before the column existed. The
+/// region comes from the phone-number library, which SQL cannot call.
+async fn backfill_regions(pool: &SqlitePool) -> Result<(), StoreError> {
+    let rows = sqlx::query("SELECT id, phone FROM accounts WHERE region IS NULL")
+        .fetch_all(pool)
+        .await?;
+    for row in rows {
+        let id: Vec<u8> = row.get(0);
+        let phone: String = row.get(1);
+        let region = PhoneNumber::parse(&phone)
+            .ok()
+            .and_then(|p| p.region())
+            .unwrap_or_default();
+        sqlx::query("UPDATE accounts SET region = ? WHERE id = ?")
+            .bind(region)
+            .bind(id)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 fn ms(t: Timestamp) -> i64 {
@@ -278,12 +301,17 @@ impl Store for SqliteStore {
         let (account, new_account) = match existing {
             Some(row) => (account_id(row.get(0))?, false),
             None => {
-                sqlx::query("INSERT INTO accounts (id, phone, created_at) VALUES (?, ?, ?)")
-                    .bind(req.new_account_id.as_bytes().to_vec())
-                    .bind(req.phone.e164())
-                    .bind(ms(req.now))
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO accounts (id, phone, created_at, region) VALUES (?, ?, ?, ?)",
+                )
+                .bind(req.new_account_id.as_bytes().to_vec())
+                .bind(req.phone.e164())
+                .bind(ms(req.now))
+                // An empty region marks a number with no single region,
+                // so the backfill does not revisit it.
+                .bind(req.phone.region().unwrap_or_default())
+                .execute(&mut *tx)
+                .await?;
                 (req.new_account_id, true)
             }
         };
@@ -307,11 +335,13 @@ impl Store for SqliteStore {
     }
 
     async fn token_status(&self, token_hash: &Digest) -> Result<TokenStatus, StoreError> {
-        let row =
-            sqlx::query("SELECT id, account_id, revoked_at FROM devices WHERE token_hash = ?")
-                .bind(token_hash.to_vec())
-                .fetch_optional(&self.read)
-                .await?;
+        let row = sqlx::query(
+            "SELECT d.id, d.account_id, d.revoked_at, a.region
+             FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.token_hash = ?",
+        )
+        .bind(token_hash.to_vec())
+        .fetch_optional(&self.read)
+        .await?;
         let Some(row) = row else {
             return Ok(TokenStatus::Unknown);
         };
@@ -319,9 +349,11 @@ impl Store for SqliteStore {
         if revoked.is_some() {
             return Ok(TokenStatus::Revoked);
         }
+        let region: Option<String> = row.get(3);
         Ok(TokenStatus::Active(DeviceAuth {
             device_id: device_id(row.get(0))?,
             account_id: account_id(row.get(1))?,
+            region: region.filter(|r| !r.is_empty()),
         }))
     }
 
@@ -713,6 +745,130 @@ impl Store for SqliteStore {
             codes,
             receipts,
         })
+    }
+
+    async fn accounts_in_region(&self, region: &str) -> Result<Vec<AccountId>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM accounts WHERE region = ? ORDER BY id")
+            .bind(region)
+            .fetch_all(&self.read)
+            .await?;
+        rows.into_iter().map(|r| account_id(r.get(0))).collect()
+    }
+
+    async fn recent_addresses(&self) -> Result<Vec<(AccountId, IpAddr)>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT account_id, ip FROM ip_log")
+            .fetch_all(&self.read)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let ip: String = r.get(1);
+                Ok((
+                    account_id(r.get(0))?,
+                    ip.parse().map_err(|_| StoreError::Corrupt("ip address"))?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn market_notified(&self, exit: &str, phase: &str) -> Result<Vec<AccountId>, StoreError> {
+        let rows =
+            sqlx::query("SELECT account_id FROM market_notices WHERE exit_key = ? AND phase = ?")
+                .bind(exit)
+                .bind(phase)
+                .fetch_all(&self.read)
+                .await?;
+        rows.into_iter().map(|r| account_id(r.get(0))).collect()
+    }
+
+    async fn mark_market_notified(
+        &self,
+        exit: &str,
+        phase: &str,
+        account: AccountId,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        // The account may have been purged since it was picked; a notice
+        // record for an account that is gone is simply not kept.
+        sqlx::query(
+            "INSERT OR IGNORE INTO market_notices (exit_key, phase, account_id, sent_at)
+             SELECT ?, ?, id, ? FROM accounts WHERE id = ?",
+        )
+        .bind(exit)
+        .bind(phase)
+        .bind(ms(now))
+        .bind(account.as_bytes().to_vec())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn purge_region(&self, region: &str) -> Result<RegionPurgeCounts, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let phones: Vec<String> = sqlx::query("SELECT phone FROM accounts WHERE region = ?")
+            .bind(region)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut counts = RegionPurgeCounts::default();
+        if phones.is_empty() {
+            return Ok(counts);
+        }
+        const OF_DEVICES: &str = "device_id IN (SELECT d.id FROM devices d
+             JOIN accounts a ON a.id = d.account_id WHERE a.region = ?)";
+        const OF_ACCOUNTS: &str = "account_id IN (SELECT id FROM accounts WHERE region = ?)";
+        counts.queued = sqlx::query(&format!("DELETE FROM mailbox WHERE {OF_DEVICES}"))
+            .bind(region)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "DELETE FROM envelopes WHERE NOT EXISTS
+               (SELECT 1 FROM mailbox WHERE mailbox.envelope_id = envelopes.id)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        counts.key_packages = sqlx::query(&format!("DELETE FROM key_packages WHERE {OF_DEVICES}"))
+            .bind(region)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        counts.ip_log = sqlx::query(&format!("DELETE FROM ip_log WHERE {OF_ACCOUNTS}"))
+            .bind(region)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(&format!("DELETE FROM market_notices WHERE {OF_ACCOUNTS}"))
+            .bind(region)
+            .execute(&mut *tx)
+            .await?;
+        counts.devices = sqlx::query(&format!("DELETE FROM devices WHERE {OF_ACCOUNTS}"))
+            .bind(region)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        for phone in &phones {
+            let Ok(number) = PhoneNumber::parse(phone) else {
+                continue;
+            };
+            let key = phone_key(&number).to_vec();
+            sqlx::query("DELETE FROM verification_codes WHERE phone_key = ?")
+                .bind(key.clone())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM code_requests WHERE phone_key = ?")
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        counts.accounts = sqlx::query("DELETE FROM accounts WHERE region = ?")
+            .bind(region)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(counts)
     }
 }
 

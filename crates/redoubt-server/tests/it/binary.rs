@@ -177,6 +177,54 @@ fn config_example_is_valid_and_bad_config_fails_clearly() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read configuration file"));
 }
 
+#[test]
+fn an_ip_table_that_does_not_parse_stops_the_server_before_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = test_support::write_ip_table(dir.path());
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "127.0.0.2,127.0.0.2,FR\n127.0.0.5,banana,DE\n").unwrap();
+    let config = dir.path().join("redoubtd.toml");
+    let data = dir.path().join("data");
+    let write = |table: &std::path::Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[markets]\nip_table = {:?}\nprecedence = \"phone\"\n",
+                data.display().to_string(),
+                table.display().to_string()
+            ),
+        )
+        .unwrap();
+    };
+    write(&good);
+    let check = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    write(&bad);
+    for args in [&["config", "check"][..], &["serve"][..]] {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("markets.ip_table") && stderr.contains("line 2"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!data.join("redoubt.db").exists(), "nothing was created");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
     use base64::Engine as _;

@@ -507,6 +507,147 @@ pub async fn purge_removes_only_what_expired(store: Arc<dyn Store>) {
     assert_eq!(store.pending(a.device_id, now, 10).await.unwrap().len(), 1);
 }
 
+fn german_phone() -> PhoneNumber {
+    PhoneNumber::parse(&test_support::fresh_phone_with_prefix("+49151", 8)).unwrap()
+}
+
+pub async fn accounts_are_found_by_region_and_told_once(store: Arc<dyn Store>) {
+    let fr = device(&*store, &phone()).await;
+    let de = device(&*store, &german_phone()).await;
+    assert_eq!(fr.region.as_deref(), Some("FR"));
+    assert_eq!(de.region.as_deref(), Some("DE"));
+    let in_de = store.accounts_in_region("DE").await.unwrap();
+    assert!(in_de.contains(&de.account_id) && !in_de.contains(&fr.account_id));
+    store
+        .record_ip(IpObservation {
+            account_id: fr.account_id,
+            ip: "127.0.0.3".parse().unwrap(),
+            port: 1,
+            at: T0,
+        })
+        .await
+        .unwrap();
+    assert!(store
+        .recent_addresses()
+        .await
+        .unwrap()
+        .contains(&(fr.account_id, "127.0.0.3".parse().unwrap())));
+
+    assert!(store
+        .market_notified("DE@1", "announced")
+        .await
+        .unwrap()
+        .is_empty());
+    for _ in 0..2 {
+        store
+            .mark_market_notified("DE@1", "announced", de.account_id, T0)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.market_notified("DE@1", "announced").await.unwrap(),
+        vec![de.account_id]
+    );
+    assert!(store
+        .market_notified("DE@1", "reminder")
+        .await
+        .unwrap()
+        .is_empty());
+    // An account that no longer exists is not recorded.
+    store
+        .mark_market_notified("DE@1", "reminder", AccountId::random(), T0)
+        .await
+        .unwrap();
+    assert!(store
+        .market_notified("DE@1", "reminder")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn purging_a_region_leaves_other_markets_alone(store: Arc<dyn Store>) {
+    let fr = device(&*store, &phone()).await;
+    let de = device(&*store, &german_phone()).await;
+    let de_phone_devices = store.devices(de.account_id).await.unwrap();
+    assert_eq!(de_phone_devices.len(), 1);
+    for (who, port) in [(&fr, 1), (&de, 2)] {
+        store
+            .record_ip(IpObservation {
+                account_id: who.account_id,
+                ip: "127.0.0.1".parse().unwrap(),
+                port,
+                at: T0,
+            })
+            .await
+            .unwrap();
+        let added = store
+            .add_key_packages(
+                who.device_id,
+                vec![NewKeyPackage {
+                    id: KeyPackageRef::new(vec![port as u8; 16]).unwrap(),
+                    data: vec![port as u8; 8],
+                    last_resort: false,
+                }],
+                T0,
+                100,
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(added, AddKeyPackagesOutcome::Stored(_)),
+            "{added:?}"
+        );
+    }
+    // One envelope for both, one for the German device only.
+    let shared = envelope(vec![fr.device_id, de.device_id], b"both", 100);
+    assert_eq!(store.enqueue(shared).await.unwrap(), EnqueueOutcome::Queued);
+    let only = envelope(vec![de.device_id], b"de only", 100);
+    assert_eq!(store.enqueue(only).await.unwrap(), EnqueueOutcome::Queued);
+    store
+        .mark_market_notified("DE@1", "announced", de.account_id, T0)
+        .await
+        .unwrap();
+
+    let counts = store.purge_region("DE").await.unwrap();
+    assert_eq!(
+        counts,
+        RegionPurgeCounts {
+            accounts: 1,
+            devices: 1,
+            queued: 2,
+            key_packages: 1,
+            ip_log: 1,
+        }
+    );
+    assert!(store.accounts_in_region("DE").await.unwrap().is_empty());
+    assert!(!store.account_exists(de.account_id).await.unwrap());
+    assert!(store.ip_log(de.account_id).await.unwrap().is_empty());
+    assert!(store
+        .market_notified("DE@1", "announced")
+        .await
+        .unwrap()
+        .is_empty());
+    // The French account keeps everything, including the shared envelope.
+    assert!(store.account_exists(fr.account_id).await.unwrap());
+    assert_eq!(store.ip_log(fr.account_id).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .key_package_count(fr.device_id)
+            .await
+            .unwrap()
+            .remaining,
+        1
+    );
+    let pending = store.pending(fr.device_id, T0, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].payload, b"both");
+    // A second purge finds nothing.
+    assert_eq!(
+        store.purge_region("DE").await.unwrap(),
+        RegionPurgeCounts::default()
+    );
+}
+
 /// Instantiates every suite body for one backend. `$make` is an async
 /// expression producing an `Arc<dyn Store>` (and whatever guard keeps it
 /// alive, as the second tuple element).
@@ -524,6 +665,8 @@ macro_rules! storage_suite {
                 retries_are_recognised,
                 full_mailboxes_refuse_the_whole_send,
                 purge_removes_only_what_expired,
+                accounts_are_found_by_region_and_told_once,
+                purging_a_region_leaves_other_markets_alone,
             );
         }
     };
