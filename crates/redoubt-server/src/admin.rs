@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::http::extract::{ApiJson, ApiPath};
-use crate::storage::sqlite::SqliteStore;
+use crate::storage::legal_view::RelayRecords;
 use crate::AppState;
 
-type Desk = redoubt_legal::desk::Desk<SqliteStore>;
+type Desk = redoubt_legal::desk::Desk<RelayRecords>;
 
 /// An authenticated operator.
 pub struct Operator(pub String);
@@ -55,15 +55,13 @@ fn now() -> time::OffsetDateTime {
 }
 
 fn open_desk(state: &AppState) -> Result<Desk, ApiError> {
-    let sqlite = state.sqlite().ok_or(ApiError::Unavailable(
-        "the legal desk needs the SQLite store",
-    ))?;
     let retention =
         time::Duration::try_from(state.config().ip_log.retention).map_err(ApiError::internal)?;
+    // Orders from markets the service has left are refused with that reason.
     Desk::open(
         &legal_dir(state),
-        sqlite.clone(),
-        Default::default(),
+        state.legal_records(),
+        state.markets().book().policy(now()),
         retention,
     )
     .map_err(ApiError::internal)

@@ -42,6 +42,34 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Where users are, and how market exits are enforced.
     pub markets: MarketsConfig,
+    /// How nodes tell each other that a mailbox has something new.
+    pub fanout: FanoutConfig,
+}
+
+/// Live delivery between nodes. One node needs nothing; several nodes
+/// sharing PostgreSQL use NATS so that the node holding a device's
+/// WebSocket hears about envelopes queued through any other node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FanoutConfig {
+    /// Within this process only.
+    #[default]
+    Local,
+    /// Over NATS core publish/subscribe. A wake-up carries a device id and
+    /// an envelope id, never ciphertext or a phone number; a lost one costs
+    /// only latency, because sessions also look at their mailbox on every
+    /// ping.
+    Nats {
+        /// The NATS server, such as `nats://10.0.0.5:4222`.
+        url: String,
+        /// The subject prefix, so several deployments can share a NATS.
+        #[serde(default = "default_nats_prefix")]
+        subject_prefix: String,
+    },
+}
+
+fn default_nats_prefix() -> String {
+    "redoubt".into()
 }
 
 /// Market policy enforcement. The exits themselves are decided with
@@ -106,6 +134,7 @@ impl Default for Config {
             maintenance: MaintenanceConfig::default(),
             admin: AdminConfig::default(),
             markets: MarketsConfig::default(),
+            fanout: FanoutConfig::default(),
         }
     }
 }
@@ -155,6 +184,23 @@ impl Config {
         if self.ip_log.retention.is_zero() {
             return bad("ip_log.retention must be positive");
         }
+        if let FanoutConfig::Nats { subject_prefix, .. } = &self.fanout {
+            if subject_prefix.is_empty()
+                || !subject_prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            {
+                return bad("fanout.subject_prefix must be letters, digits, '_', '-' or '.'");
+            }
+        }
+        if matches!(self.fanout, FanoutConfig::Nats { .. })
+            && matches!(self.storage, StorageConfig::Sqlite(_))
+        {
+            return bad(
+                "fanout.backend = \"nats\" needs storage.backend = \"postgres\": \
+                 nodes must share one database",
+            );
+        }
         if self.markets.check_interval.is_zero() {
             return bad("markets.check_interval must be positive");
         }
@@ -172,10 +218,8 @@ impl Config {
     /// The SQLite database file this configuration points at.
     pub fn sqlite_path(&self) -> PathBuf {
         match &self.storage {
-            StorageConfig::Sqlite(s) => s
-                .path
-                .clone()
-                .unwrap_or_else(|| self.data_dir.join("redoubt.db")),
+            StorageConfig::Sqlite(SqliteConfig { path: Some(p), .. }) => p.clone(),
+            _ => self.data_dir.join("redoubt.db"),
         }
     }
 }
@@ -216,6 +260,29 @@ pub enum LogFormat {
 pub enum StorageConfig {
     /// An embedded SQLite database: zero setup, one node.
     Sqlite(SqliteConfig),
+    /// A PostgreSQL database shared by several nodes.
+    Postgres(PostgresConfig),
+}
+
+/// PostgreSQL settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A connection URL such as `postgres://redoubt@db.internal/redoubt`.
+    /// Keep passwords out of the file: libpq's `PGPASSWORD` and
+    /// `~/.pgpass` are honoured.
+    pub url: String,
+    /// A schema for every table (created if missing); unset uses the
+    /// connection's default search path.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Connections per node.
+    #[serde(default = "default_pg_connections")]
+    pub max_connections: u32,
+}
+
+fn default_pg_connections() -> u32 {
+    16
 }
 
 impl Default for StorageConfig {

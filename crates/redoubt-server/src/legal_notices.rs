@@ -75,7 +75,7 @@ pub(crate) async fn queue_notice(
         .await?;
     match outcome {
         EnqueueOutcome::Queued => {
-            state.fanout().wake(&recipients).await;
+            state.fanout().wake(id, &recipients).await;
             Ok(true)
         }
         EnqueueOutcome::Duplicate => Ok(true),
@@ -94,16 +94,17 @@ pub(crate) async fn queue_notice(
 /// legal desk has never been used on this data directory.
 pub async fn deliver_due(state: &AppState) -> Result<usize, NoticeError> {
     let dir = state.config().data_dir.join("legal");
-    let Some(sqlite) = state.sqlite() else {
-        return Ok(0);
-    };
     if !dir.join("orders").exists() {
         return Ok(0);
     }
     let retention = time::Duration::try_from(state.config().ip_log.retention)
         .map_err(|_| NoticeError::Retention)?;
-    let desk =
-        redoubt_legal::desk::Desk::open(&dir, sqlite.clone(), Default::default(), retention)?;
+    let desk = redoubt_legal::desk::Desk::open(
+        &dir,
+        state.legal_records(),
+        Default::default(),
+        retention,
+    )?;
     // The relay's clock, so the gag's end is judged on the same time line as
     // everything else the relay does (and tests can move it).
     let now = time::OffsetDateTime::from_unix_timestamp_nanos(

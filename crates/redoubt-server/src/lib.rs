@@ -34,6 +34,7 @@ pub mod legal_notices;
 pub mod maintenance;
 pub mod markets;
 pub mod metrics;
+pub mod nats;
 pub mod sessions;
 pub mod storage;
 pub mod telemetry;
@@ -58,6 +59,7 @@ struct Inner {
     config: Config,
     store: Arc<dyn Store>,
     sqlite: Option<SqliteStore>,
+    postgres: Option<storage::postgres::PgStore>,
     clock: Clock,
     code_sender: Arc<dyn CodeSender>,
     metrics: Metrics,
@@ -82,27 +84,51 @@ impl AppState {
             path: config.data_dir.clone(),
             source,
         })?;
-        let sqlite = match &config.storage {
-            config::StorageConfig::Sqlite(s) => SqliteStore::open(&config.sqlite_path(), s).await?,
+        let (store, sqlite, postgres): (Arc<dyn Store>, _, _) = match &config.storage {
+            config::StorageConfig::Sqlite(s) => {
+                let sqlite = SqliteStore::open(&config.sqlite_path(), s).await?;
+                (Arc::new(sqlite.clone()), Some(sqlite), None)
+            }
+            config::StorageConfig::Postgres(p) => {
+                let pg = storage::postgres::PgStore::open(p).await?;
+                (Arc::new(pg.clone()), None, Some(pg))
+            }
         };
-        let store: Arc<dyn Store> = Arc::new(sqlite.clone());
         let code_sender = code_sender::from_config(&config.registration.code_sender);
         let sessions = Arc::new(Sessions::default());
-        let fanout: Arc<dyn Fanout> = Arc::new(LocalFanout::new(sessions.clone()));
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let fanout: Arc<dyn Fanout> = match &config.fanout {
+            config::FanoutConfig::Local => Arc::new(LocalFanout::new(sessions.clone())),
+            config::FanoutConfig::Nats {
+                url,
+                subject_prefix,
+            } => {
+                nats::NatsFanout::connect(
+                    url,
+                    subject_prefix,
+                    sessions.clone(),
+                    shutdown.clone(),
+                    &tasks,
+                )
+                .await?
+            }
+        };
         let ip_recorder =
             IpRecorder::new(store.clone(), clock.clone(), config.ip_log.touch_interval);
         Ok(Self(Arc::new(Inner {
             config,
             store,
-            sqlite: Some(sqlite),
+            sqlite,
+            postgres,
             clock,
             code_sender,
             metrics: Metrics::default(),
             sessions,
             fanout,
             ip_recorder,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            shutdown,
+            tasks,
             legal_lock: tokio::sync::Mutex::new(()),
             admin_addr: std::sync::OnceLock::new(),
             markets,
@@ -172,17 +198,38 @@ impl AppState {
 
     /// A purger over this state's store and settings.
     pub fn purger(&self) -> Purger {
-        Purger::new(
+        let purger = Purger::new(
             self.store().clone(),
             self.clock().clone(),
             self.config().clone(),
             self.metrics().clone(),
-        )
+        );
+        match self.postgres() {
+            Some(pg) => purger.with_leader_lease(pg.clone()),
+            None => purger,
+        }
+    }
+
+    /// The records the legal desk may read, on whichever backend.
+    pub fn legal_records(&self) -> storage::legal_view::RelayRecords {
+        match (&self.0.sqlite, &self.0.postgres) {
+            (Some(s), _) => storage::legal_view::RelayRecords::Sqlite(s.clone()),
+            (None, Some(p)) => storage::legal_view::RelayRecords::Postgres(p.clone()),
+            (None, None) => unreachable!("AppState::open always sets one backend"),
+        }
+    }
+
+    /// The PostgreSQL store, when that is the backend.
+    pub fn postgres(&self) -> Option<&storage::postgres::PgStore> {
+        self.0.postgres.as_ref()
     }
 
     async fn close(&self) {
         if let Some(sqlite) = &self.0.sqlite {
             sqlite.close().await;
+        }
+        if let Some(pg) = &self.0.postgres {
+            pg.close().await;
         }
     }
 }

@@ -286,12 +286,10 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Desk = redoubt_legal::desk::Desk<redoubt_server::storage::sqlite::SqliteStore>;
+type Desk = redoubt_legal::desk::Desk<redoubt_server::storage::legal_view::RelayRecords>;
 
 async fn open_desk(config: &Config) -> anyhow::Result<Desk> {
-    let redoubt_server::config::StorageConfig::Sqlite(sqlite) = &config.storage;
-    let store =
-        redoubt_server::storage::sqlite::SqliteStore::open(&config.sqlite_path(), sqlite).await?;
+    let store = redoubt_server::storage::legal_view::RelayRecords::open(config).await?;
     let retention = time::Duration::try_from(config.ip_log.retention)?;
     let legal_dir = config.data_dir.join("legal");
     // Orders from markets the service has left are refused with that reason.

@@ -17,6 +17,7 @@ pub struct Purger {
     clock: Clock,
     config: Config,
     metrics: Metrics,
+    leader: Option<crate::storage::postgres::PgStore>,
 }
 
 impl Purger {
@@ -27,7 +28,16 @@ impl Purger {
             clock,
             config,
             metrics,
+            leader: None,
         }
+    }
+
+    /// With several nodes on one PostgreSQL database, each pass runs only
+    /// on the node that wins a lease (an advisory lock held for the pass);
+    /// the others skip it.
+    pub fn with_leader_lease(mut self, pg: crate::storage::postgres::PgStore) -> Self {
+        self.leader = Some(pg);
+        self
     }
 
     /// One purge pass.
@@ -71,6 +81,20 @@ impl Purger {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
             }
+            let _lease = match &self.leader {
+                Some(pg) => match pg.try_lease("purge").await {
+                    Ok(Some(lease)) => Some(lease),
+                    Ok(None) => {
+                        tracing::debug!("another node holds the purge lease; skipping this pass");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "purge lease unavailable");
+                        continue;
+                    }
+                },
+                None => None,
+            };
             match self.once().await {
                 Ok(counts) => {
                     tracing::debug!(

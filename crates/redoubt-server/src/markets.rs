@@ -253,8 +253,19 @@ pub async fn pass(state: &AppState) -> Result<PassReport, MarketsError> {
     // count, so a traveller is not cut off without warning. Read lazily:
     // only passes with notices to send need it.
     let mut addresses: Option<Vec<(AccountId, IpAddr)>> = None;
+    // Closing this node's sessions is every node's job; notices and purges
+    // need doing once, by the node holding the lease (with one node, this
+    // one).
+    let lease = match state.postgres() {
+        Some(pg) => Some(pg.try_lease("markets").await?),
+        None => None,
+    };
+    let leader = !matches!(lease, Some(None));
     for exit in &book.exits {
         if now < exit.effective_at {
+            if !leader {
+                continue;
+            }
             let mut phases = vec!["announced"];
             if now >= exit.effective_at - reminder {
                 phases.push("reminder");
@@ -265,7 +276,7 @@ pub async fn pass(state: &AppState) -> Result<PassReport, MarketsError> {
             continue;
         }
         report.closed_sessions += state.sessions().close_market(&exit.jurisdiction);
-        if now >= exit.purge_at {
+        if leader && now >= exit.purge_at {
             let counts = state.store().purge_region(&exit.jurisdiction).await?;
             if counts.accounts > 0 {
                 record_purge(state, exit, &counts, now).await?;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use redoubt_proto::DeviceId;
+use redoubt_proto::{DeviceId, EnvelopeId};
 use tokio::sync::{watch, Notify};
 
 /// Why the server ends a session.
@@ -134,10 +134,13 @@ impl Drop for Subscription {
 /// one node this is a direct call; across nodes it travels on a message bus.
 #[async_trait]
 pub trait Fanout: Send + Sync + 'static {
-    /// New envelopes were queued for these devices.
-    async fn wake(&self, devices: &[DeviceId]);
+    /// Envelope `envelope` was queued for these devices.
+    async fn wake(&self, envelope: EnvelopeId, devices: &[DeviceId]);
     /// This device was revoked: close its session.
     async fn revoked(&self, device: DeviceId);
+    /// A session of this device opened here; sessions of it elsewhere are
+    /// replaced. Nothing to do within one process (`Sessions::attach` did).
+    async fn attached(&self, _device: DeviceId) {}
 }
 
 /// Fan-out within one process.
@@ -154,7 +157,7 @@ impl LocalFanout {
 
 #[async_trait]
 impl Fanout for LocalFanout {
-    async fn wake(&self, devices: &[DeviceId]) {
+    async fn wake(&self, _envelope: EnvelopeId, devices: &[DeviceId]) {
         for d in devices {
             self.sessions.wake(d);
         }

@@ -239,21 +239,7 @@ impl TestDevice {
 
     /// Opens the delivery WebSocket.
     pub async fn ws(&self) -> WsClient {
-        let url = format!("{}/v1/ws", self.base.replacen("http", "ws", 1));
-        let mut request = url.into_client_request().expect("ws request");
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token.expose())
-                .parse()
-                .expect("header"),
-        );
-        let (stream, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("websocket connects");
-        WsClient {
-            stream,
-            raw: Vec::new(),
-        }
+        WsClient::connect(&self.base, &self.token).await
     }
 }
 

@@ -16,6 +16,7 @@ pub mod legal;
 pub mod logs;
 pub mod process;
 pub mod server;
+pub mod services;
 
 pub use device::{api_error, TestDevice, WsClient};
 pub use process::ServerProcess;

@@ -7,5 +7,6 @@ mod groups;
 mod markets;
 mod privacy;
 mod rejoin;
+mod scaleout;
 mod support;
 mod tui;

@@ -73,7 +73,7 @@ pub async fn send(
                 .metrics()
                 .envelopes_queued
                 .inc_by(recipients.len() as u64);
-            state.fanout().wake(&recipients).await;
+            state.fanout().wake(req.id, &recipients).await;
             Ok((
                 StatusCode::ACCEPTED,
                 ApiJson(SendResponse {

@@ -62,6 +62,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket) {
     let subscription = state
         .sessions()
         .attach(auth.device_id, auth.markets.clone());
+    state.fanout().attached(auth.device_id).await;
     state.metrics().connected_devices.inc();
     tracing::debug!("websocket session opened");
     let (mut sink, mut stream) = socket.split();
@@ -137,6 +138,11 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket) {
                         break 'run End::Gone;
                     }
                     state.ip_recorder().observe(auth.account_id, auth.addr, false).await;
+                    // A safety net for lost wake-ups (another node's, over
+                    // the network): look at the mailbox on every ping.
+                    if let Err(end) = session.push(&mut sink).await {
+                        break 'run end;
+                    }
                 }
             }
         }

@@ -1,5 +1,6 @@
-//! The legal desk's window onto the SQLite store: the two read-only queries
-//! of `redoubt_legal::records::SubscriberRecords`, and nothing else. Keeping
+//! The legal desk's window onto the relay's storage: the two read-only
+//! queries of `redoubt_legal::records::SubscriberRecords`, for each backend,
+//! and nothing else. Keeping
 //! them in their own module makes invariant 2 reviewable at a glance: no
 //! query here touches `envelopes`, `mailbox`, `key_packages` or `devices`.
 
@@ -9,6 +10,7 @@ use redoubt_proto::{AccountId, PhoneNumber};
 use sqlx::Row;
 use time::OffsetDateTime;
 
+use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 
 fn to_time(ms: i64) -> Result<OffsetDateTime, RecordsError> {
@@ -89,5 +91,116 @@ impl SubscriberRecords for SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+impl SubscriberRecords for PgStore {
+    async fn subscriber(&self, target: &Target) -> Result<Option<Subscriber>, RecordsError> {
+        let row = match target {
+            Target::Phone(phone) => {
+                let Ok(phone) = PhoneNumber::parse(phone) else {
+                    return Ok(None);
+                };
+                sqlx::query("SELECT id, phone, created_at FROM accounts WHERE phone = $1")
+                    .bind(phone.e164().to_owned())
+                    .fetch_optional(self.pool())
+                    .await
+            }
+            Target::AccountId(id) => {
+                let Ok(id) = id.parse::<AccountId>() else {
+                    return Ok(None);
+                };
+                sqlx::query("SELECT id, phone, created_at FROM accounts WHERE id = $1")
+                    .bind(id.as_bytes().to_vec())
+                    .fetch_optional(self.pool())
+                    .await
+            }
+        }
+        .map_err(failed)?;
+        let Some(row) = row else { return Ok(None) };
+        let id: Vec<u8> = row.get(0);
+        let id: [u8; 16] = id
+            .try_into()
+            .map_err(|_| RecordsError("account id".into()))?;
+        let phone: String = row.get(1);
+        Ok(Some(Subscriber {
+            account_id: AccountId::from_bytes(id),
+            phone: PhoneNumber::parse(&phone).map_err(|e| RecordsError(e.to_string()))?,
+            account_created_at: to_time(row.get(2))?,
+        }))
+    }
+
+    async fn ip_records(
+        &self,
+        account: AccountId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<IpRecord>, RecordsError> {
+        let rows = sqlx::query(
+            "SELECT ip, port, first_seen, last_seen FROM ip_log
+             WHERE account_id = $1 AND last_seen >= $2 AND first_seen <= $3
+             ORDER BY first_seen, ip, port",
+        )
+        .bind(account.as_bytes().to_vec())
+        .bind(to_ms(from))
+        .bind(to_ms(to))
+        .fetch_all(self.pool())
+        .await
+        .map_err(failed)?;
+        rows.into_iter()
+            .map(|row| {
+                let ip: String = row.get(0);
+                let port: i32 = row.get(1);
+                Ok(IpRecord {
+                    ip: ip.parse().map_err(|_| RecordsError("ip address".into()))?,
+                    port: u16::try_from(port).map_err(|_| RecordsError("port".into()))?,
+                    first_seen: to_time(row.get(2))?,
+                    last_seen: to_time(row.get(3))?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The records of whichever backend the relay runs on, for the desk.
+#[derive(Clone)]
+pub enum RelayRecords {
+    /// The SQLite store.
+    Sqlite(SqliteStore),
+    /// The PostgreSQL store.
+    Postgres(PgStore),
+}
+
+impl RelayRecords {
+    /// Opens the configured backend's records (for operator commands run
+    /// beside a relay).
+    pub async fn open(config: &crate::Config) -> Result<Self, super::StoreError> {
+        Ok(match &config.storage {
+            crate::config::StorageConfig::Sqlite(s) => {
+                Self::Sqlite(SqliteStore::open(&config.sqlite_path(), s).await?)
+            }
+            crate::config::StorageConfig::Postgres(p) => Self::Postgres(PgStore::open(p).await?),
+        })
+    }
+}
+
+impl SubscriberRecords for RelayRecords {
+    async fn subscriber(&self, target: &Target) -> Result<Option<Subscriber>, RecordsError> {
+        match self {
+            Self::Sqlite(s) => s.subscriber(target).await,
+            Self::Postgres(p) => p.subscriber(target).await,
+        }
+    }
+
+    async fn ip_records(
+        &self,
+        account: AccountId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<IpRecord>, RecordsError> {
+        match self {
+            Self::Sqlite(s) => s.ip_records(account, from, to).await,
+            Self::Postgres(p) => p.ip_records(account, from, to).await,
+        }
     }
 }

@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use redoubt_proto::api::EnvelopeKind;
 use redoubt_proto::{AccountId, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber, Timestamp};
 
+pub(crate) mod codec;
 pub mod legal_view;
+pub mod postgres;
 pub mod sqlite;
 
 /// A storage failure. None of its messages contain stored values.

@@ -10,12 +10,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redoubt_proto::api::EnvelopeKind;
 use redoubt_proto::{AccountId, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber, Timestamp};
 use sha2::{Digest as _, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
+use super::codec::*;
 use super::*;
 use crate::config::{SqliteConfig, SqliteSync};
 
@@ -104,43 +104,6 @@ async fn backfill_regions(pool: &SqlitePool) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn ms(t: Timestamp) -> i64 {
-    t.millis()
-}
-
-fn dur_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn id16(bytes: Vec<u8>) -> Result<[u8; 16], StoreError> {
-    bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("identifier is not 16 bytes"))
-}
-
-fn device_id(bytes: Vec<u8>) -> Result<DeviceId, StoreError> {
-    Ok(DeviceId::from_bytes(id16(bytes)?))
-}
-
-fn account_id(bytes: Vec<u8>) -> Result<AccountId, StoreError> {
-    Ok(AccountId::from_bytes(id16(bytes)?))
-}
-
-fn kind_to_str(kind: EnvelopeKind) -> &'static str {
-    match kind {
-        EnvelopeKind::Mls => "mls",
-        EnvelopeKind::ServerNotice => "server_notice",
-    }
-}
-
-fn kind_from_str(kind: &str) -> Result<EnvelopeKind, StoreError> {
-    match kind {
-        "mls" => Ok(EnvelopeKind::Mls),
-        "server_notice" => Ok(EnvelopeKind::ServerNotice),
-        _ => Err(StoreError::Corrupt("unknown envelope kind")),
-    }
-}
-
 /// Which of `devices` exist and are not revoked.
 async fn active_devices(
     conn: &mut sqlx::SqliteConnection,
@@ -190,14 +153,6 @@ async fn window_count(
     };
     let row = query.bind(since).fetch_one(&mut *conn).await?;
     Ok((row.get(0), row.get(1)))
-}
-
-fn retry_after(oldest: Option<i64>, window: Duration, now: Timestamp) -> Duration {
-    let free_at = oldest
-        .unwrap_or(now.millis())
-        .saturating_add(dur_ms(window));
-    let wait = free_at.saturating_sub(now.millis()).max(1000);
-    Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX))
 }
 
 #[async_trait]

@@ -1,5 +1,6 @@
 //! The relay's integration tests: a real server on `127.0.0.1:0` with a real
-//! SQLite file, driven over HTTP and WebSocket, plus the shared storage suite.
+//! SQLite file, driven over HTTP and WebSocket, plus the shared storage suite
+//! (SQLite and PostgreSQL) and several nodes sharing PostgreSQL and NATS.
 
 mod auth;
 mod bad_input;
@@ -11,4 +12,5 @@ mod logs;
 mod ops;
 mod registration;
 mod retention;
+mod scaleout;
 mod storage;

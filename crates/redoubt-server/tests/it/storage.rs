@@ -674,19 +674,31 @@ macro_rules! storage_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let (store, _guard) = $make.await;
+                let Some((store, _guard)) = $make.await else {
+                    return;
+                };
                 super::$name(store).await;
             }
         )*
     };
 }
 
-async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+async fn sqlite_store() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite::SqliteStore::open(&dir.path().join("t.db"), &Default::default())
         .await
         .unwrap();
-    (Arc::new(store), dir)
+    Some((Arc::new(store), dir))
+}
+
+/// A store in a schema of its own in this machine's PostgreSQL, or `None`
+/// (the test is skipped with a printed reason) when it is unreachable
+/// outside CI.
+async fn postgres_store() -> Option<(Arc<dyn Store>, test_support::services::PgSchema)> {
+    let schema = test_support::services::pg_schema().await?;
+    let store = postgres::PgStore::open(&schema.config).await.unwrap();
+    Some((Arc::new(store), schema))
 }
 
 storage_suite!(sqlite_backend, sqlite_store());
+storage_suite!(postgres_backend, postgres_store());
