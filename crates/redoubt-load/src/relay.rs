@@ -324,60 +324,75 @@ async fn receive(
     stop: tokio::sync::watch::Receiver<bool>,
     drained: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Received {
+    use futures::FutureExt as _;
     let mut latency = histogram();
     let mut seen: HashSet<EnvelopeId> = HashSet::new();
     let mut stop = stop;
     let mut drained = drained;
-    loop {
-        let frame = tokio::select! {
+    'run: loop {
+        let first = tokio::select! {
             _ = stop.changed() => break,
             f = ws.next() => f,
         };
-        let text = match frame {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_))) | None => {
-                if !*stop.borrow() {
-                    shared.error("a delivery socket closed");
-                }
-                break;
+        // Take every frame already here, then acknowledge them in one
+        // frame, as a client that stores a page and then acks does.
+        let mut frames = vec![first];
+        while frames.len() < 256 {
+            match ws.next().now_or_never() {
+                Some(f) => frames.push(f),
+                None => break,
             }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                shared.error(format!("socket: {e}"));
-                break;
-            }
-        };
-        shared
-            .app_bytes
-            .fetch_add(text.len() as u64, Ordering::Relaxed);
-        match serde_json::from_str::<ServerFrame>(text.as_str()) {
-            Ok(ServerFrame::Envelope(e)) => {
-                if seen.insert(e.id) {
-                    let now = shared.micros();
-                    if let Some((at, seq)) = header(e.payload.as_slice()) {
-                        if presence == Presence::Online {
-                            let _ = latency.record(now.saturating_sub(at).max(1));
-                            shared.online_deliveries.fetch_add(1, Ordering::Relaxed);
-                            shared.delivered(seq);
-                        }
+        }
+        let mut to_ack = Vec::new();
+        for frame in frames {
+            let text = match frame {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(_))) | None => {
+                    if !*stop.borrow() {
+                        shared.error("a delivery socket closed");
                     }
-                    shared.all_deliveries.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                    break 'run;
                 }
-                let ack = serde_json::to_string(&ClientFrame::Ack { ids: vec![e.id] })
-                    .unwrap_or_default();
-                if ws.send(Message::text(ack)).await.is_err() {
-                    shared.error("ack failed");
-                    break;
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    shared.error(format!("socket: {e}"));
+                    break 'run;
                 }
+            };
+            shared
+                .app_bytes
+                .fetch_add(text.len() as u64, Ordering::Relaxed);
+            match serde_json::from_str::<ServerFrame>(text.as_str()) {
+                Ok(ServerFrame::Envelope(e)) => {
+                    if seen.insert(e.id) {
+                        let now = shared.micros();
+                        if let Some((at, seq)) = header(e.payload.as_slice()) {
+                            if presence == Presence::Online {
+                                let _ = latency.record(now.saturating_sub(at).max(1));
+                                shared.online_deliveries.fetch_add(1, Ordering::Relaxed);
+                                shared.delivered(seq);
+                            }
+                        }
+                        shared.all_deliveries.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    to_ack.push(e.id);
+                }
+                Ok(ServerFrame::Drained) => {
+                    if let Some(tx) = drained.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Err(_) => shared.error("unparseable frame"),
             }
-            Ok(ServerFrame::Drained) => {
-                if let Some(tx) = drained.take() {
-                    let _ = tx.send(());
-                }
+        }
+        if !to_ack.is_empty() {
+            let ack = serde_json::to_string(&ClientFrame::Ack { ids: to_ack }).unwrap_or_default();
+            if ws.send(Message::text(ack)).await.is_err() {
+                shared.error("ack failed");
+                break;
             }
-            Err(_) => shared.error("unparseable frame"),
         }
     }
     let _ = ws.close(None).await;

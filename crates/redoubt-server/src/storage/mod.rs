@@ -33,6 +33,9 @@ pub enum StoreError {
     /// A stored row does not decode (corruption or a schema bug).
     #[error("stored data is malformed: {0}")]
     Corrupt(&'static str),
+    /// The store's writer task has stopped (the server is shutting down).
+    #[error("the store is shut down")]
+    Stopped,
 }
 
 /// A SHA-256 digest used as a lookup key (tokens, codes, phone numbers).

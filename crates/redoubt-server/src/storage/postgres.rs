@@ -538,18 +538,16 @@ impl Store for PgStore {
             return Ok(EnqueueOutcome::UnknownRecipients(unknown));
         }
         let recipients = id_list(envelope.recipients.iter().map(|d| *d.as_bytes()));
-        let rows = sqlx::query(
-            "SELECT device_id, COUNT(*) FROM mailbox WHERE device_id = ANY($1) GROUP BY device_id",
-        )
-        .bind(&recipients)
-        .fetch_all(&mut *tx)
-        .await?;
+        // Queue lengths are kept by a trigger (migration 0002); the device
+        // rows are locked above, so they cannot change under this check.
+        let rows = sqlx::query("SELECT id FROM devices WHERE id = ANY($1) AND queued >= $2")
+            .bind(&recipients)
+            .bind(i64::try_from(envelope.max_queued).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
         let mut full = Vec::new();
         for row in rows {
-            let count: i64 = row.get(1);
-            if u64::try_from(count).unwrap_or(u64::MAX) >= envelope.max_queued {
-                full.push(device_id(row.get(0))?);
-            }
+            full.push(device_id(row.get(0))?);
         }
         if !full.is_empty() {
             full.sort();

@@ -27,6 +27,7 @@ const INSERT_CHUNK: usize = 400;
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
+    jobs: tokio::sync::mpsc::UnboundedSender<(Job, Reply)>,
 }
 
 impl SqliteStore {
@@ -67,7 +68,18 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        Ok(Self { read, write })
+        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(writer(write.clone(), queue));
+        Ok(Self { read, write, jobs })
+    }
+
+    /// Hands a write to the group-commit writer and waits for its commit.
+    async fn write_job(&self, job: Job) -> Result<Done, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send((job, reply))
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
     }
 
     /// The read pool, for the legal desk's read-only queries (`legal_view`).
@@ -153,6 +165,193 @@ async fn window_count(
     };
     let row = query.bind(since).fetch_one(&mut *conn).await?;
     Ok((row.get(0), row.get(1)))
+}
+
+/// One enqueue inside the writer's transaction. Everything before the
+/// inserts only reads, so an outcome other than `Queued` leaves nothing
+/// behind in a shared transaction.
+async fn enqueue_in(
+    conn: &mut sqlx::SqliteConnection,
+    envelope: &NewEnvelope,
+) -> Result<EnqueueOutcome, StoreError> {
+    let payload_hash = Sha256::digest(&envelope.payload).to_vec();
+    let id = envelope.id.as_bytes().to_vec();
+    let receipt = sqlx::query("SELECT payload_hash FROM envelope_receipts WHERE id = ?")
+        .bind(id.clone())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(row) = receipt {
+        let stored: Vec<u8> = row.get(0);
+        return Ok(if stored == payload_hash {
+            EnqueueOutcome::Duplicate
+        } else {
+            EnqueueOutcome::Conflict
+        });
+    }
+    let active = active_devices(&mut *conn, &envelope.recipients).await?;
+    let unknown: Vec<DeviceId> = envelope
+        .recipients
+        .iter()
+        .filter(|d| !active.contains(d))
+        .copied()
+        .collect();
+    if !unknown.is_empty() {
+        return Ok(EnqueueOutcome::UnknownRecipients(unknown));
+    }
+    // Queue lengths are kept by triggers (migration 0003), so this check
+    // costs the same however long the queues are.
+    let mut full = Vec::new();
+    let max = i64::try_from(envelope.max_queued).unwrap_or(i64::MAX);
+    for chunk in envelope.recipients.chunks(INSERT_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT id FROM devices WHERE queued >= ");
+        q.push_bind(max);
+        q.push(" AND id IN (");
+        let mut sep = q.separated(", ");
+        for d in chunk {
+            sep.push_bind(d.as_bytes().to_vec());
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            full.push(device_id(row.get(0))?);
+        }
+    }
+    if !full.is_empty() {
+        full.sort();
+        return Ok(EnqueueOutcome::MailboxFull(full));
+    }
+    sqlx::query(
+        "INSERT INTO envelopes (id, kind, payload, received_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(id.clone())
+    .bind(kind_to_str(envelope.kind))
+    .bind(&envelope.payload)
+    .bind(ms(envelope.now))
+    .bind(ms(envelope.expires_at))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO envelope_receipts (id, payload_hash, received_at) VALUES (?, ?, ?)")
+        .bind(id.clone())
+        .bind(payload_hash)
+        .bind(ms(envelope.now))
+        .execute(&mut *conn)
+        .await?;
+    for chunk in envelope.recipients.chunks(INSERT_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO mailbox (device_id, envelope_id) ");
+        q.push_values(chunk, |mut b, d| {
+            b.push_bind(d.as_bytes().to_vec()).push_bind(id.clone());
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(EnqueueOutcome::Queued)
+}
+
+/// One acknowledgement inside the writer's transaction.
+async fn ack_in(
+    conn: &mut sqlx::SqliteConnection,
+    device: DeviceId,
+    ids: &[EnvelopeId],
+) -> Result<u64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for chunk in ids.chunks(INSERT_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM mailbox WHERE device_id = ");
+        q.push_bind(device.as_bytes().to_vec());
+        q.push(" AND envelope_id IN (");
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.as_bytes().to_vec());
+        }
+        q.push(")");
+        removed += q.build().execute(&mut *conn).await?.rows_affected();
+
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM envelopes WHERE id IN (");
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.as_bytes().to_vec());
+        }
+        q.push(") AND NOT EXISTS (SELECT 1 FROM mailbox WHERE mailbox.envelope_id = envelopes.id)");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(removed)
+}
+
+/// A write the group-commit writer runs.
+enum Job {
+    /// Queue an envelope.
+    Enqueue(NewEnvelope),
+    /// Acknowledge envelopes for a device.
+    Ack(DeviceId, Vec<EnvelopeId>),
+}
+
+/// What a job did.
+enum Done {
+    /// The enqueue's outcome.
+    Enqueued(EnqueueOutcome),
+    /// How many mailbox entries an ack removed.
+    Acked(u64),
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<Done, StoreError>>;
+
+async fn run_job(conn: &mut sqlx::SqliteConnection, job: &Job) -> Result<Done, StoreError> {
+    Ok(match job {
+        Job::Enqueue(envelope) => Done::Enqueued(enqueue_in(conn, envelope).await?),
+        Job::Ack(device, ids) => Done::Acked(ack_in(conn, *device, ids).await?),
+    })
+}
+
+/// Runs `jobs` in one transaction, committing once.
+async fn run_batch(pool: &SqlitePool, jobs: &[Job]) -> Result<Vec<Done>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut done = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        done.push(run_job(&mut tx, job).await?);
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Group commit for the hot writes (sends and acks). Jobs that arrive while
+/// a transaction runs wait and then share the next one, so under load one
+/// commit (and one fsync) covers many sends and acks instead of one each.
+/// No job is answered before its transaction commits. If a shared
+/// transaction fails, each of its jobs is run again alone, so one bad job
+/// cannot fail the others.
+async fn writer(pool: SqlitePool, mut jobs: tokio::sync::mpsc::UnboundedReceiver<(Job, Reply)>) {
+    const MAX_BATCH: usize = 256;
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (work, replies): (Vec<Job>, Vec<Reply>) = batch.into_iter().unzip();
+        match run_batch(&pool, &work).await {
+            Ok(done) => {
+                for (reply, d) in replies.into_iter().zip(done) {
+                    let _ = reply.send(Ok(d));
+                }
+            }
+            Err(_) if work.len() > 1 => {
+                for (job, reply) in work.into_iter().zip(replies) {
+                    let _ = reply.send(
+                        run_batch(&pool, std::slice::from_ref(&job))
+                            .await
+                            .map(|mut d| d.pop().unwrap_or(Done::Acked(0))),
+                    );
+                }
+            }
+            Err(e) => {
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -485,80 +684,10 @@ impl Store for SqliteStore {
     }
 
     async fn enqueue(&self, envelope: NewEnvelope) -> Result<EnqueueOutcome, StoreError> {
-        let payload_hash = Sha256::digest(&envelope.payload).to_vec();
-        let id = envelope.id.as_bytes().to_vec();
-        let mut tx = self.write.begin().await?;
-        let receipt = sqlx::query("SELECT payload_hash FROM envelope_receipts WHERE id = ?")
-            .bind(id.clone())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(row) = receipt {
-            let stored: Vec<u8> = row.get(0);
-            return Ok(if stored == payload_hash {
-                EnqueueOutcome::Duplicate
-            } else {
-                EnqueueOutcome::Conflict
-            });
+        match self.write_job(Job::Enqueue(envelope)).await? {
+            Done::Enqueued(outcome) => Ok(outcome),
+            Done::Acked(_) => Err(StoreError::Corrupt("writer answered the wrong job")),
         }
-        let active = active_devices(&mut tx, &envelope.recipients).await?;
-        let unknown: Vec<DeviceId> = envelope
-            .recipients
-            .iter()
-            .filter(|d| !active.contains(d))
-            .copied()
-            .collect();
-        if !unknown.is_empty() {
-            return Ok(EnqueueOutcome::UnknownRecipients(unknown));
-        }
-        let mut full = Vec::new();
-        for chunk in envelope.recipients.chunks(INSERT_CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT device_id, COUNT(*) FROM mailbox WHERE device_id IN (",
-            );
-            let mut sep = q.separated(", ");
-            for d in chunk {
-                sep.push_bind(d.as_bytes().to_vec());
-            }
-            q.push(") GROUP BY device_id");
-            for row in q.build().fetch_all(&mut *tx).await? {
-                let count: i64 = row.get(1);
-                if u64::try_from(count).unwrap_or(u64::MAX) >= envelope.max_queued {
-                    full.push(device_id(row.get(0))?);
-                }
-            }
-        }
-        if !full.is_empty() {
-            full.sort();
-            return Ok(EnqueueOutcome::MailboxFull(full));
-        }
-        sqlx::query(
-            "INSERT INTO envelopes (id, kind, payload, received_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(id.clone())
-        .bind(kind_to_str(envelope.kind))
-        .bind(&envelope.payload)
-        .bind(ms(envelope.now))
-        .bind(ms(envelope.expires_at))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO envelope_receipts (id, payload_hash, received_at) VALUES (?, ?, ?)",
-        )
-        .bind(id.clone())
-        .bind(payload_hash)
-        .bind(ms(envelope.now))
-        .execute(&mut *tx)
-        .await?;
-        for chunk in envelope.recipients.chunks(INSERT_CHUNK) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("INSERT INTO mailbox (device_id, envelope_id) ");
-            q.push_values(chunk, |mut b, d| {
-                b.push_bind(d.as_bytes().to_vec()).push_bind(id.clone());
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(EnqueueOutcome::Queued)
     }
 
     async fn pending(
@@ -594,31 +723,10 @@ impl Store for SqliteStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.write.begin().await?;
-        let mut removed = 0;
-        for chunk in ids.chunks(INSERT_CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM mailbox WHERE device_id = ");
-            q.push_bind(device.as_bytes().to_vec());
-            q.push(" AND envelope_id IN (");
-            let mut sep = q.separated(", ");
-            for id in chunk {
-                sep.push_bind(id.as_bytes().to_vec());
-            }
-            q.push(")");
-            removed += q.build().execute(&mut *tx).await?.rows_affected();
-
-            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM envelopes WHERE id IN (");
-            let mut sep = q.separated(", ");
-            for id in chunk {
-                sep.push_bind(id.as_bytes().to_vec());
-            }
-            q.push(
-                ") AND NOT EXISTS (SELECT 1 FROM mailbox WHERE mailbox.envelope_id = envelopes.id)",
-            );
-            q.build().execute(&mut *tx).await?;
+        match self.write_job(Job::Ack(device, ids.to_vec())).await? {
+            Done::Acked(n) => Ok(n),
+            Done::Enqueued(_) => Err(StoreError::Corrupt("writer answered the wrong job")),
         }
-        tx.commit().await?;
-        Ok(removed)
     }
 
     async fn record_ip(&self, o: IpObservation) -> Result<(), StoreError> {

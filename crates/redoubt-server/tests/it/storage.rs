@@ -450,6 +450,42 @@ pub async fn full_mailboxes_refuse_the_whole_send(store: Arc<dyn Store>) {
         EnqueueOutcome::UnknownRecipients(vec![ghost])
     );
     assert!(store.pending(b.device_id, T0, 10).await.unwrap().is_empty());
+
+    // The cap follows the queue as it shrinks: by ack, and by expiry.
+    let queued = store.pending(a.device_id, T0, 10).await.unwrap();
+    assert_eq!(store.ack(a.device_id, &[queued[0].id]).await.unwrap(), 1);
+    let short_lived = NewEnvelope {
+        expires_at: T0.plus(Duration::from_secs(1)),
+        ..envelope(vec![a.device_id], b"soon gone", 2)
+    };
+    assert_eq!(
+        store.enqueue(short_lived).await.unwrap(),
+        EnqueueOutcome::Queued
+    );
+    assert_eq!(
+        store
+            .enqueue(envelope(vec![a.device_id], b"w", 2))
+            .await
+            .unwrap(),
+        EnqueueOutcome::MailboxFull(vec![a.device_id])
+    );
+    let later = T0.plus(Duration::from_secs(2));
+    store
+        .purge(PurgeCutoffs {
+            now: later,
+            ip_log_before: T0,
+            code_requests_before: T0,
+            receipts_before: T0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .enqueue(envelope(vec![a.device_id], b"w", 2))
+            .await
+            .unwrap(),
+        EnqueueOutcome::Queued
+    );
 }
 
 pub async fn purge_removes_only_what_expired(store: Arc<dyn Store>) {
@@ -505,6 +541,66 @@ pub async fn purge_removes_only_what_expired(store: Arc<dyn Store>) {
     let log = store.ip_log(a.account_id).await.unwrap();
     assert_eq!(log.iter().map(|e| e.port).collect::<Vec<_>>(), vec![2000]);
     assert_eq!(store.pending(a.device_id, now, 10).await.unwrap().len(), 1);
+}
+
+pub async fn concurrent_sends_and_acks_each_get_their_own_answer(store: Arc<dyn Store>) {
+    let a = device(&*store, &phone()).await;
+    let b = device(&*store, &phone()).await;
+    // Many sends at once (the SQLite writer commits them in shared
+    // transactions), a retry of one of them, and a conflicting reuse of
+    // another's id.
+    let envelopes: Vec<NewEnvelope> = (0..40u8)
+        .map(|i| envelope(vec![a.device_id, b.device_id], &[i], 1000))
+        .collect();
+    let retry = envelopes[3].clone();
+    let conflict = NewEnvelope {
+        payload: b"different".to_vec(),
+        ..envelopes[5].clone()
+    };
+    let mut tasks = Vec::new();
+    for e in envelopes.iter().cloned() {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.enqueue(e).await.unwrap() }));
+    }
+    let outcomes: Vec<EnqueueOutcome> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        outcomes.iter().all(|o| *o == EnqueueOutcome::Queued),
+        "{outcomes:?}"
+    );
+    let (r, c) = tokio::join!(store.enqueue(retry), store.enqueue(conflict));
+    assert_eq!(r.unwrap(), EnqueueOutcome::Duplicate);
+    assert_eq!(c.unwrap(), EnqueueOutcome::Conflict);
+    // Concurrent acks by both devices, each answered with its own count.
+    let ids: Vec<EnvelopeId> = envelopes.iter().map(|e| e.id).collect();
+    let mut acks = Vec::new();
+    for d in [a.device_id, b.device_id] {
+        for chunk in ids.chunks(7) {
+            let (store, chunk) = (store.clone(), chunk.to_vec());
+            acks.push(tokio::spawn(
+                async move { store.ack(d, &chunk).await.unwrap() },
+            ));
+        }
+    }
+    let removed: u64 = futures::future::join_all(acks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(removed, 80);
+    assert!(store
+        .pending(a.device_id, T0, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .pending(b.device_id, T0, 100)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 fn german_phone() -> PhoneNumber {
@@ -667,6 +763,7 @@ macro_rules! storage_suite {
                 purge_removes_only_what_expired,
                 accounts_are_found_by_region_and_told_once,
                 purging_a_region_leaves_other_markets_alone,
+                concurrent_sends_and_acks_each_get_their_own_answer,
             );
         }
     };
