@@ -260,9 +260,20 @@ pub async fn run(
     progress.set_length(w.devices as u64);
     let mut peers: Vec<Option<Peer>> = Vec::new();
     let mut tasks = Vec::new();
+    // The first connection of an offline device only sets up its session;
+    // what its event loop sees as the connection drops is not the run's.
+    let scratch = Shared::new();
+    let setup = Run {
+        id: &run_id,
+        port,
+        w,
+        shared: &scratch,
+        stop: &stop_rx,
+    };
     for i in 0..w.devices {
         let mine = Arc::new(Mutex::new(HashSet::new()));
-        let (peer, task) = connect(&run, i, Presence::Online, mine).await?;
+        let on = if offline.contains(&i) { &setup } else { &run };
+        let (peer, task) = connect(on, i, Presence::Online, mine).await?;
         if offline.contains(&i) {
             let _ = peer.client.disconnect().await;
             tokio::time::sleep(Duration::from_millis(20)).await;
