@@ -11,6 +11,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redoubt_proto::Timestamp;
 
+/// A timestamp in the legal desk's time type (the market book, court
+/// orders and notices use `time::OffsetDateTime`).
+pub fn offset(t: Timestamp) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.millis()) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
 /// A source of wall-clock time. Cheap to clone; clones share one time line.
 #[derive(Clone, Debug)]
 pub struct Clock(Arc<Source>);
@@ -68,6 +75,11 @@ impl Clock {
             }
             Source::Tokio { start_ms, start } => Timestamp(*start_ms).plus(start.elapsed()),
         }
+    }
+
+    /// The current time in the legal desk's time type.
+    pub fn now_offset(&self) -> time::OffsetDateTime {
+        offset(self.now())
     }
 
     /// Moves an adjustable clock forward. Other clocks ignore it: the system

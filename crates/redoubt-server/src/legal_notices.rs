@@ -107,10 +107,7 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, NoticeError> {
     )?;
     // The relay's clock, so the gag's end is judged on the same time line as
     // everything else the relay does (and tests can move it).
-    let now = time::OffsetDateTime::from_unix_timestamp_nanos(
-        i128::from(state.clock().now().millis()) * 1_000_000,
-    )
-    .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    let now = state.clock().now_offset();
     let mut delivered = 0;
     for notice in desk.due_notices(now).await? {
         let payload = serde_json::json!({ "type": "disclosure_notice", "order_id": notice.order_id, "text": notice.text });

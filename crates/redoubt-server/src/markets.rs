@@ -63,12 +63,6 @@ pub struct Markets {
     link: Option<String>,
 }
 
-/// The time type of the market book, from the relay's clock.
-pub fn to_offset(t: Timestamp) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.millis()) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
@@ -167,7 +161,7 @@ impl Markets {
             return Ok(());
         }
         let book = self.book();
-        let now = to_offset(now);
+        let now = crate::clock::offset(now);
         for market in markets {
             if let MarketState::Exited(exit) = book.state(market, now) {
                 return Err(ApiError::MarketExited(Box::new(self.notice(&exit))));
@@ -191,7 +185,8 @@ impl Markets {
         }
         let book = self.book();
         for market in markets {
-            if let MarketState::ExitAnnounced(exit) = book.state(market, to_offset(now)) {
+            if let MarketState::ExitAnnounced(exit) = book.state(market, crate::clock::offset(now))
+            {
                 return Err(ApiError::RegistrationClosed(Box::new(self.notice(&exit))));
             }
         }
@@ -245,7 +240,7 @@ pub async fn pass(state: &AppState) -> Result<PassReport, MarketsError> {
     }
     let book = markets.book();
     let now_ts = state.clock().now();
-    let now = to_offset(now_ts);
+    let now = crate::clock::offset(now_ts);
     let mut report = PassReport::default();
     let reminder = time::Duration::try_from(state.config().markets.reminder_before)
         .unwrap_or(time::Duration::ZERO);

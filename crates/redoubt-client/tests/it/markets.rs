@@ -13,7 +13,7 @@ use redoubt_legal::markets::MarketBook;
 use redoubt_legal::order::DataCategory;
 use redoubt_proto::ws::close;
 use redoubt_proto::{ErrorCode, PhoneNumber};
-use redoubt_server::markets::{pass, to_offset};
+use redoubt_server::markets::pass;
 use redoubt_server::storage::{phone_key, sqlite::SqliteStore};
 use sqlx::Row;
 use test_support::device::{WsClient, WsEvent};
@@ -117,7 +117,7 @@ async fn leaving_a_market_tells_refuses_closes_and_purges_only_that_market() {
 
     // The operator announces the exit, effective in ten days, purge thirty
     // days later (what `redoubtd market announce-exit` writes).
-    let now = to_offset(server.clock.now());
+    let now = server.clock.now_offset();
     let book_path = server.data_dir().join("legal").join("markets.json");
     std::fs::create_dir_all(book_path.parent().unwrap()).unwrap();
     let mut book = MarketBook::default();
@@ -273,7 +273,7 @@ async fn leaving_a_market_tells_refuses_closes_and_purges_only_that_market() {
 
     // Orders from the market the service left are refused with that reason,
     // and the transparency report lists the exit with its dates.
-    let now = to_offset(server.clock.now());
+    let now = server.clock.now_offset();
     let legal_dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&server.db_path(), &Default::default())
         .await

@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use redoubt_proto::api::EnvelopeKind;
-use redoubt_proto::{AccountId, DeviceId, Timestamp};
+use std::net::IpAddr;
 
-use super::StoreError;
+use redoubt_proto::{AccountId, DeviceId, EnvelopeId, Timestamp};
+
+use super::{DeviceAuth, DeviceRecord, IpLogEntry, QueuedEnvelope, StoreError, TokenStatus};
 
 pub(crate) fn ms(t: Timestamp) -> i64 {
     t.millis()
@@ -52,4 +54,104 @@ pub(crate) fn retry_after(oldest: Option<i64>, window: Duration, now: Timestamp)
         .saturating_add(dur_ms(window));
     let wait = free_at.saturating_sub(now.millis()).max(1000);
     Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX))
+}
+
+/// Active recipient devices with their queue lengths, as both backends read
+/// them in one query when checking a send.
+pub(crate) type QueueLengths = std::collections::HashMap<DeviceId, i64>;
+
+/// Why a send must be refused before anything is written: recipients that
+/// do not exist or were revoked (in the order given), else recipients whose
+/// queues are full (sorted). `None` when the send may go ahead.
+pub(crate) fn refuse_recipients(
+    recipients: &[DeviceId],
+    active: &QueueLengths,
+    max_queued: u64,
+) -> Option<super::EnqueueOutcome> {
+    let unknown: Vec<DeviceId> = recipients
+        .iter()
+        .filter(|d| !active.contains_key(d))
+        .copied()
+        .collect();
+    if !unknown.is_empty() {
+        return Some(super::EnqueueOutcome::UnknownRecipients(unknown));
+    }
+    let mut full: Vec<DeviceId> = active
+        .iter()
+        .filter(|(_, &queued)| u64::try_from(queued).unwrap_or(0) >= max_queued)
+        .map(|(d, _)| *d)
+        .collect();
+    if full.is_empty() {
+        return None;
+    }
+    full.sort();
+    Some(super::EnqueueOutcome::MailboxFull(full))
+}
+
+/// What a token resolves to, from its device row (id, account, revocation
+/// time) and the account's region.
+pub(crate) fn token_status(
+    id: Vec<u8>,
+    account: Vec<u8>,
+    revoked_at: Option<i64>,
+    region: Option<String>,
+) -> Result<TokenStatus, StoreError> {
+    if revoked_at.is_some() {
+        return Ok(TokenStatus::Revoked);
+    }
+    Ok(TokenStatus::Active(DeviceAuth {
+        device_id: device_id(id)?,
+        account_id: account_id(account)?,
+        region: region.filter(|r| !r.is_empty()),
+    }))
+}
+
+/// A device from its row (id, name, signature key, creation time).
+pub(crate) fn device_record(
+    id: Vec<u8>,
+    name: String,
+    signature_key: Vec<u8>,
+    created_at: i64,
+) -> Result<DeviceRecord, StoreError> {
+    Ok(DeviceRecord {
+        device_id: device_id(id)?,
+        name,
+        signature_key,
+        created_at: Timestamp(created_at),
+    })
+}
+
+/// A queued envelope from its row (id, kind, received time, payload).
+pub(crate) fn queued_envelope(
+    id: Vec<u8>,
+    kind: &str,
+    received_at: i64,
+    payload: Vec<u8>,
+) -> Result<QueuedEnvelope, StoreError> {
+    Ok(QueuedEnvelope {
+        id: EnvelopeId::from_bytes(id16(id)?),
+        kind: kind_from_str(kind)?,
+        received_at: Timestamp(received_at),
+        payload,
+    })
+}
+
+/// An address stored as text.
+pub(crate) fn ip_addr(text: &str) -> Result<IpAddr, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt("ip address"))
+}
+
+/// An IP-log row (ip, port, first seen, last seen).
+pub(crate) fn ip_log_entry(
+    ip: &str,
+    port: i64,
+    first_seen: i64,
+    last_seen: i64,
+) -> Result<IpLogEntry, StoreError> {
+    Ok(IpLogEntry {
+        ip: ip_addr(ip)?,
+        port: u16::try_from(port).map_err(|_| StoreError::Corrupt("port"))?,
+        first_seen: Timestamp(first_seen),
+        last_seen: Timestamp(last_seen),
+    })
 }

@@ -26,40 +26,66 @@ fn failed(e: sqlx::Error) -> RecordsError {
     RecordsError(e.to_string())
 }
 
+/// How a target is looked up in `accounts`.
+enum Lookup {
+    Phone(String),
+    Account(Vec<u8>),
+}
+
+/// The lookup for a target; `None` for one that cannot match any account
+/// (a malformed number or id).
+fn lookup(target: &Target) -> Option<Lookup> {
+    match target {
+        Target::Phone(phone) => PhoneNumber::parse(phone)
+            .ok()
+            .map(|p| Lookup::Phone(p.e164().to_owned())),
+        Target::AccountId(id) => id
+            .parse::<AccountId>()
+            .ok()
+            .map(|id| Lookup::Account(id.as_bytes().to_vec())),
+    }
+}
+
+/// A subscriber from the `accounts` columns (id, phone, created_at), as
+/// both backends return them.
+fn subscriber(id: Vec<u8>, phone: String, created_at: i64) -> Result<Subscriber, RecordsError> {
+    let id: [u8; 16] = id
+        .try_into()
+        .map_err(|_| RecordsError("account id".into()))?;
+    Ok(Subscriber {
+        account_id: AccountId::from_bytes(id),
+        phone: PhoneNumber::parse(&phone).map_err(|e| RecordsError(e.to_string()))?,
+        account_created_at: to_time(created_at)?,
+    })
+}
+
+/// An IP record from the `ip_log` columns (ip, port, first_seen, last_seen).
+fn ip_record(ip: String, port: i64, first: i64, last: i64) -> Result<IpRecord, RecordsError> {
+    Ok(IpRecord {
+        ip: ip.parse().map_err(|_| RecordsError("ip address".into()))?,
+        port: u16::try_from(port).map_err(|_| RecordsError("port".into()))?,
+        first_seen: to_time(first)?,
+        last_seen: to_time(last)?,
+    })
+}
+
 impl SubscriberRecords for SqliteStore {
     async fn subscriber(&self, target: &Target) -> Result<Option<Subscriber>, RecordsError> {
-        let row = match target {
-            Target::Phone(phone) => {
-                let Ok(phone) = PhoneNumber::parse(phone) else {
-                    return Ok(None);
-                };
-                sqlx::query("SELECT id, phone, created_at FROM accounts WHERE phone = ?")
-                    .bind(phone.e164().to_owned())
-                    .fetch_optional(self.read_pool())
-                    .await
+        let query = match lookup(target) {
+            None => return Ok(None),
+            Some(Lookup::Phone(e164)) => {
+                sqlx::query("SELECT id, phone, created_at FROM accounts WHERE phone = ?").bind(e164)
             }
-            Target::AccountId(id) => {
-                let Ok(id) = id.parse::<AccountId>() else {
-                    return Ok(None);
-                };
-                sqlx::query("SELECT id, phone, created_at FROM accounts WHERE id = ?")
-                    .bind(id.as_bytes().to_vec())
-                    .fetch_optional(self.read_pool())
-                    .await
+            Some(Lookup::Account(id)) => {
+                sqlx::query("SELECT id, phone, created_at FROM accounts WHERE id = ?").bind(id)
             }
-        }
-        .map_err(failed)?;
-        let Some(row) = row else { return Ok(None) };
-        let id: Vec<u8> = row.get(0);
-        let id: [u8; 16] = id
-            .try_into()
-            .map_err(|_| RecordsError("account id".into()))?;
-        let phone: String = row.get(1);
-        Ok(Some(Subscriber {
-            account_id: AccountId::from_bytes(id),
-            phone: PhoneNumber::parse(&phone).map_err(|e| RecordsError(e.to_string()))?,
-            account_created_at: to_time(row.get(2))?,
-        }))
+        };
+        let row = query
+            .fetch_optional(self.read_pool())
+            .await
+            .map_err(failed)?;
+        row.map(|r| subscriber(r.get(0), r.get(1), r.get(2)))
+            .transpose()
     }
 
     async fn ip_records(
@@ -80,54 +106,26 @@ impl SubscriberRecords for SqliteStore {
         .await
         .map_err(failed)?;
         rows.into_iter()
-            .map(|row| {
-                let ip: String = row.get(0);
-                let port: i64 = row.get(1);
-                Ok(IpRecord {
-                    ip: ip.parse().map_err(|_| RecordsError("ip address".into()))?,
-                    port: u16::try_from(port).map_err(|_| RecordsError("port".into()))?,
-                    first_seen: to_time(row.get(2))?,
-                    last_seen: to_time(row.get(3))?,
-                })
-            })
+            .map(|r| ip_record(r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect()
     }
 }
 
 impl SubscriberRecords for PgStore {
     async fn subscriber(&self, target: &Target) -> Result<Option<Subscriber>, RecordsError> {
-        let row = match target {
-            Target::Phone(phone) => {
-                let Ok(phone) = PhoneNumber::parse(phone) else {
-                    return Ok(None);
-                };
+        let query = match lookup(target) {
+            None => return Ok(None),
+            Some(Lookup::Phone(e164)) => {
                 sqlx::query("SELECT id, phone, created_at FROM accounts WHERE phone = $1")
-                    .bind(phone.e164().to_owned())
-                    .fetch_optional(self.pool())
-                    .await
+                    .bind(e164)
             }
-            Target::AccountId(id) => {
-                let Ok(id) = id.parse::<AccountId>() else {
-                    return Ok(None);
-                };
-                sqlx::query("SELECT id, phone, created_at FROM accounts WHERE id = $1")
-                    .bind(id.as_bytes().to_vec())
-                    .fetch_optional(self.pool())
-                    .await
+            Some(Lookup::Account(id)) => {
+                sqlx::query("SELECT id, phone, created_at FROM accounts WHERE id = $1").bind(id)
             }
-        }
-        .map_err(failed)?;
-        let Some(row) = row else { return Ok(None) };
-        let id: Vec<u8> = row.get(0);
-        let id: [u8; 16] = id
-            .try_into()
-            .map_err(|_| RecordsError("account id".into()))?;
-        let phone: String = row.get(1);
-        Ok(Some(Subscriber {
-            account_id: AccountId::from_bytes(id),
-            phone: PhoneNumber::parse(&phone).map_err(|e| RecordsError(e.to_string()))?,
-            account_created_at: to_time(row.get(2))?,
-        }))
+        };
+        let row = query.fetch_optional(self.pool()).await.map_err(failed)?;
+        row.map(|r| subscriber(r.get(0), r.get(1), r.get(2)))
+            .transpose()
     }
 
     async fn ip_records(
@@ -148,16 +146,7 @@ impl SubscriberRecords for PgStore {
         .await
         .map_err(failed)?;
         rows.into_iter()
-            .map(|row| {
-                let ip: String = row.get(0);
-                let port: i32 = row.get(1);
-                Ok(IpRecord {
-                    ip: ip.parse().map_err(|_| RecordsError("ip address".into()))?,
-                    port: u16::try_from(port).map_err(|_| RecordsError("port".into()))?,
-                    first_seen: to_time(row.get(2))?,
-                    last_seen: to_time(row.get(3))?,
-                })
-            })
+            .map(|r| ip_record(r.get(0), i64::from(r.get::<i32, _>(1)), r.get(2), r.get(3)))
             .collect()
     }
 }

@@ -119,17 +119,19 @@ async fn active_devices(
     conn: &mut sqlx::PgConnection,
     devices: &[DeviceId],
     lock: bool,
-) -> Result<std::collections::HashSet<DeviceId>, StoreError> {
+) -> Result<QueueLengths, StoreError> {
     let sql = if lock {
-        "SELECT id FROM devices WHERE revoked_at IS NULL AND id = ANY($1) ORDER BY id FOR UPDATE"
+        "SELECT id, queued FROM devices WHERE revoked_at IS NULL AND id = ANY($1) ORDER BY id FOR UPDATE"
     } else {
-        "SELECT id FROM devices WHERE revoked_at IS NULL AND id = ANY($1)"
+        "SELECT id, queued FROM devices WHERE revoked_at IS NULL AND id = ANY($1)"
     };
     let rows = sqlx::query(sql)
         .bind(id_list(devices.iter().map(|d| *d.as_bytes())))
         .fetch_all(&mut *conn)
         .await?;
-    rows.into_iter().map(|r| device_id(r.get(0))).collect()
+    rows.into_iter()
+        .map(|r| Ok((device_id(r.get(0))?, r.get(1))))
+        .collect()
 }
 
 async fn count_key_packages(
@@ -315,16 +317,7 @@ impl Store for PgStore {
         let Some(row) = row else {
             return Ok(TokenStatus::Unknown);
         };
-        let revoked: Option<i64> = row.get(2);
-        if revoked.is_some() {
-            return Ok(TokenStatus::Revoked);
-        }
-        let region: Option<String> = row.get(3);
-        Ok(TokenStatus::Active(DeviceAuth {
-            device_id: device_id(row.get(0))?,
-            account_id: account_id(row.get(1))?,
-            region: region.filter(|r| !r.is_empty()),
-        }))
+        token_status(row.get(0), row.get(1), row.get(2), row.get(3))
     }
 
     async fn devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -336,14 +329,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|row| {
-                Ok(DeviceRecord {
-                    device_id: device_id(row.get(0))?,
-                    name: row.get(1),
-                    signature_key: row.get(2),
-                    created_at: Timestamp(row.get(3)),
-                })
-            })
+            .map(|row| device_record(row.get(0), row.get(1), row.get(2), row.get(3)))
             .collect()
     }
 
@@ -448,7 +434,7 @@ impl Store for PgStore {
         let active = active_devices(&mut tx, devices, false).await?;
         let unknown: Vec<DeviceId> = devices
             .iter()
-            .filter(|d| !active.contains(d))
+            .filter(|d| !active.contains_key(d))
             .copied()
             .collect();
         if !unknown.is_empty() {
@@ -527,32 +513,14 @@ impl Store for PgStore {
                 EnqueueOutcome::Conflict
             });
         }
+        // The device rows are locked, so their queue lengths (kept by a
+        // trigger, migration 0002) cannot change under the cap check.
         let active = active_devices(&mut tx, &envelope.recipients, true).await?;
-        let unknown: Vec<DeviceId> = envelope
-            .recipients
-            .iter()
-            .filter(|d| !active.contains(d))
-            .copied()
-            .collect();
-        if !unknown.is_empty() {
-            return Ok(EnqueueOutcome::UnknownRecipients(unknown));
+        if let Some(refused) = refuse_recipients(&envelope.recipients, &active, envelope.max_queued)
+        {
+            return Ok(refused);
         }
         let recipients = id_list(envelope.recipients.iter().map(|d| *d.as_bytes()));
-        // Queue lengths are kept by a trigger (migration 0002); the device
-        // rows are locked above, so they cannot change under this check.
-        let rows = sqlx::query("SELECT id FROM devices WHERE id = ANY($1) AND queued >= $2")
-            .bind(&recipients)
-            .bind(i64::try_from(envelope.max_queued).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut full = Vec::new();
-        for row in rows {
-            full.push(device_id(row.get(0))?);
-        }
-        if !full.is_empty() {
-            full.sort();
-            return Ok(EnqueueOutcome::MailboxFull(full));
-        }
         sqlx::query(
             "INSERT INTO envelopes (id, kind, payload, received_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -593,14 +561,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|row| {
-                Ok(QueuedEnvelope {
-                    id: EnvelopeId::from_bytes(id16(row.get(0))?),
-                    kind: kind_from_str(row.get::<&str, _>(1))?,
-                    received_at: Timestamp(row.get(2)),
-                    payload: row.get(3),
-                })
-            })
+            .map(|row| queued_envelope(row.get(0), row.get(1), row.get(2), row.get(3)))
             .collect()
     }
 
@@ -647,16 +608,12 @@ impl Store for PgStore {
         .await?;
         rows.into_iter()
             .map(|row| {
-                let ip: String = row.get(0);
-                let port: i32 = row.get(1);
-                Ok(IpLogEntry {
-                    ip: ip
-                        .parse::<IpAddr>()
-                        .map_err(|_| StoreError::Corrupt("ip address"))?,
-                    port: u16::try_from(port).map_err(|_| StoreError::Corrupt("port"))?,
-                    first_seen: Timestamp(row.get(2)),
-                    last_seen: Timestamp(row.get(3)),
-                })
+                ip_log_entry(
+                    row.get(0),
+                    i64::from(row.get::<i32, _>(1)),
+                    row.get(2),
+                    row.get(3),
+                )
             })
             .collect()
     }
@@ -716,13 +673,7 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter()
-            .map(|r| {
-                let ip: String = r.get(1);
-                Ok((
-                    account_id(r.get(0))?,
-                    ip.parse().map_err(|_| StoreError::Corrupt("ip address"))?,
-                ))
-            })
+            .map(|r| Ok((account_id(r.get(0))?, ip_addr(r.get(1))?)))
             .collect()
     }
 

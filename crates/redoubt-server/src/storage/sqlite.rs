@@ -120,11 +120,11 @@ async fn backfill_regions(pool: &SqlitePool) -> Result<(), StoreError> {
 async fn active_devices(
     conn: &mut sqlx::SqliteConnection,
     devices: &[DeviceId],
-) -> Result<std::collections::HashSet<DeviceId>, StoreError> {
-    let mut found = std::collections::HashSet::new();
+) -> Result<QueueLengths, StoreError> {
+    let mut found = QueueLengths::new();
     for chunk in devices.chunks(INSERT_CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT id FROM devices WHERE revoked_at IS NULL AND id IN (",
+            "SELECT id, queued FROM devices WHERE revoked_at IS NULL AND id IN (",
         );
         let mut sep = q.separated(", ");
         for d in chunk {
@@ -132,7 +132,7 @@ async fn active_devices(
         }
         q.push(")");
         for row in q.build().fetch_all(&mut *conn).await? {
-            found.insert(device_id(row.get(0))?);
+            found.insert(device_id(row.get(0))?, row.get(1));
         }
     }
     Ok(found)
@@ -188,36 +188,11 @@ async fn enqueue_in(
             EnqueueOutcome::Conflict
         });
     }
+    // Queue lengths are kept by triggers (migration 0003), so the caps cost
+    // the same however long the queues are.
     let active = active_devices(&mut *conn, &envelope.recipients).await?;
-    let unknown: Vec<DeviceId> = envelope
-        .recipients
-        .iter()
-        .filter(|d| !active.contains(d))
-        .copied()
-        .collect();
-    if !unknown.is_empty() {
-        return Ok(EnqueueOutcome::UnknownRecipients(unknown));
-    }
-    // Queue lengths are kept by triggers (migration 0003), so this check
-    // costs the same however long the queues are.
-    let mut full = Vec::new();
-    let max = i64::try_from(envelope.max_queued).unwrap_or(i64::MAX);
-    for chunk in envelope.recipients.chunks(INSERT_CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT id FROM devices WHERE queued >= ");
-        q.push_bind(max);
-        q.push(" AND id IN (");
-        let mut sep = q.separated(", ");
-        for d in chunk {
-            sep.push_bind(d.as_bytes().to_vec());
-        }
-        q.push(")");
-        for row in q.build().fetch_all(&mut *conn).await? {
-            full.push(device_id(row.get(0))?);
-        }
-    }
-    if !full.is_empty() {
-        full.sort();
-        return Ok(EnqueueOutcome::MailboxFull(full));
+    if let Some(refused) = refuse_recipients(&envelope.recipients, &active, envelope.max_queued) {
+        return Ok(refused);
     }
     sqlx::query(
         "INSERT INTO envelopes (id, kind, payload, received_at, expires_at) VALUES (?, ?, ?, ?, ?)",
@@ -338,11 +313,13 @@ async fn writer(pool: SqlitePool, mut jobs: tokio::sync::mpsc::UnboundedReceiver
             }
             Err(_) if work.len() > 1 => {
                 for (job, reply) in work.into_iter().zip(replies) {
-                    let _ = reply.send(
-                        run_batch(&pool, std::slice::from_ref(&job))
-                            .await
-                            .map(|mut d| d.pop().unwrap_or(Done::Acked(0))),
-                    );
+                    let _ =
+                        reply.send(run_batch(&pool, std::slice::from_ref(&job)).await.and_then(
+                            |mut d| {
+                                d.pop()
+                                    .ok_or(StoreError::Corrupt("a job ran without a result"))
+                            },
+                        ));
                 }
             }
             Err(e) => {
@@ -499,16 +476,7 @@ impl Store for SqliteStore {
         let Some(row) = row else {
             return Ok(TokenStatus::Unknown);
         };
-        let revoked: Option<i64> = row.get(2);
-        if revoked.is_some() {
-            return Ok(TokenStatus::Revoked);
-        }
-        let region: Option<String> = row.get(3);
-        Ok(TokenStatus::Active(DeviceAuth {
-            device_id: device_id(row.get(0))?,
-            account_id: account_id(row.get(1))?,
-            region: region.filter(|r| !r.is_empty()),
-        }))
+        token_status(row.get(0), row.get(1), row.get(2), row.get(3))
     }
 
     async fn devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -520,14 +488,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.read)
         .await?;
         rows.into_iter()
-            .map(|row| {
-                Ok(DeviceRecord {
-                    device_id: device_id(row.get(0))?,
-                    name: row.get(1),
-                    signature_key: row.get(2),
-                    created_at: Timestamp(row.get(3)),
-                })
-            })
+            .map(|row| device_record(row.get(0), row.get(1), row.get(2), row.get(3)))
             .collect()
     }
 
@@ -631,7 +592,7 @@ impl Store for SqliteStore {
         let active = active_devices(&mut tx, devices).await?;
         let unknown: Vec<DeviceId> = devices
             .iter()
-            .filter(|d| !active.contains(d))
+            .filter(|d| !active.contains_key(d))
             .copied()
             .collect();
         if !unknown.is_empty() {
@@ -708,14 +669,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.read)
         .await?;
         rows.into_iter()
-            .map(|row| {
-                Ok(QueuedEnvelope {
-                    id: EnvelopeId::from_bytes(id16(row.get(0))?),
-                    kind: kind_from_str(row.get::<&str, _>(1))?,
-                    received_at: Timestamp(row.get(2)),
-                    payload: row.get(3),
-                })
-            })
+            .map(|row| queued_envelope(row.get(0), row.get(1), row.get(2), row.get(3)))
             .collect()
     }
 
@@ -753,18 +707,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.read)
         .await?;
         rows.into_iter()
-            .map(|row| {
-                let ip: String = row.get(0);
-                let port: i64 = row.get(1);
-                Ok(IpLogEntry {
-                    ip: ip
-                        .parse::<IpAddr>()
-                        .map_err(|_| StoreError::Corrupt("ip address"))?,
-                    port: u16::try_from(port).map_err(|_| StoreError::Corrupt("port"))?,
-                    first_seen: Timestamp(row.get(2)),
-                    last_seen: Timestamp(row.get(3)),
-                })
-            })
+            .map(|row| ip_log_entry(row.get(0), row.get(1), row.get(2), row.get(3)))
             .collect()
     }
 
@@ -823,13 +766,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.read)
             .await?;
         rows.into_iter()
-            .map(|r| {
-                let ip: String = r.get(1);
-                Ok((
-                    account_id(r.get(0))?,
-                    ip.parse().map_err(|_| StoreError::Corrupt("ip address"))?,
-                ))
-            })
+            .map(|r| Ok((account_id(r.get(0))?, ip_addr(r.get(1))?)))
             .collect()
     }
 
