@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use redoubt_server::config::{FanoutConfig, PostgresConfig, RateLimit, StorageConfig};
+
 use crate::LoadError;
 
 /// Verification codes by E.164 number.
@@ -151,28 +153,39 @@ impl Cluster {
         }
         let dir = tempfile::tempdir()?;
         let schema_name = format!("load_{}", uuid::Uuid::new_v4().simple());
-        let mut config = format!(
-            "listen = \"127.0.0.1:0\"\n\
-             [log]\nfilter = \"warn,redoubt_server=info\"\n\
-             [registration.per_number]\nmax = 1000\nwindow = \"1h\"\n\
-             [registration.per_ip]\nmax = 10000000\nwindow = \"1h\"\n\
-             [mailbox]\nmax_queued_per_device = {}\n",
-            spec.max_queued_per_device
-        );
+        let mut config = redoubt_server::Config {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..Default::default()
+        };
+        // The listening line and the development codes are read from the log;
+        // nothing per request is written at this level.
+        config.log.filter = "warn,redoubt_server=info".into();
+        config.registration.per_number = RateLimit {
+            max: 1000,
+            window: Duration::from_secs(3600),
+        };
+        config.registration.per_ip = RateLimit {
+            max: 10_000_000,
+            window: Duration::from_secs(3600),
+        };
+        config.mailbox.max_queued_per_device = spec.max_queued_per_device;
         let mut schema = None;
         if let Storage::Postgres(url) = &spec.storage {
-            config.push_str(&format!(
-                "[storage]\nbackend = \"postgres\"\nurl = {url:?}\nschema = {schema_name:?}\nmax_connections = 16\n"
-            ));
+            config.storage = StorageConfig::Postgres(PostgresConfig {
+                url: url.clone(),
+                schema: Some(schema_name.clone()),
+                max_connections: 16,
+            });
             schema = Some((url.clone(), schema_name.clone()));
         }
         if let Some(nats) = &spec.nats_url {
-            config.push_str(&format!(
-                "[fanout]\nbackend = \"nats\"\nurl = {nats:?}\nsubject_prefix = {schema_name:?}\n"
-            ));
+            config.fanout = FanoutConfig::Nats {
+                url: nats.clone(),
+                subject_prefix: schema_name.clone(),
+            };
         }
         let config_path = dir.path().join("redoubtd.toml");
-        std::fs::write(&config_path, config)?;
+        std::fs::write(&config_path, config.to_toml())?;
         let codes = Arc::new(Codes::default());
         let mut cluster = Self {
             nodes: Vec::new(),
@@ -209,22 +222,7 @@ impl Drop for Cluster {
             let _ = node.child.wait();
         }
         if let Some((url, schema)) = self.schema.take() {
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                rt.block_on(async {
-                    let pool = sqlx::PgPool::connect(&url).await.ok()?;
-                    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                        .execute(&pool)
-                        .await
-                        .ok()?;
-                    pool.close().await;
-                    Some(())
-                })
-            })
-            .join();
+            redoubt_server::storage::postgres::drop_schema_blocking(&url, &schema);
         }
     }
 }

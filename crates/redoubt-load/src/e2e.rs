@@ -17,7 +17,7 @@ use redoubt_proto::PhoneNumber;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::relay::{progress_bar, server_cpu, Pending, Shared, Target};
+use crate::relay::{phone_numbers, progress_bar, server_cpu, Pending, Shared, Target};
 use crate::report::{histogram, Latency, Report};
 use crate::workload::{recipients_of, senders, Pattern, Workload};
 use crate::LoadError;
@@ -65,15 +65,9 @@ pub async fn run(target: &Target, w: &Workload, show_progress: bool) -> Result<R
     // key packages.
     progress.set_message("registering clients");
     progress.set_length(w.devices as u64);
-    let mut k: u64 = rand::random::<u64>() % 5_000_000;
     let mut clients = Vec::new();
-    for i in 0..w.devices {
-        let phone = loop {
-            k += 1;
-            if let Ok(p) = PhoneNumber::parse(&format!("+3362{:07}", k % 10_000_000)) {
-                break p;
-            }
-        };
+    // A block apart from relay mode's, so the two never share an account.
+    for (i, phone) in phone_numbers("+3362", w.devices).into_iter().enumerate() {
         let base = &target.urls[i % target.urls.len()];
         Client::request_code(base, &phone, &config()).await?;
         let code = target
@@ -222,16 +216,7 @@ pub async fn run(target: &Target, w: &Workload, show_progress: bool) -> Result<R
     }
     shared.stop_sending.store(true, Ordering::Relaxed);
     progress.set_message("delivering");
-    let settle = Instant::now() + Duration::from_secs(30);
-    while !shared
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_empty()
-        && Instant::now() < settle
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    shared.settle(Duration::from_secs(30)).await;
     let seconds = t0.elapsed().as_secs_f64();
     let cpu1 = server_cpu(&target.pids);
     let _ = stop_tx.send(true);
@@ -253,19 +238,7 @@ pub async fn run(target: &Target, w: &Workload, show_progress: bool) -> Result<R
     report.server_cpu_seconds = cpu1 - cpu0;
     report.server_cores = (cpu1 - cpu0) / seconds.max(1e-9);
     report.loopback_bytes = crate::procstat::loopback_bytes().saturating_sub(lo0);
-    let errors = shared
-        .errors
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    report.errors = errors.errors;
-    report.error_samples = errors.error_samples;
-    report.server_peak_rss_mib = target
-        .pids
-        .iter()
-        .map(|&p| crate::procstat::peak_rss_bytes(p))
-        .sum::<u64>() as f64
-        / (1024.0 * 1024.0);
+    shared.finish(&mut report, &target.pids);
     Ok(report)
 }
 

@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
-use crate::relay::{header, payload, progress_bar, server_cpu, Pending, Presence, Shared};
+use crate::relay::{
+    header, offline_devices, payload, progress_bar, server_cpu, server_rss, Pending, Presence,
+    Shared,
+};
 use crate::report::{histogram, Latency, Report};
 use crate::workload::{recipients_of, senders, Pattern, Workload};
 use crate::LoadError;
@@ -243,16 +246,12 @@ pub async fn run(
         shared: &shared,
         stop: &stop_rx,
     };
-    let sender_list = senders(w);
-    let sender_set: HashSet<usize> = sender_list.iter().copied().collect();
-    let offline: HashSet<usize> = if let Some(_n) = w.backlog {
+    let offline: HashSet<usize> = if w.backlog.is_some() {
         [1].into()
     } else {
-        let recipients: Vec<usize> = (0..w.devices).filter(|i| !sender_set.contains(i)).collect();
-        let n = ((recipients.len() as f64) * w.offline.clamp(0.0, 1.0)).round() as usize;
-        recipients.iter().rev().take(n).copied().collect()
+        offline_devices(w, &senders(w))
     };
-    let rss0: u64 = pids.iter().map(|&p| crate::procstat::rss_bytes(p)).sum();
+    let rss0 = server_rss(&pids);
 
     // Connect everyone; offline devices subscribe (so the broker keeps their
     // messages) and disconnect.
@@ -290,7 +289,7 @@ pub async fn run(
         progress.set_message("holding");
         let cpu0 = server_cpu(&pids);
         tokio::time::sleep(w.duration).await;
-        let rss1: u64 = pids.iter().map(|&p| crate::procstat::rss_bytes(p)).sum();
+        let rss1 = server_rss(&pids);
         report.seconds = w.duration.as_secs_f64();
         report.server_cpu_seconds = server_cpu(&pids) - cpu0;
         report.server_cores = report.server_cpu_seconds / report.seconds;
@@ -332,12 +331,9 @@ pub async fn run(
         )
         .await?;
         tasks.push(task);
-        while shared.all_deliveries.load(Ordering::Relaxed) < n
-            && t1.elapsed() < Duration::from_secs(600)
-        {
-            progress.set_position(shared.all_deliveries.load(Ordering::Relaxed));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        shared
+            .await_deliveries(n, Duration::from_secs(600), &progress)
+            .await;
         let drain = t1.elapsed().as_secs_f64();
         report.messages_sent = shared.sent.load(Ordering::Relaxed);
         report.deliveries_expected = n;
@@ -376,18 +372,7 @@ pub async fn run(
     progress.finish_and_clear();
     report.duplicates = shared.duplicates.load(Ordering::Relaxed);
     report.app_bytes = shared.app_bytes.load(Ordering::Relaxed);
-    let errors = shared
-        .errors
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    report.errors += errors.errors;
-    report.error_samples.extend(errors.error_samples);
-    report.server_peak_rss_mib = pids
-        .iter()
-        .map(|&p| crate::procstat::peak_rss_bytes(p))
-        .sum::<u64>() as f64
-        / (1024.0 * 1024.0);
+    shared.finish(&mut report, &pids);
     Ok(report)
 }
 
@@ -477,16 +462,7 @@ async fn traffic(
         }
     }
     progress.set_message("delivering");
-    let settle = Instant::now() + Duration::from_secs(30);
-    while !shared
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_empty()
-        && Instant::now() < settle
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    shared.settle(Duration::from_secs(30)).await;
     let seconds = t0.elapsed().as_secs_f64();
     let cpu1 = server_cpu(pids);
     let lo1 = crate::procstat::loopback_bytes();
@@ -501,10 +477,9 @@ async fn traffic(
         .await?;
         tasks.push(task);
     }
-    let settle = Instant::now() + Duration::from_secs(60);
-    while shared.all_deliveries.load(Ordering::Relaxed) < expected && Instant::now() < settle {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    shared
+        .await_deliveries(expected, Duration::from_secs(60), progress)
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     report.messages_sent = seq;
     report.deliveries_expected = expected;

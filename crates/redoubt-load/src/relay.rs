@@ -56,12 +56,13 @@ fn source(i: usize, w: &Workload) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % n) as u8))
 }
 
-/// Numbers unique to this run: French mobiles under a random block.
-fn phone_numbers(n: usize) -> Vec<PhoneNumber> {
+/// `n` numbers unique to this run: `prefix` (such as `+3361`, a French
+/// mobile block) and seven digits from a random start.
+pub(crate) fn phone_numbers(prefix: &str, n: usize) -> Vec<PhoneNumber> {
     let mut out = Vec::with_capacity(n);
     let mut k: u64 = rand::random::<u64>() % 5_000_000;
     while out.len() < n {
-        if let Ok(p) = PhoneNumber::parse(&format!("+3361{:07}", k % 10_000_000)) {
+        if let Ok(p) = PhoneNumber::parse(&format!("{prefix}{:07}", k % 10_000_000)) {
             out.push(p);
         }
         k += 1;
@@ -138,7 +139,7 @@ async fn register_all(
         .collect();
     progress.set_length(w.devices as u64);
     progress.set_message("registering");
-    let phones = phone_numbers(w.devices);
+    let phones = phone_numbers("+3361", w.devices);
     let mut devices: Vec<(usize, Device)> =
         futures::stream::iter(phones.into_iter().enumerate().map(|(i, phone)| {
             let http = clients[i % clients.len()].clone();
@@ -234,6 +235,55 @@ impl Shared {
                 pending.remove(&seq);
             }
         }
+    }
+
+    /// Waits until every message sent has reached its online recipients,
+    /// or `limit` passes.
+    pub(crate) async fn settle(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while !self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+            && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until `n` deliveries (online or not) have arrived, or `limit`
+    /// passes, showing the count on `progress`.
+    pub(crate) async fn await_deliveries(
+        &self,
+        n: u64,
+        limit: Duration,
+        progress: &indicatif::ProgressBar,
+    ) {
+        let until = Instant::now() + limit;
+        loop {
+            let got = self.all_deliveries.load(Ordering::Relaxed);
+            progress.set_position(got);
+            if got >= n || Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Moves the errors collected during the run into `report`, with the
+    /// servers' peak memory.
+    pub(crate) fn finish(&self, report: &mut Report, pids: &[u32]) {
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        report.errors += errors.errors;
+        report
+            .error_samples
+            .extend(errors.error_samples.iter().cloned());
+        report.server_peak_rss_mib = pids
+            .iter()
+            .map(|&p| crate::procstat::peak_rss_bytes(p))
+            .sum::<u64>() as f64
+            / (1024.0 * 1024.0);
     }
 
     pub(crate) fn error(&self, m: impl Into<String>) {
@@ -437,6 +487,19 @@ async fn send_one(d: &Device, recipients: &[DeviceId], body: Vec<u8>, shared: &S
     false
 }
 
+/// The devices kept offline while senders send: the configured fraction of
+/// the recipients (never a sender), taken from the end.
+pub(crate) fn offline_devices(w: &Workload, senders: &[usize]) -> HashSet<usize> {
+    let recipients: Vec<usize> = (0..w.devices).filter(|i| !senders.contains(i)).collect();
+    let n = ((recipients.len() as f64) * w.offline.clamp(0.0, 1.0)).round() as usize;
+    recipients.iter().rev().take(n).copied().collect()
+}
+
+/// Resident memory of the server processes now, summed.
+pub(crate) fn server_rss(pids: &[u32]) -> u64 {
+    pids.iter().map(|&p| crate::procstat::rss_bytes(p)).sum()
+}
+
 pub(crate) fn server_cpu(pids: &[u32]) -> f64 {
     pids.iter().map(|&p| crate::procstat::cpu_seconds(p)).sum()
 }
@@ -473,19 +536,7 @@ pub async fn run(target: &Target, w: &Workload, show_progress: bool) -> Result<R
         traffic(target, w, &devices, &shared, &progress, &mut report).await?;
     }
     progress.finish_and_clear();
-    let errors = shared
-        .errors
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    report.errors += errors.errors;
-    report.error_samples.extend(errors.error_samples);
-    report.server_peak_rss_mib = target
-        .pids
-        .iter()
-        .map(|&p| crate::procstat::peak_rss_bytes(p))
-        .sum::<u64>() as f64
-        / (1024.0 * 1024.0);
+    shared.finish(&mut report, &target.pids);
     Ok(report)
 }
 
@@ -499,11 +550,7 @@ async fn traffic(
 ) -> Result<(), LoadError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let senders = senders(w);
-    // Offline devices: a fraction of the recipients, never a sender.
-    let sender_set: HashSet<usize> = senders.iter().copied().collect();
-    let recipients: Vec<usize> = (0..w.devices).filter(|i| !sender_set.contains(i)).collect();
-    let offline_n = ((recipients.len() as f64) * w.offline.clamp(0.0, 1.0)).round() as usize;
-    let offline: HashSet<usize> = recipients.iter().rev().take(offline_n).copied().collect();
+    let offline = offline_devices(w, &senders);
 
     progress.set_message("connecting");
     progress.set_position(0);
@@ -636,16 +683,7 @@ async fn traffic(
     futures::future::join_all(tasks).await;
     // Wait for what is in flight to reach the online devices.
     progress.set_message("delivering");
-    let settle = Instant::now() + Duration::from_secs(30);
-    while !shared
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_empty()
-        && Instant::now() < settle
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    shared.settle(Duration::from_secs(30)).await;
     let seconds = t0.elapsed().as_secs_f64();
     let cpu1 = server_cpu(&target.pids);
     let lo1 = crate::procstat::loopback_bytes();
@@ -665,10 +703,9 @@ async fn traffic(
             )));
         }
     }
-    let settle = Instant::now() + Duration::from_secs(60);
-    while shared.all_deliveries.load(Ordering::Relaxed) < expected && Instant::now() < settle {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    shared
+        .await_deliveries(expected, Duration::from_secs(60), progress)
+        .await;
     // Late duplicates would show up now; give them a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
     shared.stop_sending.store(true, Ordering::Relaxed);
@@ -709,8 +746,7 @@ async fn idle(
     report: &mut Report,
 ) -> Result<(), LoadError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let rss = |pids: &[u32]| -> u64 { pids.iter().map(|&p| crate::procstat::rss_bytes(p)).sum() };
-    let before = rss(&target.pids);
+    let before = server_rss(&target.pids);
     progress.set_message("connecting");
     progress.set_position(0);
     progress.set_length(devices.len() as u64);
@@ -738,7 +774,7 @@ async fn idle(
     progress.set_message("holding");
     let cpu0 = server_cpu(&target.pids);
     tokio::time::sleep(w.duration).await;
-    let after = rss(&target.pids);
+    let after = server_rss(&target.pids);
     report.seconds = w.duration.as_secs_f64();
     report.server_cpu_seconds = server_cpu(&target.pids) - cpu0;
     report.server_cores = report.server_cpu_seconds / report.seconds.max(1e-9);
@@ -797,11 +833,9 @@ async fn backlog(
         stop_rx,
         None,
     ));
-    let settle = Instant::now() + Duration::from_secs(600);
-    while shared.all_deliveries.load(Ordering::Relaxed) < accepted && Instant::now() < settle {
-        progress.set_position(shared.all_deliveries.load(Ordering::Relaxed));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shared
+        .await_deliveries(accepted, Duration::from_secs(600), progress)
+        .await;
     let drain = t1.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
     let _ = task.await;

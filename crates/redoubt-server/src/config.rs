@@ -157,6 +157,13 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration as a file `redoubtd --config` reads back (what
+    /// `config check` prints, and how tools write configurations for the
+    /// nodes they start).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("every configuration serialises to TOML")
+    }
+
     /// Checks the rules that types alone do not express.
     pub fn validate(&self) -> Result<(), ServerError> {
         let bad = |msg: &str| Err(ServerError::ConfigInvalid(msg.to_owned()));

@@ -615,7 +615,7 @@ fn main() -> ExitCode {
                 // The IP table and market book are part of what the server
                 // needs to start; check them too.
                 redoubt_server::markets::Markets::open(&config)?;
-                print!("{}", toml::to_string_pretty(&config)?);
+                print!("{}", config.to_toml());
                 eprintln!("configuration is valid");
                 Ok(())
             }

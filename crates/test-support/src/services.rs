@@ -36,28 +36,9 @@ pub struct PgSchema {
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        let url = self.config.url.clone();
-        let Some(schema) = self.config.schema.clone() else {
-            return;
-        };
-        // Drop runs outside any runtime the test may still hold; use a
-        // thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let pool = sqlx::PgPool::connect(&url).await.ok()?;
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                    .execute(&pool)
-                    .await
-                    .ok()?;
-                pool.close().await;
-                Some(())
-            })
-        })
-        .join();
+        if let Some(schema) = &self.config.schema {
+            redoubt_server::storage::postgres::drop_schema_blocking(&self.config.url, schema);
+        }
     }
 }
 

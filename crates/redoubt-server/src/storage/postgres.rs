@@ -110,6 +110,30 @@ impl PgStore {
     }
 }
 
+/// Drops `schema` (a run's or a test's own, as `PostgresConfig::schema`
+/// creates) with everything in it, best effort. It blocks on a thread with
+/// a runtime of its own, so it can run from `Drop`, inside or outside a
+/// runtime that is itself shutting down.
+pub fn drop_schema_blocking(url: &str, schema: &str) {
+    let (url, schema) = (url.to_owned(), schema.to_owned());
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let pool = PgPool::connect(&url).await.ok()?;
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&pool)
+                .await
+                .ok()?;
+            pool.close().await;
+            Some(())
+        })
+    })
+    .join();
+}
+
 /// A held lease; dropping it releases the lock.
 pub struct Lease {
     _tx: sqlx::Transaction<'static, sqlx::Postgres>,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use redoubt_proto::api::{ClaimKeyPackagesRequest, ClaimKeyPackagesResponse, Envelope};
 use redoubt_proto::{EnvelopeId, PhoneNumber};
+use redoubt_server::config::{FanoutConfig, RateLimit, StorageConfig};
 use reqwest::StatusCode;
 use test_support::device::WsClient;
 use test_support::process::ServerProcess;
@@ -34,17 +35,19 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("redoubtd.toml");
         let name = schema.config.schema.clone().unwrap();
-        std::fs::write(
-            &config,
-            format!(
-                "[storage]\nbackend = \"postgres\"\nurl = {:?}\nschema = {name:?}\n\
-                 [fanout]\nbackend = \"nats\"\nurl = {:?}\nsubject_prefix = \"rdt_{name}\"\n\
-                 [registration.per_ip]\nmax = 10000\nwindow = \"1h\"\n",
-                schema.config.url,
-                nats_url(),
-            ),
-        )
-        .unwrap();
+        let mut settings = redoubt_server::Config {
+            storage: StorageConfig::Postgres(schema.config.clone()),
+            fanout: FanoutConfig::Nats {
+                url: nats_url(),
+                subject_prefix: format!("rdt_{name}"),
+            },
+            ..Default::default()
+        };
+        settings.registration.per_ip = RateLimit {
+            max: 10_000,
+            window: Duration::from_secs(3600),
+        };
+        std::fs::write(&config, settings.to_toml()).unwrap();
         let mut cluster = Self {
             nodes: Vec::new(),
             config,
