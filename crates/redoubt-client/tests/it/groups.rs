@@ -200,16 +200,10 @@ async fn a_commit_from_a_removed_member_is_rejected_visibly() {
         let chat = p.client.find_chat("stale").await.unwrap();
         let members = p.client.members(&chat).unwrap();
         assert_eq!(members.len(), 2, "Bob's commit changed nothing");
-        let rejected = p
-            .client
-            .messages(&chat, 100)
+        let rejected = system_texts(&p.client, &chat)
             .await
-            .unwrap()
-            .into_iter()
-            .any(|m| {
-                m.author == redoubt_client::model::Author::System
-                    && m.text.contains("not from a member")
-            });
+            .iter()
+            .any(|t| t.contains("not from a member"));
         assert!(rejected, "the rejection is visible in the chat");
     }
     alice.client.send_text(&group, "still here").await.unwrap();

@@ -1,7 +1,6 @@
 //! What the server sees: only ciphertext. And what the client does with
 //! ciphertext that was tampered with or replayed.
 
-use redoubt_client::model::Author;
 use redoubt_proto::EnvelopeId;
 use test_support::{fresh_phone, logs, TestServer, WsClient};
 
@@ -139,14 +138,10 @@ async fn tampered_and_replayed_ciphertext_is_rejected_visibly() {
         vec!["genuine"],
         "accepted exactly once"
     );
-    let notices: Vec<String> = bob
-        .client
-        .messages(&bob_chat, 100)
+    let notices: Vec<String> = system_texts(&bob.client, &bob_chat)
         .await
-        .unwrap()
         .into_iter()
-        .filter(|m| m.author == Author::System && m.text.contains("could not be decrypted"))
-        .map(|m| m.text)
+        .filter(|t| t.contains("could not be decrypted"))
         .collect();
     assert_eq!(
         notices.len(),

@@ -1,7 +1,6 @@
 //! A device that loses its state registers again and is brought back in
 //! through a fresh Welcome; its new key is announced loudly.
 
-use redoubt_client::model::Author;
 use test_support::{fresh_phone, TestServer};
 
 use crate::support::*;
@@ -54,15 +53,7 @@ async fn a_device_that_lost_its_state_rejoins_and_the_key_change_is_loud() {
         "history before the rejoin stays lost"
     );
 
-    let notices: Vec<String> = alice
-        .client
-        .messages(&chat, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|m| m.author == Author::System)
-        .map(|m| m.text)
-        .collect();
+    let notices = system_texts(&alice.client, &chat).await;
     assert!(
         notices
             .iter()

@@ -66,3 +66,18 @@ pub async fn texts(client: &Client, chat: &redoubt_client::model::ChatRecord) ->
         .map(|m| m.text)
         .collect()
 }
+
+/// Texts of a chat's system notices (key changes, rejected input).
+pub async fn system_texts(
+    client: &Client,
+    chat: &redoubt_client::model::ChatRecord,
+) -> Vec<String> {
+    client
+        .messages(chat, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.author == redoubt_client::model::Author::System)
+        .map(|m| m.text)
+        .collect()
+}
