@@ -160,6 +160,10 @@ impl Fanout for NatsFanout {
         self.publish(&Event::Revoked { d: device }).await;
     }
 
+    fn may_lose_wakeups(&self) -> bool {
+        true
+    }
+
     async fn attached(&self, device: DeviceId) {
         self.publish(&Event::Attached {
             d: device,

@@ -141,6 +141,11 @@ pub trait Fanout: Send + Sync + 'static {
     /// A session of this device opened here; sessions of it elsewhere are
     /// replaced. Nothing to do within one process (`Sessions::attach` did).
     async fn attached(&self, _device: DeviceId) {}
+    /// Whether a wake-up can be lost on the way (over a network), so that
+    /// sessions must also look at their mailbox now and then.
+    fn may_lose_wakeups(&self) -> bool {
+        false
+    }
 }
 
 /// Fan-out within one process.

@@ -151,10 +151,13 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket) {
                         break 'run End::Gone;
                     }
                     state.ip_recorder().observe(auth.account_id, auth.addr, false).await;
-                    // A safety net for lost wake-ups (another node's, over
-                    // the network): look at the mailbox on every ping.
-                    if let Err(end) = session.push(&mut sink).await {
-                        break 'run end;
+                    // A safety net for wake-ups that can be lost (another
+                    // node's, over the network): look at the mailbox on
+                    // every ping. In-process wake-ups cannot be lost.
+                    if state.fanout().may_lose_wakeups() {
+                        if let Err(end) = session.push(&mut sink).await {
+                            break 'run end;
+                        }
                     }
                 }
             }
