@@ -66,15 +66,9 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable(without_url(e)))?;
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unreachable(without_url(e)))?;
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
             let text = if bytes.is_empty() {
                 &b"null"[..]
@@ -97,6 +91,19 @@ impl Api {
             }),
             Err(_) => Err(ClientError::BadResponse(status.as_u16())),
         }
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            cause: without_url(e),
+        }
+    }
+
+    /// The operator's public service key, which signs notices to users.
+    pub async fn service_key(&self) -> Result<ServiceKeyResponse> {
+        self.call::<(), _>(Method::GET, "/v1/service-key", None)
+            .await
     }
 
     /// Asks for a verification code.

@@ -1,7 +1,18 @@
 //! The client: a profile, its identity on one relay, its MLS groups.
+//!
+//! Several processes may use one profile at once (`redoubt chat` in one
+//! terminal, `redoubt send` in another). Every public operation that reads
+//! or changes MLS state holds the profile lock for its duration and first
+//! reloads the state if another process wrote since ([`Client::hold`]), so
+//! no two processes ever encrypt from, or write back, diverging copies.
+
+mod notices;
+mod outbox;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -14,6 +25,7 @@ use uuid::Uuid;
 
 use crate::api::Api;
 use crate::error::{ClientError, Result};
+use crate::lock::{LockGuard, ProfileLock};
 use crate::mls::{self, Provider};
 use crate::model::*;
 use crate::seal::KdfParams;
@@ -34,6 +46,12 @@ pub struct ClientConfig {
     pub key_packages: usize,
     /// The local address to connect from; `None` lets the system choose.
     pub local_address: Option<std::net::IpAddr>,
+    /// The operator's service key (standard base64), when the user got it
+    /// from somewhere other than the relay. Without it, the key the relay
+    /// presents at registration is pinned.
+    pub service_key: Option<String>,
+    /// How long an operation waits for another process using the profile.
+    pub lock_wait: Duration,
 }
 
 impl Default for ClientConfig {
@@ -42,6 +60,8 @@ impl Default for ClientConfig {
             kdf: KdfParams::default(),
             key_packages: 50,
             local_address: None,
+            service_key: None,
+            lock_wait: Duration::from_secs(30),
         }
     }
 }
@@ -55,6 +75,10 @@ struct IdentityDoc {
     device: DeviceId,
     token: AuthToken,
     signer: SignatureKeyPair,
+    /// The operator's service key, pinned at registration (or on the first
+    /// contact after an upgrade): notices are trusted only under it.
+    #[serde(default)]
+    service_key: Option<String>,
 }
 
 /// A member of a chat, device by device.
@@ -86,6 +110,10 @@ pub struct SyncReport {
     pub processed: usize,
     /// Messages stored (texts and notices).
     pub messages: Vec<MessageRecord>,
+    /// Queued messages the relay accepted on this sync.
+    pub sent: usize,
+    /// Queued messages still waiting (the relay could not take them).
+    pub queued: usize,
 }
 
 /// An unlocked profile, ready to chat.
@@ -96,6 +124,47 @@ pub struct Client {
     provider: Provider,
     groups: HashMap<Vec<u8>, MlsGroup>,
     config: ClientConfig,
+    lock: ProfileLock,
+    /// The store generation the in-memory state was loaded at or last
+    /// written as; another process's write makes it stale.
+    generation: AtomicI64,
+}
+
+/// What a profile holds, as loaded from its store.
+struct Loaded {
+    identity: IdentityDoc,
+    provider: Provider,
+    groups: HashMap<Vec<u8>, MlsGroup>,
+}
+
+/// Reads the identity and MLS state from the store.
+async fn load(store: &ProfileStore) -> Result<Loaded> {
+    let doc = store
+        .document("identity")
+        .await?
+        .ok_or(ClientError::Corrupt("identity missing"))?;
+    let identity: IdentityDoc =
+        serde_json::from_slice(&doc).map_err(|_| ClientError::Corrupt("identity"))?;
+    let provider = match store.document("mls").await? {
+        Some(snapshot) => Provider::restore(&snapshot)?,
+        None => Provider::default(),
+    };
+    let mut groups = HashMap::new();
+    for chat in store.chats().await? {
+        if chat.state != ChatState::Active {
+            continue;
+        }
+        let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(&chat.group_id))
+            .map_err(|_| ClientError::Corrupt("MLS group state"))?;
+        if let Some(group) = group {
+            groups.insert(chat.group_id.clone(), group);
+        }
+    }
+    Ok(Loaded {
+        identity,
+        provider,
+        groups,
+    })
 }
 
 fn now_ms() -> i64 {
@@ -113,6 +182,7 @@ fn system_message(group_id: &[u8], text: String) -> MessageRecord {
         text,
         sent_at: now_ms(),
         received_at: now_ms(),
+        delivery: Delivery::Sent,
     }
 }
 
@@ -149,6 +219,12 @@ impl Client {
             .sign(&challenge)
             .map_err(|e| ClientError::Mls(format!("{e:?}")))?;
         let api = Api::bound(server, config.local_address);
+        // The service key is pinned before anything else: from the user's
+        // configuration when given, else from this first contact.
+        let service_key = match &config.service_key {
+            Some(key) => key.clone(),
+            None => api.service_key().await?.public_key,
+        };
         let registered = api
             .verify_code(&VerifyCodeRequest {
                 phone: phone.clone(),
@@ -159,6 +235,7 @@ impl Client {
             })
             .await?;
         let store = ProfileStore::create(dir, passphrase, config.kdf).await?;
+        let lock = ProfileLock::open(dir)?;
         let identity = IdentityDoc {
             server: api.base().to_owned(),
             phone: phone.clone(),
@@ -166,6 +243,7 @@ impl Client {
             device: registered.device_id,
             token: registered.token.clone(),
             signer,
+            service_key: Some(service_key),
         };
         let doc = serde_json::to_vec(&identity).map_err(|_| ClientError::Corrupt("identity"))?;
 
@@ -176,42 +254,33 @@ impl Client {
             provider: Provider::default(),
             groups: HashMap::new(),
             config,
+            lock,
+            generation: AtomicI64::new(0),
         };
+        let _held = client.hold().await?;
         client
-            .store
-            .apply(Changes {
+            .persist(Changes {
                 documents: vec![("identity", doc)],
                 ..Default::default()
             })
             .await?;
         client.top_up_key_packages().await?;
+        drop(_held);
         Ok(client)
     }
 
     /// Opens an existing profile.
     pub async fn open(dir: &Path, passphrase: &str, config: ClientConfig) -> Result<Self> {
         let store = ProfileStore::open(dir, passphrase).await?;
-        let doc = store
-            .document("identity")
-            .await?
-            .ok_or(ClientError::Corrupt("identity missing"))?;
-        let identity: IdentityDoc =
-            serde_json::from_slice(&doc).map_err(|_| ClientError::Corrupt("identity"))?;
-        let provider = match store.document("mls").await? {
-            Some(snapshot) => Provider::restore(&snapshot)?,
-            None => Provider::default(),
-        };
-        let mut groups = HashMap::new();
-        for chat in store.chats().await? {
-            if chat.state != ChatState::Active {
-                continue;
-            }
-            let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(&chat.group_id))
-                .map_err(|_| ClientError::Corrupt("MLS group state"))?;
-            if let Some(group) = group {
-                groups.insert(chat.group_id.clone(), group);
-            }
-        }
+        let lock = ProfileLock::open(dir)?;
+        // The generation is read before the state: a write in between only
+        // makes the first operation reload once more.
+        let generation = store.generation().await?;
+        let Loaded {
+            identity,
+            provider,
+            groups,
+        } = load(&store).await?;
         let api =
             Api::bound(&identity.server, config.local_address).with_token(identity.token.clone());
         Ok(Self {
@@ -221,7 +290,35 @@ impl Client {
             provider,
             groups,
             config,
+            lock,
+            generation: AtomicI64::new(generation),
         })
+    }
+
+    /// Takes the profile lock for one operation (waiting for another
+    /// process's operation to end) and, on the outermost hold, reloads the
+    /// identity and MLS state if another process wrote since this one last
+    /// did. Every public operation that uses MLS state starts here; the
+    /// lock is released when the returned guard drops.
+    async fn hold(&mut self) -> Result<LockGuard> {
+        let (guard, outermost) = self.lock.hold(self.config.lock_wait).await?;
+        if outermost {
+            let current = self.store.generation().await?;
+            if current != self.generation.load(Ordering::SeqCst) {
+                let Loaded {
+                    identity,
+                    provider,
+                    groups,
+                } = load(&self.store).await?;
+                self.api = Api::bound(&identity.server, self.config.local_address)
+                    .with_token(identity.token.clone());
+                self.identity = identity;
+                self.provider = provider;
+                self.groups = groups;
+                self.generation.store(current, Ordering::SeqCst);
+            }
+        }
+        Ok(guard)
     }
 
     /// This profile's number.
@@ -235,6 +332,10 @@ impl Client {
     /// This device.
     pub fn device_id(&self) -> DeviceId {
         self.identity.device
+    }
+    /// The relay's base URL.
+    pub fn server(&self) -> &str {
+        &self.identity.server
     }
     /// The relay API (authenticated).
     pub fn api(&self) -> &Api {
@@ -266,11 +367,19 @@ impl Client {
     /// Persists `changes` together with the current MLS state.
     async fn persist(&self, mut changes: Changes) -> Result<()> {
         changes.documents.push(("mls", self.provider.snapshot()?));
-        self.store.apply(changes).await
+        self.record(changes).await
+    }
+
+    /// Persists `changes` that leave MLS state as it is.
+    async fn record(&self, changes: Changes) -> Result<()> {
+        let generation = self.store.apply(changes).await?;
+        self.generation.store(generation, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Uploads key packages when the server holds fewer than it asks for.
     pub async fn top_up_key_packages(&mut self) -> Result<()> {
+        let _held = self.hold().await?;
         let count = self.api.key_package_count().await?;
         let wanted = (self.config.key_packages as u64).max(count.low_watermark);
         if count.remaining >= count.low_watermark && count.last_resort {
@@ -305,16 +414,6 @@ impl Client {
             data: kp.bytes.into(),
             last_resort,
         })
-    }
-
-    /// The latest market-exit notice the service sent this account, if any:
-    /// the service is leaving the user's market.
-    pub async fn market_notice(&self) -> Result<Option<redoubt_proto::MarketNotice>> {
-        Ok(self
-            .store
-            .document("market_notice")
-            .await?
-            .and_then(|doc| serde_json::from_slice(&doc).ok()))
     }
 
     /// Every chat, most recent first, including "Redoubt notices" (notices
@@ -386,35 +485,6 @@ impl Client {
             }
         }
         Ok(out)
-    }
-
-    /// Sends one envelope to `recipients`. Devices the relay no longer knows
-    /// (revoked since the group last changed) are dropped and the send is
-    /// retried once for the rest: the relay queues all or nothing, so nobody
-    /// receives it twice.
-    async fn send_envelope(&self, mut recipients: Vec<DeviceId>, payload: Vec<u8>) -> Result<()> {
-        for _ in 0..2 {
-            if recipients.is_empty() {
-                return Ok(());
-            }
-            match self
-                .api
-                .send(EnvelopeId::random(), recipients.clone(), payload.clone())
-                .await
-            {
-                Err(ClientError::Server {
-                    code: redoubt_proto::ErrorCode::UnknownRecipients,
-                    devices,
-                    ..
-                }) if !devices.is_empty() => {
-                    recipients.retain(|d| !devices.contains(d));
-                }
-                other => return other.map(|_| ()),
-            }
-        }
-        Err(ClientError::Invalid(
-            "the relay keeps refusing this chat's devices; try `redoubt sync`".into(),
-        ))
     }
 
     /// Claims and validates key packages for the devices of `accounts`
@@ -592,11 +662,13 @@ impl Client {
         // The Welcome goes first: the same mailbox order makes every new
         // device join before it reads the chat's name.
         self.send_envelope(
+            EnvelopeId::random(),
             recipients.clone(),
             welcome.tls_serialize_detached().map_err(ClientError::mls)?,
         )
         .await?;
         self.send_envelope(
+            EnvelopeId::random(),
             recipients,
             info.tls_serialize_detached().map_err(ClientError::mls)?,
         )
@@ -625,6 +697,7 @@ impl Client {
 
     /// Starts (or returns the existing) direct chat with the account behind `phone`.
     pub async fn start_direct(&mut self, phone: &PhoneNumber) -> Result<ChatRecord> {
+        let _held = self.hold().await?;
         let existing = self.chats().await?.into_iter().find(|c| {
             c.kind == ChatKind::Direct && c.state == ChatState::Active && c.name == phone.e164()
         });
@@ -641,6 +714,7 @@ impl Client {
 
     /// Creates a named group with the accounts behind `phones`.
     pub async fn create_group(&mut self, name: &str, phones: &[PhoneNumber]) -> Result<ChatRecord> {
+        let _held = self.hold().await?;
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 100 || PhoneNumber::parse(name).is_ok() {
             return Err(ClientError::Invalid(
@@ -660,7 +734,10 @@ impl Client {
             .ok_or(ClientError::NotAMember)
     }
 
-    /// Sends a text message.
+    /// Sends a text message. It is encrypted and stored first, then sent;
+    /// when the relay cannot take it now (unreachable, say) it waits in the
+    /// outbox and the returned record says `Queued`: any later command that
+    /// reaches the relay sends it. A refusal for good is an error.
     pub async fn send_text(&mut self, chat: &ChatRecord, text: &str) -> Result<MessageRecord> {
         if text.len() > MAX_TEXT_BYTES {
             return Err(ClientError::TooLarge {
@@ -671,10 +748,15 @@ impl Client {
         if text.trim().is_empty() {
             return Err(ClientError::Invalid("an empty message is not sent".into()));
         }
+        let _held = self.hold().await?;
         // A direct chat follows the peer's devices as they change: one
-        // request per send, worth it so a re-registered phone keeps receiving.
+        // request per send, worth it so a re-registered phone keeps
+        // receiving. Offline, the message goes to the devices the chat has.
         if chat.kind == ChatKind::Direct {
-            self.reconcile(chat).await?;
+            match self.reconcile(chat).await {
+                Err(e) if e.is_transient() => {}
+                other => other?,
+            }
         }
         let id = Uuid::new_v4();
         let sent_at = now_ms();
@@ -698,12 +780,7 @@ impl Client {
                 .get(&chat.group_id)
                 .ok_or(ClientError::NotAMember)?,
         )?;
-        self.send_envelope(
-            recipients,
-            out.tls_serialize_detached().map_err(ClientError::mls)?,
-        )
-        .await?;
-        let record = MessageRecord {
+        let mut record = MessageRecord {
             message_id: id,
             group_id: chat.group_id.clone(),
             author: Author::Member {
@@ -715,17 +792,28 @@ impl Client {
             text: text.to_owned(),
             sent_at,
             received_at: sent_at,
+            delivery: Delivery::Queued,
         };
-        self.persist(Changes {
-            messages: vec![record.clone()],
-            ..Default::default()
-        })
-        .await?;
+        let envelope = self
+            .enqueue(
+                &record,
+                recipients,
+                out.tls_serialize_detached().map_err(ClientError::mls)?,
+            )
+            .await?;
+        let flushed = self.flush_outbox().await?;
+        if let Some((_, e)) = flushed.failed.into_iter().find(|(id, _)| *id == envelope) {
+            return Err(e);
+        }
+        if flushed.sent.contains(&envelope) {
+            record.delivery = Delivery::Sent;
+        }
         Ok(record)
     }
 
     /// Adds the account behind `phone` (all its devices) to a group.
     pub async fn add_member(&mut self, chat: &ChatRecord, phone: &PhoneNumber) -> Result<()> {
+        let _held = self.hold().await?;
         if chat.kind != ChatKind::Group {
             return Err(ClientError::Invalid(
                 "members can only be added to groups".into(),
@@ -771,6 +859,7 @@ impl Client {
         self.send_commit(&chat.group_id, existing, commit).await?;
         let new_recipients: Vec<DeviceId> = contacts.iter().map(|c| c.device_id).collect();
         self.send_envelope(
+            EnvelopeId::random(),
             new_recipients,
             welcome.tls_serialize_detached().map_err(ClientError::mls)?,
         )
@@ -794,6 +883,7 @@ impl Client {
             .map_err(ClientError::mls)?;
         let everyone = self.recipients(self.active_group(chat)?)?;
         self.send_envelope(
+            EnvelopeId::random(),
             everyone,
             info.tls_serialize_detached().map_err(ClientError::mls)?,
         )
@@ -816,7 +906,10 @@ impl Client {
         commit: MlsMessageOut,
     ) -> Result<()> {
         let bytes = commit.tls_serialize_detached().map_err(ClientError::mls)?;
-        if let Err(e) = self.send_envelope(recipients, bytes).await {
+        if let Err(e) = self
+            .send_envelope(EnvelopeId::random(), recipients, bytes)
+            .await
+        {
             let group = self
                 .groups
                 .get_mut(group_id)
@@ -850,6 +943,7 @@ impl Client {
 
     /// Removes the account behind `phone` (all its devices) from a group.
     pub async fn remove_member(&mut self, chat: &ChatRecord, phone: &PhoneNumber) -> Result<()> {
+        let _held = self.hold().await?;
         if chat.kind != ChatKind::Group {
             return Err(ClientError::Invalid(
                 "members can only be removed from groups".into(),
@@ -880,6 +974,7 @@ impl Client {
     /// phone, or a device that lost its state and registered again) are
     /// added, with a loud notice when their keys are new.
     pub async fn reconcile(&mut self, chat: &ChatRecord) -> Result<()> {
+        let _held = self.hold().await?;
         let members = self.members(chat)?;
         let mut accounts: Vec<(PhoneNumber, AccountId)> = Vec::new();
         for m in &members {
@@ -935,6 +1030,7 @@ impl Client {
 
     /// Leaves a group: proposes this device's removal; another member commits it.
     pub async fn leave(&mut self, chat: &ChatRecord) -> Result<()> {
+        let _held = self.hold().await?;
         let recipients = self.recipients(self.active_group(chat)?)?;
         let (provider, signer) = (&self.provider, &self.identity.signer);
         let group = self
@@ -945,13 +1041,14 @@ impl Client {
             .leave_group(provider, signer)
             .map_err(ClientError::mls)?;
         self.send_envelope(
+            EnvelopeId::random(),
             recipients,
             proposal
                 .tls_serialize_detached()
                 .map_err(ClientError::mls)?,
         )
         .await?;
-        self.groups.remove(&chat.group_id);
+        self.forget_group(&chat.group_id)?;
         let mut left = chat.clone();
         left.state = ChatState::Left;
         let messages = vec![system_message(&chat.group_id, "You left this chat.".into())];
@@ -987,7 +1084,15 @@ impl Client {
     /// Fetches, processes and acknowledges everything waiting, then tops up
     /// key packages.
     pub async fn sync(&mut self) -> Result<SyncReport> {
-        let mut report = SyncReport::default();
+        let _held = self.hold().await?;
+        self.pin_service_key_if_missing().await?;
+        // What waits in the outbox goes first, in the order it was written.
+        let flushed = self.flush_outbox().await?;
+        let mut report = SyncReport {
+            sent: flushed.sent.len(),
+            queued: flushed.waiting,
+            ..Default::default()
+        };
         loop {
             let page = self.api.fetch().await?;
             if page.envelopes.is_empty() {
@@ -1029,28 +1134,7 @@ impl Client {
         changes: &mut Changes,
     ) -> Result<()> {
         if kind == EnvelopeKind::ServerNotice {
-            self.ensure_notices_chat(changes).await?;
-            // Notices are JSON with a `text` for people; show that.
-            let value = serde_json::from_slice::<serde_json::Value>(payload).ok();
-            let mut text = value
-                .as_ref()
-                .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(payload).into_owned());
-            // A market exit is kept apart as well, so every command and the
-            // chat screen can show it until the user can no longer miss it.
-            let market = value
-                .as_ref()
-                .filter(|v| v.get("type").and_then(|t| t.as_str()) == Some("market_exit"))
-                .and_then(|v| v.get("market").cloned())
-                .and_then(|m| serde_json::from_value::<redoubt_proto::MarketNotice>(m).ok());
-            if let Some(market) = market {
-                text = format!("IMPORTANT: {text}");
-                let doc = serde_json::to_vec(&market)
-                    .map_err(|_| ClientError::Corrupt("market notice"))?;
-                changes.documents.push(("market_notice", doc));
-            }
-            changes.messages.push(system_message(NOTICES_CHAT, text));
-            return Ok(());
+            return self.service_notice(payload, changes).await;
         }
         let Ok(message) = MlsMessageIn::tls_deserialize_exact(payload) else {
             self.ensure_notices_chat(changes).await?;
@@ -1068,46 +1152,37 @@ impl Client {
         }
     }
 
-    async fn ensure_notices_chat(&self, changes: &mut Changes) -> Result<()> {
-        let exists = self
-            .store
-            .chats()
-            .await?
-            .iter()
-            .any(|c| c.group_id == NOTICES_CHAT)
-            || changes.chats.iter().any(|c| c.group_id == NOTICES_CHAT);
-        if !exists {
-            changes.chats.push(ChatRecord {
-                group_id: NOTICES_CHAT.to_vec(),
-                kind: ChatKind::Group,
-                name: "Redoubt notices".into(),
-                peer: None,
-                state: ChatState::Active,
-                created_at: now_ms(),
-            });
-        }
-        Ok(())
-    }
-
     async fn join(&mut self, welcome: Welcome, changes: &mut Changes) -> Result<()> {
-        let staged = match StagedWelcome::new_from_welcome(
-            &self.provider,
-            &mls::join_config(),
-            welcome,
-            None,
-        ) {
-            Ok(staged) => staged,
-            Err(_) => {
-                // A Welcome for a key package this device no longer has (or a
-                // forged one) cannot be used; say so instead of failing.
-                self.ensure_notices_chat(changes).await?;
-                changes.messages.push(system_message(
-                    NOTICES_CHAT,
-                    "An invitation to a chat could not be opened and was dropped.".into(),
-                ));
-                return Ok(());
-            }
-        };
+        let staged =
+            match StagedWelcome::build_from_welcome(&self.provider, &mls::join_config(), welcome)
+                .and_then(|builder| {
+                    let group_id = builder
+                        .processed_welcome()
+                        .unverified_group_info()
+                        .group_id()
+                        .clone();
+                    // A chat this device was removed from or left may still have
+                    // state from an older profile version (removal now deletes it):
+                    // being added back replaces it. A Welcome into a chat this
+                    // device is still in is refused by OpenMLS as a duplicate.
+                    if self.groups.contains_key(group_id.as_slice()) {
+                        builder.build()
+                    } else {
+                        builder.replace_old_group().build()
+                    }
+                }) {
+                Ok(staged) => staged,
+                Err(_) => {
+                    // A Welcome for a key package this device no longer has (or a
+                    // forged one) cannot be used; say so instead of failing.
+                    self.ensure_notices_chat(changes).await?;
+                    changes.messages.push(system_message(
+                        NOTICES_CHAT,
+                        "An invitation to a chat could not be opened and was dropped.".into(),
+                    ));
+                    return Ok(());
+                }
+            };
         let inviter = staged
             .welcome_sender()
             .ok()
@@ -1116,6 +1191,7 @@ impl Client {
             .into_group(&self.provider)
             .map_err(ClientError::mls)?;
         let group_id = group.group_id().as_slice().to_vec();
+        let previous = self.chat_record(&group_id, changes).await?;
         let mut seen = Vec::new();
         for m in group.members() {
             let id = mls::identity_of(&m.credential)?;
@@ -1130,23 +1206,36 @@ impl Client {
             .as_ref()
             .map(|i| i.phone.to_string())
             .unwrap_or_else(|| "someone".into());
-        changes.chats.push(ChatRecord {
-            group_id: group_id.clone(),
-            kind: ChatKind::Group,
-            name: format!("chat from {inviter_name}"),
-            peer: inviter
-                .as_ref()
-                .map(|i| i.account)
-                .filter(|a| *a != self.identity.account),
-            state: ChatState::Active,
-            created_at: now_ms(),
+        let back = previous.is_some();
+        changes.chats.push(match previous {
+            // Added back to a chat this device had left or was removed
+            // from: the same chat, with its history, active again.
+            Some(chat) => ChatRecord {
+                state: ChatState::Active,
+                ..chat
+            },
+            None => ChatRecord {
+                group_id: group_id.clone(),
+                kind: ChatKind::Group,
+                name: format!("chat from {inviter_name}"),
+                peer: inviter
+                    .as_ref()
+                    .map(|i| i.account)
+                    .filter(|a| *a != self.identity.account),
+                state: ChatState::Active,
+                created_at: now_ms(),
+            },
         });
         changes
             .messages
             .extend(self.key_change_notices(&group_id, &seen).await?);
         changes.messages.push(system_message(
             &group_id,
-            format!("{inviter_name} added you to this chat."),
+            if back {
+                format!("{inviter_name} added you back to this chat.")
+            } else {
+                format!("{inviter_name} added you to this chat.")
+            },
         ));
         changes.contact_devices.extend(
             seen.into_iter()
@@ -1251,6 +1340,7 @@ impl Client {
                 text,
                 sent_at,
                 received_at: now_ms(),
+                delivery: Delivery::Sent,
             }),
             AppMessage::ChatInfo { kind, name } => {
                 if let Some(mut chat) = self.chat_record(group_id, changes).await? {
@@ -1363,7 +1453,7 @@ impl Client {
                 .filter(|d| d.account_id != self.identity.account),
         );
         if self_removed {
-            self.groups.remove(group_id);
+            self.forget_group(group_id)?;
             if let Some(mut chat) = self.chat_record(group_id, changes).await? {
                 if chat.state == ChatState::Active {
                     chat.state = ChatState::Removed;
@@ -1374,6 +1464,18 @@ impl Client {
                 }
                 changes.chats.push(chat);
             }
+        }
+        Ok(())
+    }
+
+    /// Deletes a group's MLS state once this device is out of it: its
+    /// secrets must not outlive membership, and a device added back later
+    /// must be able to join afresh.
+    fn forget_group(&mut self, group_id: &[u8]) -> Result<()> {
+        if let Some(mut group) = self.groups.remove(group_id) {
+            group
+                .delete(self.provider.storage())
+                .map_err(ClientError::mls)?;
         }
         Ok(())
     }

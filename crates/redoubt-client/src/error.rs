@@ -29,11 +29,21 @@ pub enum ClientError {
     /// A file could not be read or written.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The server could not be reached.
-    #[error("cannot reach the server: {0}")]
-    Unreachable(String),
+    /// Another process on this profile holds it (a long operation in
+    /// `redoubt chat`, say) and did not finish in time. Nothing was changed.
+    #[error("the profile in {0} is busy in another redoubt process; try again")]
+    ProfileBusy(PathBuf),
+    /// The relay could not be reached. Its URL is named so a wrong
+    /// `--server` or a relay that is down is obvious.
+    #[error("cannot reach the relay at {url}: {cause}")]
+    Unreachable {
+        /// The relay's base URL.
+        url: String,
+        /// What failed (connection refused, time-out, ...).
+        cause: String,
+    },
     /// The server refused the request.
-    #[error("server refused the request: {message} ({code:?}, HTTP {status})")]
+    #[error("the relay refused the request: {message} ({code:?}, HTTP {status}){}", revoked_hint(*code))]
     Server {
         /// HTTP status.
         status: u16,
@@ -95,10 +105,50 @@ pub enum ClientError {
     Mls(String),
 }
 
+fn revoked_hint(code: ErrorCode) -> &'static str {
+    if code == ErrorCode::TokenRevoked {
+        "\nThis device was revoked from its account. `redoubt reset` removes this \
+         profile from the device so you can register it again."
+    } else {
+        ""
+    }
+}
+
 impl ClientError {
     /// Wraps an OpenMLS error, keeping only its description.
     pub fn mls(err: impl std::fmt::Display) -> Self {
         Self::Mls(err.to_string())
+    }
+
+    /// A stable, machine-readable code for scripts (`redoubt --json`
+    /// prints it with the message). Refusals by the relay keep the relay's
+    /// own code.
+    pub fn code(&self) -> String {
+        let code = match self {
+            Self::NoProfile(_) => "no_profile",
+            Self::ProfileExists(_) => "profile_exists",
+            Self::WrongPassphrase => "wrong_passphrase",
+            Self::Corrupt(_) | Self::Database(_) | Self::Migration(_) => "profile_damaged",
+            Self::Io(_) => "io",
+            Self::ProfileBusy(_) => "profile_busy",
+            Self::Unreachable { .. } => "relay_unreachable",
+            Self::Server { code, .. } | Self::MarketExited { code, .. } => {
+                return serde_json::to_value(code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "server".into())
+            }
+            Self::BadResponse(_) => "bad_response",
+            Self::Phone(_) => "invalid_phone_number",
+            Self::UnknownContact(_) => "unknown_contact",
+            Self::UnknownChat(_) => "unknown_chat",
+            Self::NotAMember => "not_a_member",
+            Self::NotInChat(_) => "not_in_chat",
+            Self::TooLarge { .. } => "too_large",
+            Self::Invalid(_) => "invalid_input",
+            Self::Mls(_) => "mls",
+        };
+        code.to_owned()
     }
 }
 

@@ -14,11 +14,13 @@
 pub mod api;
 pub mod client;
 pub mod error;
+pub mod lock;
 pub mod mls;
 pub mod model;
 pub mod safety;
 pub mod seal;
 pub mod store;
+pub mod text;
 
 pub use client::{Client, ClientConfig};
 pub use error::{ClientError, Result};

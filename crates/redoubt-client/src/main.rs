@@ -2,17 +2,25 @@
 //!
 //! Every command opens the profile, syncs with the relay where it needs
 //! fresh state, does its work, and exits 0 on success or 1 with a message
-//! on stderr. `--json` prints machine-readable output for scripts.
+//! on stderr. `--json` prints machine-readable output for scripts, errors
+//! included (`{"error": {"code", "message"}}` on stdout).
+//!
+//! Without the relay, `chats` and `read` show what this device has, and
+//! `send` keeps the encrypted message in the outbox until a later command
+//! reaches the relay. Text written by others is shown through
+//! `redoubt_client::text`, so it cannot forge lines or drive the terminal.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read as _, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use redoubt_client::model::{Author, ChatKind, ChatRecord, ChatState, MessageRecord};
+use redoubt_client::client::{hex, MAX_TEXT_BYTES};
+use redoubt_client::model::{Author, ChatKind, ChatRecord, ChatState, Delivery, MessageRecord};
+use redoubt_client::text::one_line;
 use redoubt_client::{Client, ClientConfig, ClientError};
-use redoubt_proto::PhoneNumber;
+use redoubt_proto::{ErrorCode, PhoneNumber};
 use serde_json::json;
 
 mod tui;
@@ -26,9 +34,16 @@ struct Cli {
     #[arg(long, global = true, env = "REDOUBT_PROFILE")]
     profile: Option<PathBuf>,
 
-    /// Print JSON instead of text.
+    /// Print JSON instead of text. Errors are JSON too:
+    /// {"error": {"code", "message"}} on stdout, with exit code 1.
     #[arg(long, global = true)]
     json: bool,
+
+    /// The operator's service key (base64), if you got it from somewhere
+    /// you trust more than the relay. Notices from the service are trusted
+    /// only under this key, or else under the key pinned at registration.
+    #[arg(long, global = true, env = "REDOUBT_SERVICE_KEY")]
+    service_key: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -37,8 +52,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Register this device: the relay sends a code to the number, which you
-    /// type in (or pipe on stdin). Creates the profile, protected by the
-    /// passphrase in $REDOUBT_PASSPHRASE or typed at the prompt.
+    /// type in (or pipe on stdin; a wrong code asks again). Creates the
+    /// profile, protected by the passphrase (8 characters or more) in
+    /// $REDOUBT_PASSPHRASE or typed at the prompt.
     Register {
         /// Your phone number in international form, such as +33612345678.
         #[arg(long)]
@@ -52,15 +68,23 @@ enum Command {
     },
     /// List chats.
     Chats,
-    /// Send a message. CHAT is a chat's name, a contact's number (a direct
-    /// chat is started if there is none) or a prefix of a chat id.
+    /// Send a message of up to 16 KiB (16384 bytes of UTF-8). CHAT is a
+    /// chat's name, a contact's number (a direct chat is started if there
+    /// is none) or a prefix of a chat id. The text comes from TEXT, from
+    /// --file, or from standard input when TEXT is "-" or missing. When the
+    /// relay is unreachable the message waits, encrypted, in this device's
+    /// outbox, and the next command that reaches the relay sends it.
     Send {
         /// The chat.
         chat: String,
-        /// The text.
-        text: String,
+        /// The text; "-" or nothing reads standard input.
+        text: Option<String>,
+        /// Read the text from this file instead.
+        #[arg(long, conflicts_with = "text")]
+        file: Option<PathBuf>,
     },
-    /// Show a chat's messages (fetching new ones first).
+    /// Show a chat's messages (fetching new ones first; without the relay,
+    /// what this device has).
     Read {
         /// The chat.
         chat: String,
@@ -82,8 +106,16 @@ enum Command {
         /// The contact's number.
         contact: String,
     },
-    /// Fetch and process waiting messages.
+    /// Fetch and process waiting messages, and send what waits in the outbox.
     Sync,
+    /// Delete this device's profile (keys, chats, history) for good, so the
+    /// directory can be registered again: for a device that was revoked,
+    /// or whose passphrase is lost. Asks for confirmation unless --yes.
+    Reset {
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
     /// The interactive chat screen: chat list, live messages, input line.
     Chat,
 }
@@ -132,24 +164,38 @@ fn default_profile() -> PathBuf {
     base.join("redoubt").join("default")
 }
 
-fn passphrase(confirm: bool) -> anyhow::Result<String> {
-    if let Ok(p) = std::env::var("REDOUBT_PASSPHRASE") {
-        return Ok(p);
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!("no passphrase: set REDOUBT_PASSPHRASE or run in a terminal");
-    }
-    let first = rpassword::prompt_password("Profile passphrase: ")?;
-    if confirm {
-        let again = rpassword::prompt_password("Repeat the passphrase: ")?;
-        if again != first {
-            bail!("the passphrases differ");
+/// The shortest passphrase a new profile accepts, typed or from the
+/// environment alike.
+const MIN_PASSPHRASE_CHARS: usize = 8;
+
+fn passphrase(new_profile: bool) -> anyhow::Result<String> {
+    let chosen = match std::env::var("REDOUBT_PASSPHRASE") {
+        Ok(p) => p,
+        Err(_) => {
+            if !std::io::stdin().is_terminal() {
+                bail!("no passphrase: set REDOUBT_PASSPHRASE or run in a terminal");
+            }
+            let first = rpassword::prompt_password("Profile passphrase: ")?;
+            if new_profile {
+                let again = rpassword::prompt_password("Repeat the passphrase: ")?;
+                if again != first {
+                    bail!("the passphrases differ");
+                }
+            }
+            first
         }
-        if first.chars().count() < 8 {
-            bail!("choose a passphrase of at least 8 characters");
-        }
+    };
+    if new_profile && chosen.chars().count() < MIN_PASSPHRASE_CHARS {
+        bail!("choose a passphrase of at least {MIN_PASSPHRASE_CHARS} characters");
     }
-    Ok(first)
+    Ok(chosen)
+}
+
+fn config(cli: &Cli) -> ClientConfig {
+    ClientConfig {
+        service_key: cli.service_key.clone(),
+        ..ClientConfig::default()
+    }
 }
 
 fn phone(text: &str) -> anyhow::Result<PhoneNumber> {
@@ -157,15 +203,31 @@ fn phone(text: &str) -> anyhow::Result<PhoneNumber> {
 }
 
 fn short(id: &[u8]) -> String {
-    redoubt_client::client::hex(&id[..id.len().min(4)])
+    hex(&id[..id.len().min(4)])
 }
 
 fn author(m: &MessageRecord) -> String {
     match &m.author {
         Author::Member { me: true, .. } => "you".into(),
-        Author::Member { phone, .. } => phone.clone(),
+        Author::Member { phone, .. } => one_line(phone).into_owned(),
         Author::System => "*".into(),
     }
+}
+
+fn delivery(m: &MessageRecord) -> &'static str {
+    match m.delivery {
+        Delivery::Sent => "",
+        Delivery::Queued => "  (queued: not sent yet)",
+        Delivery::Failed => "  (not delivered)",
+    }
+}
+
+/// A message as scripts see it: the stored record, with the chat id in hex.
+fn message_json(m: &MessageRecord) -> serde_json::Value {
+    let mut value = serde_json::to_value(m).unwrap_or_default();
+    value["group_id"] = json!(hex(&m.group_id));
+    value["delivery"] = json!(m.delivery);
+    value
 }
 
 fn time(ms: i64) -> String {
@@ -184,9 +246,73 @@ fn state(c: &ChatRecord) -> &'static str {
 
 async fn open(cli: &Cli) -> anyhow::Result<Client> {
     let dir = cli.profile.clone().unwrap_or_else(default_profile);
-    let client = Client::open(&dir, &passphrase(false)?, ClientConfig::default()).await?;
+    let client = Client::open(&dir, &passphrase(false)?, config(cli)).await?;
     market_banner(&client).await?;
     Ok(client)
+}
+
+/// Syncs with the relay; without it (unreachable, or this device revoked),
+/// says so and carries on with what this device has.
+async fn sync_or_local(client: &mut Client) -> anyhow::Result<()> {
+    match client.sync().await {
+        Ok(report) => {
+            if report.queued > 0 {
+                eprintln!(
+                    "{} message(s) still wait in the outbox: the relay at {} did not take them yet.",
+                    report.queued,
+                    client.server()
+                );
+            }
+            Ok(())
+        }
+        Err(e @ ClientError::Unreachable { .. }) => {
+            eprintln!("offline: {e}\nShowing what this device has.");
+            Ok(())
+        }
+        Err(
+            e @ ClientError::Server {
+                code: ErrorCode::TokenRevoked,
+                ..
+            },
+        ) => {
+            eprintln!("{e}\nShowing what this device has.");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The text to send: the argument, a file, or standard input.
+fn message_text(text: Option<&str>, file: Option<&PathBuf>) -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    match (text, file) {
+        (Some(text), _) if text != "-" => return Ok(text.to_owned()),
+        (_, Some(path)) => {
+            bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        }
+        _ => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("Type the message; end it with Ctrl-D.");
+            }
+            // One byte over the limit is enough to refuse it.
+            std::io::stdin()
+                .lock()
+                .take(MAX_TEXT_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)?;
+        }
+    }
+    if bytes.len() > MAX_TEXT_BYTES {
+        bail!("message too long: over {MAX_TEXT_BYTES} bytes, the limit");
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("the message is not UTF-8 text"))?;
+    // A trailing newline is how files and `echo` end text, not part of it.
+    Ok(text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text)
+        .to_owned())
 }
 
 /// Shows a market-exit notice on every command, on stderr (so `--json`
@@ -196,12 +322,12 @@ async fn market_banner(client: &Client) -> anyhow::Result<()> {
         eprintln!(
             "!! Redoubt is leaving {}: service there ends {}, and everything it holds for \
              accounts there is deleted {}.\n!! {}{}",
-            m.jurisdiction,
-            m.effective_at,
-            m.purge_at,
-            m.notice,
+            one_line(&m.jurisdiction),
+            one_line(&m.effective_at),
+            one_line(&m.purge_at),
+            one_line(&m.notice),
             m.link
-                .map(|l| format!("\n!! More: {l}"))
+                .map(|l| format!("\n!! More: {}", one_line(&l)))
                 .unwrap_or_default()
         );
     }
@@ -219,63 +345,126 @@ async fn chat_for(client: &mut Client, query: &str) -> anyhow::Result<ChatRecord
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let out = |text: String, value: serde_json::Value| {
-        if cli.json {
-            println!("{value}");
-        } else if !text.is_empty() {
-            println!("{text}");
+/// `redoubt register`: asks the relay for a code, reads it (again after a
+/// wrong one, while there is input), and creates the profile.
+async fn register(cli: &Cli, number: &str, server: &str, device_name: &str) -> anyhow::Result<()> {
+    let dir = cli.profile.clone().unwrap_or_else(default_profile);
+    if redoubt_client::store::ProfileStore::exists(&dir) {
+        bail!(
+            "a profile already exists in {}; use --profile for another, or `redoubt reset` to delete it",
+            dir.display()
+        );
+    }
+    let number = phone(number)?;
+    let pass = passphrase(true)?;
+    Client::request_code(server, &number, &config(cli)).await?;
+    let interactive = std::io::stdin().is_terminal();
+    let mut input = std::io::stdin().lock();
+    let client = loop {
+        if interactive {
+            eprint!("Enter the code sent to {number}: ");
+            std::io::stderr().flush()?;
+        }
+        let mut code = String::new();
+        if input.read_line(&mut code)? == 0 {
+            bail!("no verification code was given");
+        }
+        match Client::register(
+            &dir,
+            &pass,
+            server,
+            &number,
+            code.trim(),
+            device_name,
+            config(cli),
+        )
+        .await
+        {
+            Ok(client) => break client,
+            Err(ClientError::Server {
+                code: ErrorCode::CodeIncorrect,
+                ..
+            }) => {
+                eprintln!("That code is not the one sent to {number}; try again.");
+            }
+            Err(e) => return Err(e.into()),
         }
     };
+    let text = format!(
+        "Registered {number} on {server}.\nProfile: {}",
+        dir.display()
+    );
+    print_out(
+        cli,
+        text,
+        json!({ "account_id": client.account_id(), "device_id": client.device_id(), "profile": dir }),
+    );
+    Ok(())
+}
+
+/// `redoubt reset`: deletes the profile's files while holding its lock, so
+/// a running `redoubt chat` is not pulled from under its feet mid-write.
+async fn reset(cli: &Cli, yes: bool) -> anyhow::Result<()> {
+    let dir = cli.profile.clone().unwrap_or_else(default_profile);
+    if !redoubt_client::store::ProfileStore::exists(&dir) {
+        return Err(ClientError::NoProfile(dir).into());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("`redoubt reset` deletes this device's keys, chats and history for good; pass --yes to confirm");
+        }
+        eprint!(
+            "This deletes the profile in {} (keys, chats, history) for good.\nType RESET to confirm: ",
+            dir.display()
+        );
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "RESET" {
+            bail!("not confirmed; nothing was deleted");
+        }
+    }
+    let lock = redoubt_client::lock::ProfileLock::open(&dir)?;
+    let _held = lock.hold(std::time::Duration::from_secs(10)).await?;
+    redoubt_client::store::ProfileStore::delete_files(&dir)?;
+    print_out(
+        cli,
+        format!(
+            "Deleted the profile in {}. `redoubt register` sets this device up again.\n\
+             If the device was not revoked, revoke it from another device: `redoubt devices --revoke ID`.",
+            dir.display()
+        ),
+        json!({ "reset": dir }),
+    );
+    Ok(())
+}
+
+fn print_out(cli: &Cli, text: String, value: serde_json::Value) {
+    if cli.json {
+        println!("{value}");
+    } else if !text.is_empty() {
+        println!("{text}");
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = |text: String, value: serde_json::Value| print_out(&cli, text, value);
     match &cli.command {
         Command::Register {
             phone: number,
             server,
             device_name,
-        } => {
-            let dir = cli.profile.clone().unwrap_or_else(default_profile);
-            if redoubt_client::store::ProfileStore::exists(&dir) {
-                bail!(
-                    "a profile already exists in {}; use --profile for another",
-                    dir.display()
-                );
-            }
-            let number = phone(number)?;
-            let pass = passphrase(true)?;
-            Client::request_code(server, &number, &ClientConfig::default()).await?;
-            if std::io::stdin().is_terminal() {
-                eprint!("Enter the code sent to {number}: ");
-                std::io::stderr().flush()?;
-            }
-            let mut code = String::new();
-            std::io::stdin().lock().read_line(&mut code)?;
-            let client = Client::register(
-                &dir,
-                &pass,
-                server,
-                &number,
-                code.trim(),
-                device_name,
-                ClientConfig::default(),
-            )
-            .await?;
-            out(
-                format!(
-                    "Registered {number} on {server}.\nProfile: {}",
-                    dir.display()
-                ),
-                json!({ "account_id": client.account_id(), "device_id": client.device_id(), "profile": dir }),
-            );
-        }
+        } => register(&cli, number, server, device_name).await?,
+        Command::Reset { yes } => reset(&cli, *yes).await?,
         Command::Chats => {
             let mut client = open(&cli).await?;
-            client.sync().await?;
+            sync_or_local(&mut client).await?;
             let chats = client.chats().await?;
             let mut lines = Vec::new();
             for c in &chats {
                 let last = client.messages(c, 1).await?.pop();
                 let preview = last
-                    .map(|m| format!("{}: {}", author(&m), m.text))
+                    .map(|m| format!("{}: {}{}", author(&m), one_line(&m.text), delivery(&m)))
                     .unwrap_or_default();
                 let kind = if c.kind == ChatKind::Direct {
                     "direct"
@@ -285,38 +474,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 lines.push(format!(
                     "{}  {kind}  {}{}  {preview}",
                     short(&c.group_id),
-                    c.name,
+                    one_line(&c.name),
                     state(c)
                 ));
             }
             if chats.is_empty() {
                 lines.push("No chats yet. Start one with `redoubt send +NUMBER \"hello\"`.".into());
             }
-            out(lines.join("\n"), json!(chats.iter().map(|c| json!({
-                "id": redoubt_client::client::hex(&c.group_id), "name": c.name, "kind": c.kind, "state": c.state
-            })).collect::<Vec<_>>()));
+            out(
+                lines.join("\n"),
+                json!(chats
+                    .iter()
+                    .map(|c| json!({
+                        "id": hex(&c.group_id), "name": c.name, "kind": c.kind, "state": c.state
+                    }))
+                    .collect::<Vec<_>>()),
+            );
         }
-        Command::Send { chat, text } => {
+        Command::Send { chat, text, file } => {
+            // Read the text first: a message that is too long or unreadable
+            // is refused before anything touches the network.
+            let text = message_text(text.as_deref(), file.as_ref())?;
             let mut client = open(&cli).await?;
-            client.sync().await?;
+            sync_or_local(&mut client).await?;
             let chat = chat_for(&mut client, chat).await?;
-            let sent = client.send_text(&chat, text).await?;
+            let sent = client.send_text(&chat, &text).await?;
+            if sent.delivery == Delivery::Queued {
+                eprintln!(
+                    "Queued: the relay at {} cannot take the message now. It waits, encrypted, \
+                     in this device's outbox; the next command that reaches the relay sends it \
+                     (`redoubt sync`, say).",
+                    client.server()
+                );
+            }
             out(
                 String::new(),
-                json!({ "chat": redoubt_client::client::hex(&chat.group_id), "message_id": sent.message_id }),
+                json!({ "chat": hex(&chat.group_id), "message_id": sent.message_id, "delivery": sent.delivery }),
             );
         }
         Command::Read { chat, limit } => {
             let mut client = open(&cli).await?;
-            client.sync().await?;
+            sync_or_local(&mut client).await?;
             let chat = client.find_chat(chat).await?;
             let messages = client.messages(&chat, *limit).await?;
             let text = messages
                 .iter()
-                .map(|m| format!("[{}] {}: {}", time(m.sent_at), author(m), m.text))
+                .map(|m| {
+                    format!(
+                        "[{}] {}: {}{}",
+                        time(m.sent_at),
+                        author(m),
+                        one_line(&m.text),
+                        delivery(m)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("\n");
-            out(text, serde_json::to_value(&messages)?);
+            out(
+                text,
+                json!(messages.iter().map(message_json).collect::<Vec<_>>()),
+            );
         }
         Command::Group(group) => {
             let mut client = open(&cli).await?;
@@ -330,7 +547,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let chat = client.create_group(name, &phones).await?;
                     out(
                         format!("Created group {:?} ({}).", chat.name, short(&chat.group_id)),
-                        json!({ "id": redoubt_client::client::hex(&chat.group_id) }),
+                        json!({ "id": hex(&chat.group_id) }),
                     );
                 }
                 GroupCommand::Add { chat, member } => {
@@ -348,7 +565,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     client.leave(&chat).await?;
                     out(
                         format!("You left {:?}.", chat.name),
-                        json!({ "left": chat.name }),
+                        json!({ "left": chat.name, "id": hex(&chat.group_id) }),
                     );
                 }
                 GroupCommand::Members { chat } => {
@@ -359,7 +576,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .map(|m| {
                             format!(
                                 "{}  device {}{}",
-                                m.phone,
+                                one_line(&m.phone),
                                 m.device,
                                 if m.this_device { "  (this device)" } else { "" }
                             )
@@ -386,7 +603,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         format!(
                             "{}  {}{}",
                             d.device_id,
-                            d.name,
+                            one_line(&d.name),
                             if d.current { "  (this device)" } else { "" }
                         )
                     })
@@ -419,13 +636,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !had_notice {
                 market_banner(&client).await?;
             }
+            let mut text = format!(
+                "{} new envelope(s), {} message(s).",
+                report.processed,
+                report.messages.len()
+            );
+            if report.sent > 0 {
+                text.push_str(&format!(" {} queued message(s) sent.", report.sent));
+            }
+            if report.queued > 0 {
+                text.push_str(&format!(" {} still queued.", report.queued));
+            }
             out(
-                format!(
-                    "{} new envelope(s), {} message(s).",
-                    report.processed,
-                    report.messages.len()
-                ),
-                json!({ "processed": report.processed, "messages": report.messages.len() }),
+                text,
+                json!({ "processed": report.processed, "messages": report.messages.len(), "sent": report.sent, "queued": report.queued }),
             );
         }
         Command::Chat => {
@@ -436,8 +660,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The stable code of a failure, for `--json`: the client's own codes, the
+/// relay's codes for its refusals, `invalid_input` for the rest (bad
+/// arguments, unreadable files).
+fn error_code(e: &anyhow::Error) -> String {
+    if let Some(client) = e.downcast_ref::<ClientError>() {
+        return client.code();
+    }
+    if e.downcast_ref::<redoubt_proto::PhoneError>().is_some() {
+        return "invalid_phone_number".into();
+    }
+    "invalid_input".into()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -447,6 +685,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json => {
+            println!(
+                "{}",
+                json!({ "error": { "code": error_code(&e), "message": format!("{e:#}") } })
+            );
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("redoubt: error: {e:#}");
             ExitCode::FAILURE

@@ -1,7 +1,7 @@
 //! What the client stores and shows: chats, messages, contacts, and the
 //! application payloads that travel inside MLS messages.
 
-use redoubt_proto::{AccountId, DeviceId, PhoneNumber};
+use redoubt_proto::{AccountId, DeviceId, EnvelopeId, PhoneNumber};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -78,6 +78,47 @@ pub struct MessageRecord {
     pub sent_at: i64,
     /// When this device stored it.
     pub received_at: i64,
+    /// For a message this device sent: whether the relay has it yet.
+    #[serde(default, skip_serializing_if = "Delivery::is_sent")]
+    pub delivery: Delivery,
+}
+
+/// Where a message this device wrote stands. Received messages and system
+/// notices are always `Sent`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// The relay accepted it (or it was never ours to send).
+    #[default]
+    Sent,
+    /// Encrypted and kept in the outbox until the relay is reachable.
+    Queued,
+    /// The relay refused it for good; a notice in the chat says why.
+    Failed,
+}
+
+impl Delivery {
+    /// Whether the relay has it.
+    pub fn is_sent(&self) -> bool {
+        *self == Self::Sent
+    }
+}
+
+/// An encrypted message waiting in the outbox. It is retried under the same
+/// envelope id with the same bytes, so the relay stores it once however
+/// often the attempt is repeated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The envelope id picked when it was encrypted.
+    pub envelope_id: EnvelopeId,
+    /// The history record it belongs to.
+    pub message_id: Uuid,
+    /// The chat.
+    pub group_id: Vec<u8>,
+    /// The devices it goes to.
+    pub recipients: Vec<DeviceId>,
+    /// The MLS ciphertext.
+    pub payload: Vec<u8>,
 }
 
 /// A contact's device key, remembered to detect key changes.

@@ -3,17 +3,21 @@
 //! messages and processed-envelope ids it goes with, so a crash can never
 //! leave MLS state and history out of step; envelopes are acknowledged to
 //! the server only after their batch commits.
+//!
+//! Several processes may open one profile. Each batch bumps a generation
+//! counter in the same transaction, so a process holding the profile lock
+//! (`lock.rs`) can tell whether its in-memory state is still current.
 
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
-use redoubt_proto::{AccountId, EnvelopeId};
+use redoubt_proto::{AccountId, DeviceId, EnvelopeId};
 use serde::{de::DeserializeOwned, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
 use crate::error::{ClientError, Result};
-use crate::model::{ChatRecord, ContactDevice, MessageRecord};
+use crate::model::{ChatRecord, ContactDevice, MessageRecord, OutboxEntry};
 use crate::seal::{KdfParams, SealKey};
 
 const DB_FILE: &str = "profile.db";
@@ -32,6 +36,13 @@ pub struct Changes {
     pub processed: Vec<EnvelopeId>,
     /// Contact device keys seen.
     pub contact_devices: Vec<ContactDevice>,
+    /// Messages already stored whose record changed (a queued message
+    /// delivered, or given up on).
+    pub updated_messages: Vec<MessageRecord>,
+    /// Encrypted messages to keep until the relay accepts them.
+    pub outbox_add: Vec<OutboxEntry>,
+    /// Outbox entries the relay accepted (or that were given up on).
+    pub outbox_done: Vec<EnvelopeId>,
 }
 
 /// An open, unlocked profile database.
@@ -152,6 +163,61 @@ impl ProfileStore {
         dir.join(DB_FILE)
     }
 
+    /// Deletes the profile's files in `dir` (the database, its journal and
+    /// the lock file), leaving the directory itself. The caller holds the
+    /// profile lock, so no other process is half-way through a write.
+    pub fn delete_files(dir: &Path) -> Result<()> {
+        for name in [
+            DB_FILE.to_owned(),
+            format!("{DB_FILE}-wal"),
+            format!("{DB_FILE}-shm"),
+            format!("{DB_FILE}-journal"),
+            crate::lock::LOCK_FILE.to_owned(),
+        ] {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The state generation: bumped by every batch, so a process can tell
+    /// whether another one wrote since it loaded its state.
+    pub async fn generation(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM state_generation WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Messages waiting for the relay, oldest first.
+    pub async fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        let rows = sqlx::query(
+            "SELECT envelope_id, message_id, group_id, payload, sealed FROM outbox ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let envelope: Vec<u8> = r.get(0);
+                let recipients: Vec<DeviceId> =
+                    self.open_json(&place("outbox", &envelope), &r.get::<Vec<u8>, _>(4))?;
+                let bad = || ClientError::Corrupt("an outbox entry");
+                Ok(OutboxEntry {
+                    envelope_id: EnvelopeId::from_bytes(envelope.try_into().map_err(|_| bad())?),
+                    message_id: uuid::Uuid::from_slice(&r.get::<Vec<u8>, _>(1))
+                        .map_err(|_| bad())?,
+                    group_id: r.get(2),
+                    payload: r.get(3),
+                    recipients,
+                })
+            })
+            .collect()
+    }
+
     fn open_json<T: DeserializeOwned>(&self, place: &[u8], sealed: &[u8]) -> Result<T> {
         let plain = self.key.open(place, sealed)?;
         serde_json::from_slice(&plain)
@@ -216,6 +282,17 @@ impl ProfileStore {
         Ok(out)
     }
 
+    /// One message by id.
+    pub async fn message(&self, message_id: uuid::Uuid) -> Result<Option<MessageRecord>> {
+        let id = message_id.as_bytes().to_vec();
+        let row = sqlx::query("SELECT sealed FROM messages WHERE message_id = ?")
+            .bind(&id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| self.open_json(&place("messages", &id), &r.get::<Vec<u8>, _>(0)))
+            .transpose()
+    }
+
     /// Whether an envelope was already processed.
     pub async fn is_processed(&self, id: EnvelopeId) -> Result<bool> {
         let row = sqlx::query("SELECT 1 FROM processed WHERE envelope_id = ?")
@@ -239,10 +316,15 @@ impl ProfileStore {
             .collect()
     }
 
-    /// Applies a changeset atomically.
-    pub async fn apply(&self, changes: Changes) -> Result<()> {
+    /// Applies a changeset atomically and returns the new state generation.
+    pub async fn apply(&self, changes: Changes) -> Result<i64> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        let generation: i64 = sqlx::query_scalar(
+            "UPDATE state_generation SET value = value + 1 WHERE id = 1 RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         for (name, plain) in &changes.documents {
             sqlx::query("INSERT INTO documents (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
                 .bind(*name)
@@ -296,8 +378,37 @@ impl ProfileStore {
             .execute(&mut *tx)
             .await?;
         }
+        for message in &changes.updated_messages {
+            let id = message.message_id.as_bytes().to_vec();
+            sqlx::query("UPDATE messages SET sealed = ? WHERE message_id = ?")
+                .bind(self.seal_json(&place("messages", &id), message)?)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for entry in &changes.outbox_add {
+            let id = entry.envelope_id.as_bytes().to_vec();
+            sqlx::query(
+                "INSERT INTO outbox (envelope_id, message_id, group_id, payload, sealed, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(entry.message_id.as_bytes().to_vec())
+            .bind(&entry.group_id)
+            .bind(&entry.payload)
+            .bind(self.seal_json(&place("outbox", &id), &entry.recipients)?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for id in &changes.outbox_done {
+            sqlx::query("DELETE FROM outbox WHERE envelope_id = ?")
+                .bind(id.as_bytes().to_vec())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(generation)
     }
 
     /// Closes the database.

@@ -1,6 +1,12 @@
 //! `redoubt chat`: a terminal screen with the chat list, the selected chat's
 //! messages (updated live: the relay's WebSocket push triggers a sync) and an
 //! input line.
+//!
+//! The screen holds the profile lock only while it syncs or sends, so other
+//! `redoubt` commands on the same profile run between its operations. Text
+//! from others keeps its line breaks but nothing else that could act on the
+//! terminal (`redoubt_client::text`); continuation lines are indented so
+//! they cannot pass for new entries.
 
 use std::time::Duration;
 
@@ -11,7 +17,8 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph, Wrap};
 use ratatui::{DefaultTerminal, Frame};
-use redoubt_client::model::{Author, ChatRecord, ChatState, MessageRecord};
+use redoubt_client::model::{Author, ChatRecord, ChatState, Delivery, MessageRecord};
+use redoubt_client::text::{lines, one_line};
 use redoubt_client::Client;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -66,10 +73,11 @@ async fn refresh(app: &mut App, client: &Client) -> anyhow::Result<()> {
     }
     app.selected = app.selected.min(app.chats.len().saturating_sub(1));
     app.banner = client.market_notice().await?.map(|m| {
-        format!(
+        one_line(&format!(
             "Redoubt is leaving {}: service ends {}, data deleted {}. {}",
             m.jurisdiction, m.effective_at, m.purge_at, m.notice
-        )
+        ))
+        .into_owned()
     });
     app.messages = match app.chats.get(app.selected) {
         Some(chat) => client.messages(chat, 200).await?,
@@ -115,13 +123,23 @@ async fn event_loop(
                     KeyCode::BackTab | KeyCode::Up if !app.chats.is_empty() => {
                         app.selected = (app.selected + app.chats.len() - 1) % app.chats.len();
                     }
+                    // Alt+Enter starts a new line in the message.
+                    KeyCode::Enter if key.modifiers.contains(KeyModifiers::ALT) => {
+                        app.input.push('\n');
+                    }
                     KeyCode::Enter => {
                         let text = std::mem::take(&mut app.input);
                         if let Some(chat) = app.chats.get(app.selected).cloned() {
                             if !text.trim().is_empty() {
-                                if let Err(e) = client.send_text(&chat, &text).await {
-                                    app.status = format!("not sent: {e}");
-                                    app.input = text;
+                                match client.send_text(&chat, &text).await {
+                                    Ok(m) if m.delivery == Delivery::Queued => {
+                                        app.status = "queued: the relay cannot take it now; it is sent when the relay is back".into();
+                                    }
+                                    Ok(_) => {}
+                                    Err(e) => {
+                                        app.status = format!("not sent: {}", one_line(&e.to_string()));
+                                        app.input = text;
+                                    }
                                 }
                             }
                         }
@@ -139,13 +157,13 @@ async fn event_loop(
                         // A push means the mailbox has something: fetch,
                         // process and acknowledge it through the sync path.
                         if let Err(e) = client.sync().await {
-                            app.status = format!("sync failed: {e}");
+                            app.status = format!("sync failed: {}", one_line(&e.to_string()));
                         }
                     }
                     Some(Ok(tokio_tungstenite::tungstenite::Message::Close(reason))) => {
                         socket = None;
                         app.status = match reason {
-                            Some(r) => format!("disconnected: {}", r.reason),
+                            Some(r) => format!("disconnected: {}", one_line(&r.reason)),
                             None => "disconnected; retrying".into(),
                         };
                     }
@@ -170,28 +188,58 @@ async fn event_loop(
     Ok(())
 }
 
-fn message_line(m: &MessageRecord) -> Line<'static> {
-    match &m.author {
+/// The screen lines of one message: the first carries who wrote it, the
+/// rest (a message written over several lines) are indented under it.
+fn message_lines(m: &MessageRecord) -> Vec<Line<'static>> {
+    let (head, style) = match &m.author {
         Author::System => {
             let style = if m.text.contains("SAFETY NUMBER CHANGED") || m.text.starts_with('⚠') {
                 Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
             } else {
                 Style::default().fg(Color::Yellow)
             };
-            Line::from(Span::styled(format!("* {}", m.text), style))
+            (Span::styled("* ", style), style)
         }
         Author::Member { me, phone, .. } => {
-            let who = if *me { "you".to_owned() } else { phone.clone() };
+            let who = if *me {
+                "you".to_owned()
+            } else {
+                one_line(phone).into_owned()
+            };
             let colour = if *me { Color::Cyan } else { Color::Green };
-            Line::from(vec![
+            (
                 Span::styled(
                     format!("{who}: "),
                     Style::default().fg(colour).add_modifier(Modifier::BOLD),
                 ),
-                Span::raw(m.text.clone()),
-            ])
+                Style::default(),
+            )
         }
+    };
+    let mut out = Vec::new();
+    for (i, line) in lines(&m.text).into_iter().enumerate() {
+        let first = if i == 0 {
+            head.clone()
+        } else {
+            Span::raw("    ")
+        };
+        out.push(Line::from(vec![
+            first,
+            Span::styled(line.into_owned(), style),
+        ]));
     }
+    match m.delivery {
+        Delivery::Sent => {}
+        Delivery::Queued => out.push(Line::from(Span::styled(
+            "    (queued: not sent yet)",
+            Style::default().fg(Color::DarkGray),
+        ))),
+        Delivery::Failed => out.push(Line::from(Span::styled(
+            "    (not delivered)",
+            Style::default().fg(Color::Red),
+        ))),
+    }
+    out
 }
 
 fn draw(frame: &mut Frame, app: &App) {
@@ -220,7 +268,7 @@ fn draw(frame: &mut Frame, app: &App) {
                 ChatState::Left => " (left)",
                 ChatState::Removed => " (removed)",
             };
-            ListItem::new(format!("{}{suffix}", c.name))
+            ListItem::new(format!("{}{suffix}", one_line(&c.name)))
         })
         .collect();
     let mut state =
@@ -233,20 +281,21 @@ fn draw(frame: &mut Frame, app: &App) {
     let title = app
         .chats
         .get(app.selected)
-        .map(|c| format!(" {} ", c.name))
+        .map(|c| format!(" {} ", one_line(&c.name)))
         .unwrap_or_else(|| " No chats ".into());
     // Show the latest messages that fit, newest at the bottom.
     let height = messages_area.height.saturating_sub(2) as usize;
     let width = messages_area.width.saturating_sub(2).max(1) as usize;
     let mut rows = 0;
     let mut shown = Vec::new();
-    for m in app.messages.iter().rev() {
-        let line = message_line(m);
-        rows += line.width().div_ceil(width).max(1);
-        if rows > height && !shown.is_empty() {
-            break;
+    'fill: for m in app.messages.iter().rev() {
+        for line in message_lines(m).into_iter().rev() {
+            rows += line.width().div_ceil(width).max(1);
+            if rows > height && !shown.is_empty() {
+                break 'fill;
+            }
+            shown.push(line);
         }
-        shown.push(line);
     }
     shown.reverse();
     let messages = Paragraph::new(shown).wrap(Wrap { trim: false }).block(
@@ -256,7 +305,10 @@ fn draw(frame: &mut Frame, app: &App) {
     );
     frame.render_widget(messages, messages_area);
 
-    let input = Paragraph::new(app.input.as_str())
-        .block(Block::bordered().title(" Message — Enter sends, Tab switches chat, Esc quits "));
+    let input =
+        Paragraph::new(one_line(&app.input).into_owned())
+            .block(Block::bordered().title(
+                " Message — Enter sends, Alt+Enter new line, Tab switches chat, Esc quits ",
+            ));
     frame.render_widget(input, input_area);
 }

@@ -83,6 +83,9 @@ pub struct UserNotice {
     pub account_id: redoubt_proto::AccountId,
     /// What to tell them.
     pub text: String,
+    /// When the data was disclosed: the notice's issue time, fixed so a
+    /// retried delivery carries the same signed bytes.
+    pub disclosed_at: OffsetDateTime,
 }
 
 /// Errors of the desk's workflow.
@@ -258,6 +261,7 @@ impl<R: SubscriberRecords> Desk<R> {
                 order_id: order.order_id.clone(),
                 account_id: subscriber.account_id,
                 text,
+                disclosed_at: *disclosed_at,
             });
         }
         Ok(due)

@@ -114,13 +114,24 @@ impl ServiceKey {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(path, STANDARD.encode(seed))?;
+        // Written whole under a private name, then linked into place, which
+        // fails if the key exists: two relay nodes starting together on a
+        // shared directory end up with one key (the first), never two, and
+        // nobody ever reads a half-written file.
+        let tmp = path.with_extension(format!("new-{}", rand::rngs::OsRng.next_u64()));
+        std::fs::write(&tmp, STANDARD.encode(seed))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
         }
-        Ok(Self(SigningKey::from_bytes(&seed)))
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(Self(SigningKey::from_bytes(&seed))),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(path),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The public key, standard base64, to publish for authorities.
@@ -140,6 +151,23 @@ impl ServiceKey {
     /// Signs arbitrary canonical JSON (reports).
     pub fn sign_value<T: Serialize>(&self, value: &T) -> String {
         STANDARD.encode(self.0.sign(&canonical_json(value)).to_bytes())
+    }
+
+    /// Signs a notice to one account. Clients accept a notice only under
+    /// the service key they pinned, so a relay that forges one is shown up.
+    pub fn sign_notice(
+        &self,
+        notice: &redoubt_proto::ServiceNotice,
+    ) -> redoubt_proto::SignedNotice {
+        // Serialising plain data with string keys cannot fail.
+        let text = serde_json::to_string(notice).unwrap_or_default();
+        let signature = self
+            .0
+            .sign(&redoubt_proto::SignedNotice::signing_input(&text));
+        redoubt_proto::SignedNotice {
+            notice: text,
+            signature: STANDARD.encode(signature.to_bytes()),
+        }
     }
 }
 

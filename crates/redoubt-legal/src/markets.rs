@@ -69,12 +69,27 @@ pub enum MarketError {
     BadNotice,
 }
 
+/// An exit that was announced and then called off. Kept so the relay can
+/// tell everyone who was told of the exit that the service stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelledExit {
+    /// The exit as it was announced.
+    pub exit: MarketExit,
+    /// When it was called off.
+    #[serde(with = "time::serde::rfc3339")]
+    pub cancelled_at: OffsetDateTime,
+}
+
 /// Every market exit, past and pending.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MarketBook {
     /// The exits.
     pub exits: Vec<MarketExit>,
+    /// Exits called off before they took effect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancelled: Vec<CancelledExit>,
 }
 
 /// Checks a country code against the numbering plans' list of regions.
@@ -159,7 +174,12 @@ impl MarketBook {
         if self.exits[i].effective_at <= now {
             return Err(MarketError::AlreadyEffective(jurisdiction));
         }
-        Ok(self.exits.remove(i))
+        let exit = self.exits.remove(i);
+        self.cancelled.push(CancelledExit {
+            exit: exit.clone(),
+            cancelled_at: now,
+        });
+        Ok(exit)
     }
 
     /// A market's state at `now`.
@@ -237,6 +257,12 @@ mod tests {
             Err(MarketError::AlreadyEffective("FR".into()))
         );
         assert!(book.cancel_exit("FR", NOW).is_ok());
+        assert_eq!(
+            book.cancelled.len(),
+            1,
+            "the cancellation is kept for the relay"
+        );
+        assert_eq!(book.state("FR", NOW), MarketState::Active);
         assert_eq!(book.state("FR", effective), MarketState::Active);
     }
 

@@ -33,7 +33,7 @@ fn config() -> ClientConfig {
             parallelism: 1,
         },
         key_packages: 10,
-        local_address: None,
+        ..ClientConfig::default()
     }
 }
 

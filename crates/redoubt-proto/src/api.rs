@@ -284,3 +284,13 @@ pub struct HealthResponse {
     /// `ok` when the server and its storage answer.
     pub status: String,
 }
+
+/// `GET /v1/service-key`: the operator's public service key, which signs
+/// notices to users (and disclosure packages and transparency reports).
+/// Clients pin it at registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServiceKeyResponse {
+    /// The Ed25519 public key, standard base64.
+    pub public_key: String,
+}

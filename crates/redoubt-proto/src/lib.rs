@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bytes;
 pub mod error;
 pub mod ids;
+pub mod notice;
 pub mod phone;
 pub mod time;
 pub mod ws;
@@ -22,6 +23,7 @@ pub use auth::AuthToken;
 pub use bytes::OpaqueBytes;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, MarketNotice};
 pub use ids::{AccountId, DeviceId, EnvelopeId, IdError, KeyPackageRef};
+pub use notice::{NoticeKind, ServiceNotice, SignedNotice};
 pub use phone::{PhoneError, PhoneNumber};
 pub use time::Timestamp;
 

@@ -21,6 +21,9 @@ pub struct Config {
     /// The address and port the HTTP and WebSocket API listens on.
     pub listen: SocketAddr,
     /// Where the server keeps its files (the SQLite database by default).
+    /// By default [`default_data_dir`], never the working directory; a
+    /// relative path in a configuration file is taken from the file's
+    /// folder.
     pub data_dir: PathBuf,
     /// How log lines are written.
     pub log: LogConfig,
@@ -123,7 +126,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            data_dir: PathBuf::from("redoubt-data"),
+            data_dir: default_data_dir(),
             log: LogConfig::default(),
             storage: StorageConfig::default(),
             http: HttpConfig::default(),
@@ -146,7 +149,20 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text)
+        let mut config = Self::from_toml(&text)?;
+        // Where the server's data lives must not change with the folder
+        // the operator happened to start it from.
+        if config.data_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.data_dir =
+                std::path::absolute(base.join(&config.data_dir)).map_err(|source| {
+                    ServerError::ConfigRead {
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
+        }
+        Ok(config)
     }
 
     /// Parses and validates configuration text.
@@ -229,6 +245,24 @@ impl Config {
             _ => self.data_dir.join("redoubt.db"),
         }
     }
+}
+
+/// Where the server keeps its files when no configuration says otherwise:
+/// `$XDG_DATA_HOME/redoubtd`, else `~/.local/share/redoubtd`, else (a
+/// service account with no home) `/var/lib/redoubtd`. Never the working
+/// directory, so starting the relay from another folder cannot silently
+/// start it on an empty database.
+pub fn default_data_dir() -> PathBuf {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    std::env::var_os("XDG_DATA_HOME")
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".local").join("share"))
+        })
+        .map(|base| base.join("redoubtd"))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/redoubtd"))
 }
 
 /// Log output.

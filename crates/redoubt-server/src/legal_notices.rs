@@ -3,7 +3,7 @@
 //! job and stays here, so the desk keeps no code path to mailbox tables.
 
 use redoubt_proto::api::EnvelopeKind;
-use redoubt_proto::EnvelopeId;
+use redoubt_proto::{EnvelopeId, NoticeKind, ServiceNotice};
 use sha2::{Digest, Sha256};
 
 use crate::storage::{EnqueueOutcome, NewEnvelope};
@@ -39,17 +39,21 @@ fn notice_id(order_id: &str) -> EnvelopeId {
     EnvelopeId::from_bytes(bytes)
 }
 
-/// Queues a notice from the service itself to every active device of
-/// `account`. False when it could not be queued now (the caller retries on
-/// its next pass); true when queued, already queued under the same id, or
-/// there is no device to tell. A notice the user is owed is never refused
-/// by a full mailbox: it waits in line instead.
+/// Queues a notice from the service itself, signed with the service key,
+/// to every active device of the notice's account. False when it could not
+/// be queued now (the caller retries on its next pass); true when queued,
+/// already queued under the same id, or there is no device to tell. A
+/// notice the user is owed is never refused by a full mailbox: it waits in
+/// line instead. The caller fixes `issued_at`, so a retry signs the same
+/// bytes and the relay's receipts recognise it.
 pub(crate) async fn queue_notice(
     state: &AppState,
     id: EnvelopeId,
-    account: redoubt_proto::AccountId,
-    payload: Vec<u8>,
+    notice: ServiceNotice,
 ) -> Result<bool, crate::storage::StoreError> {
+    let account = notice.account;
+    // Serialising plain data cannot fail.
+    let payload = serde_json::to_vec(&state.service_key().sign_notice(&notice)).unwrap_or_default();
     let recipients: Vec<_> = state
         .store()
         .devices(account)
@@ -110,15 +114,15 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, NoticeError> {
     let now = state.clock().now_offset();
     let mut delivered = 0;
     for notice in desk.due_notices(now).await? {
-        let payload = serde_json::json!({ "type": "disclosure_notice", "order_id": notice.order_id, "text": notice.text });
-        if !queue_notice(
-            state,
-            notice_id(&notice.order_id),
-            notice.account_id,
-            payload.to_string().into_bytes(),
-        )
-        .await?
-        {
+        let signed = ServiceNotice {
+            account: notice.account_id,
+            issued_at: notice.disclosed_at.unix_timestamp(),
+            text: notice.text,
+            kind: NoticeKind::DisclosureNotice {
+                order_id: notice.order_id.clone(),
+            },
+        };
+        if !queue_notice(state, notice_id(&notice.order_id), signed).await? {
             continue;
         }
         desk.mark_notified(&notice.order_id, now)?;

@@ -71,6 +71,7 @@ struct Inner {
     legal_lock: tokio::sync::Mutex<()>,
     admin_addr: std::sync::OnceLock<SocketAddr>,
     markets: markets::Markets,
+    service_key: redoubt_legal::disclosure::ServiceKey,
 }
 
 impl AppState {
@@ -84,6 +85,15 @@ impl AppState {
             path: config.data_dir.clone(),
             source,
         })?;
+        // The operator's service key signs every notice to users, so that
+        // clients can tell the operator's word from a forged one. It is the
+        // legal desk's key (it also signs disclosure packages and reports),
+        // created on first start.
+        let key_path = config.data_dir.join("legal").join("service_key");
+        let service_key = redoubt_legal::disclosure::ServiceKey::load_or_create(&key_path)
+            .map_err(|e| {
+                ServerError::ConfigInvalid(format!("service key {}: {e}", key_path.display()))
+            })?;
         let (store, sqlite, postgres): (Arc<dyn Store>, _, _) = match &config.storage {
             config::StorageConfig::Sqlite(s) => {
                 let sqlite = SqliteStore::open(&config.sqlite_path(), s).await?;
@@ -132,6 +142,7 @@ impl AppState {
             legal_lock: tokio::sync::Mutex::new(()),
             admin_addr: std::sync::OnceLock::new(),
             markets,
+            service_key,
         })))
     }
 
@@ -189,6 +200,11 @@ impl AppState {
     /// Market-exit enforcement.
     pub fn markets(&self) -> &markets::Markets {
         &self.0.markets
+    }
+
+    /// The operator's service key, which signs notices to users.
+    pub fn service_key(&self) -> &redoubt_legal::disclosure::ServiceKey {
+        &self.0.service_key
     }
 
     /// The SQLite store, when that is the backend (the legal desk reads it).
@@ -263,7 +279,13 @@ pub async fn serve(
         );
     }
     let local = listener.local_addr()?;
-    tracing::info!(address = %local, "redoubtd listening");
+    // Said at every start, so an operator can see at once which data
+    // (which accounts, which mailboxes) this relay is serving.
+    tracing::info!(
+        address = %local,
+        data_dir = %state.config().data_dir.display(),
+        "redoubtd listening"
+    );
     if let Some(admin) = state.config().admin.listen {
         let admin_listener = TcpListener::bind(admin).await?;
         let bound = admin_listener.local_addr()?;

@@ -12,8 +12,8 @@ use redoubt_server::config::{Config, EXAMPLE_CONFIG};
 ///
 /// redoubtd stores and forwards end-to-end-encrypted (MLS) messages it cannot
 /// read. With no arguments it serves on 127.0.0.1:8080 with an embedded SQLite
-/// database in ./redoubt-data, and writes verification codes to its log
-/// (development mode).
+/// database in ~/.local/share/redoubtd (or $XDG_DATA_HOME/redoubtd), and
+/// writes verification codes to its log (development mode).
 #[derive(Parser, Debug)]
 #[command(name = "redoubtd", version, about, long_about)]
 struct Cli {
@@ -241,7 +241,8 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         config.listen = listen;
     }
     if let Some(dir) = &cli.data_dir {
-        config.data_dir = dir.clone();
+        config.data_dir =
+            std::path::absolute(dir).with_context(|| format!("--data-dir {}", dir.display()))?;
     }
     config.validate()?;
     Ok(config)

@@ -16,7 +16,12 @@
 //! - from the effective date, every request placed in the market gets 451
 //!   with the notice, and its live WebSockets are closed with code 4451;
 //! - after the grace period, everything held for the market's accounts is
-//!   deleted; the audit log keeps only counts.
+//!   deleted; the audit log keeps only counts;
+//! - an exit called off before it took effect is followed by a
+//!   cancellation notice to everyone who was told of it.
+//!
+//! Every notice is signed with the operator's service key, so clients can
+//! tell it from one a relay forged.
 //!
 //! Nothing here touches encryption or hands anything over: leaving a market
 //! deletes data, it never discloses it.
@@ -27,8 +32,8 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use redoubt_legal::jurisdiction::{jurisdictions, Country, IpCountries, Precedence};
-use redoubt_legal::markets::{MarketBook, MarketExit, MarketState};
-use redoubt_proto::{AccountId, EnvelopeId, MarketNotice, Timestamp};
+use redoubt_legal::markets::{CancelledExit, MarketBook, MarketExit, MarketState};
+use redoubt_proto::{AccountId, EnvelopeId, MarketNotice, NoticeKind, ServiceNotice, Timestamp};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -279,6 +284,11 @@ pub async fn pass(state: &AppState) -> Result<PassReport, MarketsError> {
             }
         }
     }
+    if leader {
+        for cancelled in &book.cancelled {
+            report.notices += notify_cancelled(state, cancelled, now_ts).await?;
+        }
+    }
     if report.closed_sessions > 0 {
         tracing::info!(
             closed = report.closed_sessions,
@@ -313,48 +323,109 @@ async fn notify(
                 .map(|(account, _)| *account),
         );
     }
+    let notice = state.markets().notice(exit);
+    let text = format!(
+        "Redoubt is leaving {}. From {} the service is unavailable there; \
+         on {} everything it holds for accounts there is deleted. {}{}",
+        notice.jurisdiction,
+        notice.effective_at,
+        notice.purge_at,
+        notice.notice,
+        notice
+            .link
+            .as_deref()
+            .map(|l| format!(" More: {l}"))
+            .unwrap_or_default()
+    );
+    // Fixed per phase, so a retry signs the same bytes; the reminder's time
+    // is after the announcement's, so clients keep the later one.
+    let issued_at = match phase {
+        "reminder" => {
+            let reminder = time::Duration::try_from(state.config().markets.reminder_before)
+                .unwrap_or(time::Duration::ZERO);
+            (exit.effective_at - reminder).max(exit.announced_at)
+        }
+        _ => exit.announced_at,
+    }
+    .unix_timestamp();
+    let sent = deliver(state, &key, phase, targets, now, |account| ServiceNotice {
+        account,
+        issued_at,
+        text: text.clone(),
+        kind: NoticeKind::MarketExit {
+            phase: phase.to_owned(),
+            market: notice.clone(),
+        },
+    })
+    .await?;
+    if sent > 0 {
+        tracing::info!(market = %exit.jurisdiction, phase, sent, "market-exit notices queued");
+    }
+    Ok(sent)
+}
+
+/// Queues one exit's notice for `phase` to each of `targets` not yet told
+/// it, marking each as told once queued. Returns how many were queued.
+async fn deliver(
+    state: &AppState,
+    key: &str,
+    phase: &str,
+    mut targets: Vec<AccountId>,
+    now: Timestamp,
+    notice_for: impl Fn(AccountId) -> ServiceNotice,
+) -> Result<usize, MarketsError> {
+    let store = state.store();
     let done: std::collections::HashSet<AccountId> = store
-        .market_notified(&key, phase)
+        .market_notified(key, phase)
         .await?
         .into_iter()
         .collect();
     targets.sort();
     targets.dedup();
     targets.retain(|a| !done.contains(a));
-    let notice = state.markets().notice(exit);
-    let payload = serde_json::json!({
-        "type": "market_exit",
-        "phase": phase,
-        "market": notice,
-        "text": format!(
-            "Redoubt is leaving {}. From {} the service is unavailable there; \
-             on {} everything it holds for accounts there is deleted. {}{}",
-            notice.jurisdiction,
-            notice.effective_at,
-            notice.purge_at,
-            notice.notice,
-            notice
-                .link
-                .as_deref()
-                .map(|l| format!(" More: {l}"))
-                .unwrap_or_default()
-        ),
-    })
-    .to_string()
-    .into_bytes();
     let mut sent = 0;
     for account in targets {
-        let id = notice_id(&key, phase, account);
-        if !crate::legal_notices::queue_notice(state, id, account, payload.clone()).await? {
+        let id = notice_id(key, phase, account);
+        if !crate::legal_notices::queue_notice(state, id, notice_for(account)).await? {
             continue;
         }
-        store
-            .mark_market_notified(&key, phase, account, now)
-            .await?;
+        store.mark_market_notified(key, phase, account, now).await?;
         sent += 1;
     }
+    Ok(sent)
+}
+
+/// Tells everyone who was told of an exit that it was called off. Only
+/// accounts that got the announcement or the reminder are told: nobody else
+/// has a banner to clear.
+async fn notify_cancelled(
+    state: &AppState,
+    cancelled: &CancelledExit,
+    now: Timestamp,
+) -> Result<usize, MarketsError> {
+    let key = exit_key(&cancelled.exit);
+    let store = state.store();
+    let mut targets = store.market_notified(&key, "announced").await?;
+    targets.extend(store.market_notified(&key, "reminder").await?);
+    let jurisdiction = &cancelled.exit.jurisdiction;
+    let text = format!(
+        "Redoubt is no longer leaving {jurisdiction}: the exit announced for {} was called \
+         off, and the service continues there.",
+        rfc3339(cancelled.exit.effective_at)
+    );
+    let sent = deliver(state, &key, "cancelled", targets, now, |account| {
+        ServiceNotice {
+            account,
+            issued_at: cancelled.cancelled_at.unix_timestamp(),
+            text: text.clone(),
+            kind: NoticeKind::MarketExitCancelled {
+                jurisdiction: jurisdiction.clone(),
+            },
+        }
+    })
+    .await?;
     if sent > 0 {
-        tracing::info!(market = %exit.jurisdiction, phase, sent, "market-exit notices queued");
+        tracing::info!(market = %jurisdiction, sent, "market-exit cancellation notices queued");
     }
     Ok(sent)
 }

@@ -8,10 +8,13 @@
 //!   for every call and a WebSocket client.
 //! - [`logs`]: captures everything the in-process servers log, which is also
 //!   how tests read the development code sender's codes.
+//! - [`hostile`]: plays a hostile relay by writing to its storage, for the
+//!   malicious-relay tests.
 //!
 //! This crate is for tests only; nothing in it may be used by a binary.
 
 pub mod device;
+pub mod hostile;
 pub mod legal;
 pub mod logs;
 pub mod process;

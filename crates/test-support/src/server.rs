@@ -15,6 +15,7 @@ pub struct TestServerBuilder {
     config: Config,
     clock: Clock,
     data_dir: Option<TempDir>,
+    addr: Option<SocketAddr>,
 }
 
 impl TestServerBuilder {
@@ -36,7 +37,14 @@ impl TestServerBuilder {
         self
     }
 
-    /// Opens storage and serves on `127.0.0.1:0`.
+    /// Listens on this address (by default `127.0.0.1:0`): a relay restarted
+    /// where clients expect it.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    /// Opens storage and serves on `127.0.0.1:0` (or the address given).
     pub async fn start(self) -> TestServer {
         crate::logs::init();
         let data_dir = match self.data_dir {
@@ -48,9 +56,12 @@ impl TestServerBuilder {
         let state = AppState::open(config, self.clock.clone())
             .await
             .expect("server state opens");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind(
+            self.addr
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        )
+        .await
+        .expect("bind");
         let addr = listener.local_addr().expect("local address");
         let (tx, rx) = oneshot::channel::<()>();
         let serving = state.clone();
@@ -95,6 +106,7 @@ impl TestServer {
             config,
             clock: Clock::adjustable(),
             data_dir: None,
+            addr: None,
         }
     }
 

@@ -6,6 +6,7 @@ mod cli;
 mod groups;
 mod markets;
 mod privacy;
+mod profile;
 mod rejoin;
 mod scaleout;
 mod support;

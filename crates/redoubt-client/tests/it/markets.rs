@@ -74,6 +74,28 @@ fn refusal(err: ClientError) -> (ErrorCode, redoubt_proto::MarketNotice) {
     }
 }
 
+/// Announces an exit from FR, effective in ten days with a purge thirty
+/// days later: what `redoubtd market announce-exit` writes.
+fn announce_fr_exit(
+    server: &TestServer,
+) -> (std::path::PathBuf, redoubt_legal::markets::MarketExit) {
+    let now = server.clock.now_offset();
+    let book_path = server.data_dir().join("legal").join("markets.json");
+    std::fs::create_dir_all(book_path.parent().unwrap()).unwrap();
+    let mut book = MarketBook::default();
+    let exit = book
+        .announce_exit(
+            "FR",
+            now + time::Duration::days(10),
+            time::Duration::days(30),
+            NOTICE,
+            now,
+        )
+        .unwrap();
+    book.save(&book_path).unwrap();
+    (book_path, exit)
+}
+
 async fn rows(db: &sqlx::SqlitePool, sql: &str, key: Vec<u8>) -> i64 {
     sqlx::query(sql)
         .bind(key)
@@ -117,20 +139,7 @@ async fn leaving_a_market_tells_refuses_closes_and_purges_only_that_market() {
 
     // The operator announces the exit, effective in ten days, purge thirty
     // days later (what `redoubtd market announce-exit` writes).
-    let now = server.clock.now_offset();
-    let book_path = server.data_dir().join("legal").join("markets.json");
-    std::fs::create_dir_all(book_path.parent().unwrap()).unwrap();
-    let mut book = MarketBook::default();
-    let exit = book
-        .announce_exit(
-            "FR",
-            now + time::Duration::days(10),
-            time::Duration::days(30),
-            NOTICE,
-            now,
-        )
-        .unwrap();
-    book.save(&book_path).unwrap();
+    let (book_path, exit) = announce_fr_exit(&server);
 
     // Announcement: the French account and the account seen in France are
     // told at once, through their mailboxes; no one else is.
@@ -418,4 +427,195 @@ async fn leaving_a_market_tells_refuses_closes_and_purges_only_that_market() {
 fn exit_time(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap()
+}
+
+/// The banner a profile shows on every command, as the CLI prints it.
+fn cli_banner(profile: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redoubt"))
+        .arg("--profile")
+        .arg(profile)
+        .arg("chats")
+        .env("REDOUBT_PASSPHRASE", PASSPHRASE)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("!!"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_exit_clears_the_banner_and_forged_notices_are_never_trusted() {
+    use redoubt_proto::api::EnvelopeKind;
+    use redoubt_proto::{NoticeKind, ServiceNotice};
+    use test_support::hostile;
+
+    let server = TestServer::builder()
+        .configure(|c| c.markets.check_interval = Duration::from_secs(3600))
+        .start()
+        .await;
+    let mut fr = register(&server, &fr_phone()).await;
+    let other = register(&server, &fr_phone()).await;
+    let fr_device = fr.client.device_id();
+    let fr_account = fr.client.account_id();
+
+    // A relay that forges an exit notice, unsigned or under a key of its
+    // own, with a phishing link: shown as unverified, never as a banner.
+    let forged = |text: &str| ServiceNotice {
+        account: fr_account,
+        issued_at: 4_000_000_000,
+        text: text.into(),
+        kind: NoticeKind::MarketExit {
+            phase: "announced".into(),
+            market: redoubt_proto::MarketNotice {
+                jurisdiction: "FR".into(),
+                effective_at: "2030-01-01T00:00:00Z".into(),
+                purge_at: "2030-02-01T00:00:00Z".into(),
+                notice: "Move your account at https://phish.example now".into(),
+                link: Some("https://phish.example".into()),
+            },
+        },
+    };
+    let unsigned = serde_json::json!({
+        "type": "market_exit",
+        "text": "Redoubt is leaving. Log in at https://phish.example",
+        "market": { "jurisdiction": "FR", "effective_at": "x", "purge_at": "y", "notice": "z" },
+    });
+    hostile::inject(
+        &server,
+        fr_device,
+        EnvelopeKind::ServerNotice,
+        unsigned.to_string().into_bytes(),
+    )
+    .await;
+    let rogue = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    hostile::inject(
+        &server,
+        fr_device,
+        EnvelopeKind::ServerNotice,
+        hostile::notice_signed_by(&rogue, &forged("Signed by a key of the relay's own")),
+    )
+    .await;
+    // A genuine notice for another account, replayed into this mailbox.
+    let mut elsewhere = forged("Meant for someone else");
+    elsewhere.account = other.client.account_id();
+    hostile::inject(
+        &server,
+        fr_device,
+        EnvelopeKind::ServerNotice,
+        hostile::notice_signed_by_service(&server, &elsewhere),
+    )
+    .await;
+    fr.client.sync().await.unwrap();
+    assert_eq!(fr.client.market_notice().await.unwrap(), None);
+    let shown: Vec<String> = fr
+        .client
+        .notices(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(shown.len(), 3, "{shown:?}");
+    for text in &shown {
+        assert!(
+            text.starts_with("Unverified message from the relay"),
+            "{text}"
+        );
+        assert!(!text.contains("IMPORTANT"), "{text}");
+        assert!(!text.contains("https://"), "links are defanged: {text}");
+    }
+    assert!(shown[0].contains("not signed"), "{}", shown[0]);
+    assert!(
+        shown[1].contains("not signed by the service key"),
+        "{}",
+        shown[1]
+    );
+    assert!(shown[2].contains("another account"), "{}", shown[2]);
+
+    // The operator announces a real exit: a trusted banner.
+    let (book_path, exit) = announce_fr_exit(&server);
+    assert_eq!(pass(&server.state).await.unwrap().notices, 2);
+    fr.client.sync().await.unwrap();
+    assert_eq!(
+        fr.client.market_notice().await.unwrap().unwrap().notice,
+        NOTICE
+    );
+    let dir = fr.dir.path().to_owned();
+    let banner = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || cli_banner(&dir)
+    })
+    .await
+    .unwrap();
+    assert!(banner.contains("Redoubt is leaving FR"), "{banner}");
+
+    // A forged cancellation does not clear it.
+    let fake_cancel = ServiceNotice {
+        account: fr_account,
+        issued_at: 4_000_000_000,
+        text: "Never mind, we stay.".into(),
+        kind: NoticeKind::MarketExitCancelled {
+            jurisdiction: "FR".into(),
+        },
+    };
+    hostile::inject(
+        &server,
+        fr_device,
+        EnvelopeKind::ServerNotice,
+        hostile::notice_signed_by(&rogue, &fake_cancel),
+    )
+    .await;
+    fr.client.sync().await.unwrap();
+    assert!(fr.client.market_notice().await.unwrap().is_some());
+
+    // The operator calls the exit off (what `redoubtd market cancel-exit`
+    // does): everyone who was told gets a signed cancellation, once.
+    server.clock.advance(DAY);
+    let mut book = MarketBook::load(&book_path).unwrap();
+    book.cancel_exit("FR", server.clock.now_offset()).unwrap();
+    book.save(&book_path).unwrap();
+    assert_eq!(pass(&server.state).await.unwrap().notices, 2);
+    assert_eq!(pass(&server.state).await.unwrap().notices, 0, "told once");
+    fr.client.sync().await.unwrap();
+    assert_eq!(fr.client.market_notice().await.unwrap(), None);
+    let last = fr.client.notices(1).await.unwrap().pop().unwrap();
+    assert!(last.text.contains("no longer leaving FR"), "{}", last.text);
+    let banner = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || cli_banner(&dir)
+    })
+    .await
+    .unwrap();
+    assert!(banner.is_empty(), "the banner is gone: {banner}");
+
+    // The relay replays the genuine announcement it once delivered: it is
+    // older than the cancellation, so the banner stays away.
+    let replay = ServiceNotice {
+        account: fr_account,
+        issued_at: exit.announced_at.unix_timestamp(),
+        text: "Redoubt is leaving FR.".into(),
+        kind: NoticeKind::MarketExit {
+            phase: "announced".into(),
+            market: server.state.markets().notice(&exit),
+        },
+    };
+    hostile::inject(
+        &server,
+        fr_device,
+        EnvelopeKind::ServerNotice,
+        hostile::notice_signed_by_service(&server, &replay),
+    )
+    .await;
+    fr.client.sync().await.unwrap();
+    assert_eq!(fr.client.market_notice().await.unwrap(), None);
+    let last = fr.client.notices(1).await.unwrap().pop().unwrap();
+    assert!(last.text.contains("superseded"), "{}", last.text);
 }

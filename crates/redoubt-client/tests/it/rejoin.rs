@@ -134,3 +134,97 @@ async fn messages_wait_for_an_offline_device_and_a_reopened_profile() {
     assert_eq!(bob.sync().await.unwrap().processed, 0);
     assert_eq!(texts(&bob, &bob_chat).await, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_can_be_added_back_and_reads_again() {
+    let server = TestServer::start().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let mut bob = register(&server, &fresh_phone()).await;
+    let mut carol = register(&server, &fresh_phone()).await;
+    let carol_phone = carol.client.phone().clone();
+    let group = alice
+        .client
+        .create_group(
+            "book club",
+            &[bob.client.phone().clone(), carol_phone.clone()],
+        )
+        .await
+        .unwrap();
+    alice.client.send_text(&group, "chapter one").await.unwrap();
+    carol.client.sync().await.unwrap();
+    let carol_chat = carol.client.find_chat("book club").await.unwrap();
+
+    alice
+        .client
+        .remove_member(&group, &carol_phone)
+        .await
+        .unwrap();
+    alice
+        .client
+        .send_text(&group, "not for carol")
+        .await
+        .unwrap();
+    carol.client.sync().await.unwrap();
+    let removed = carol.client.find_chat("book club").await.unwrap();
+    assert_eq!(removed.state, redoubt_client::model::ChatState::Removed);
+
+    // Added back: Carol's device joins afresh, the same chat is active
+    // again with its history, and she reads and writes.
+    alice.client.add_member(&group, &carol_phone).await.unwrap();
+    alice
+        .client
+        .send_text(&group, "welcome back")
+        .await
+        .unwrap();
+    carol.client.sync().await.unwrap();
+    let back = carol.client.find_chat("book club").await.unwrap();
+    assert_eq!(back.group_id, carol_chat.group_id);
+    assert_eq!(back.state, redoubt_client::model::ChatState::Active);
+    assert_eq!(
+        texts(&carol.client, &back).await,
+        vec!["chapter one", "welcome back"],
+        "what was said while she was out stays unreadable to her"
+    );
+    assert!(system_texts(&carol.client, &back)
+        .await
+        .iter()
+        .any(|t| t.contains("added you back")));
+    assert_eq!(carol.client.members(&back).unwrap().len(), 3);
+    carol
+        .client
+        .send_text(&back, "glad to be back")
+        .await
+        .unwrap();
+    for p in [&mut alice, &mut bob] {
+        p.client.sync().await.unwrap();
+        let chat = p.client.find_chat("book club").await.unwrap();
+        assert_eq!(
+            texts(&p.client, &chat).await.last().unwrap(),
+            "glad to be back"
+        );
+    }
+    // Nobody was told of a message they could not decrypt.
+    for p in [&alice, &bob, &carol] {
+        let chat = p.client.find_chat("book club").await.unwrap();
+        assert!(
+            !system_texts(&p.client, &chat)
+                .await
+                .iter()
+                .any(|t| t.contains("could not")),
+            "{:?}",
+            system_texts(&p.client, &chat).await
+        );
+    }
+
+    // Leaving and being added back works the same way.
+    carol.client.leave(&back).await.unwrap();
+    alice.client.sync().await.unwrap();
+    bob.client.sync().await.unwrap();
+    assert_eq!(alice.client.members(&group).unwrap().len(), 2);
+    alice.client.add_member(&group, &carol_phone).await.unwrap();
+    alice.client.send_text(&group, "again").await.unwrap();
+    carol.client.sync().await.unwrap();
+    let again = carol.client.find_chat("book club").await.unwrap();
+    assert_eq!(again.state, redoubt_client::model::ChatState::Active);
+    assert_eq!(texts(&carol.client, &again).await.last().unwrap(), "again");
+}

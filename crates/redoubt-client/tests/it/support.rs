@@ -15,7 +15,7 @@ pub fn config() -> ClientConfig {
             parallelism: 1,
         },
         key_packages: 10,
-        local_address: None,
+        ..ClientConfig::default()
     }
 }
 

@@ -1,5 +1,6 @@
 //! The interactive screen, driven as a person would: two `redoubt chat`
-//! sessions under tmux, a message typed in one appearing in the other.
+//! sessions under tmux, a message typed in one appearing in the other, and
+//! a command run in another terminal on a profile whose screen is open.
 
 use std::process::Command;
 use std::time::Duration;
@@ -51,6 +52,7 @@ async fn a_message_typed_in_one_screen_appears_in_the_other() {
     let server = TestServer::start().await;
     let mut alice = register(&server, &fresh_phone()).await;
     let bob = register(&server, &fresh_phone()).await;
+    let bob_phone = bob.client.phone().e164().to_owned();
     let chat = alice.client.start_direct(bob.client.phone()).await.unwrap();
     alice.client.send_text(&chat, "setting up").await.unwrap();
     let (alice_dir, bob_dir) = (alice.dir.path().to_owned(), bob.dir.path().to_owned());
@@ -95,6 +97,50 @@ async fn a_message_typed_in_one_screen_appears_in_the_other() {
     tmux(&["send-keys", "-t", bob_s, "-l", "and a reply"]);
     tmux(&["send-keys", "-t", bob_s, "Enter"]);
     screen_shows(alice_s, "and a reply").await;
+
+    // Another terminal, the same profile as Alice's open screen: both keep
+    // working, and nothing Bob receives fails to decrypt.
+    let sent = tokio::task::spawn_blocking({
+        let dir = alice_dir.clone();
+        move || {
+            Command::new(BIN)
+                .arg("--profile")
+                .arg(&dir)
+                .args(["send", &bob_phone, "from another terminal"])
+                .env("REDOUBT_PASSPHRASE", PASSPHRASE)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    screen_shows(bob_s, "from another terminal").await;
+    screen_shows(alice_s, "you: from another terminal").await;
+
+    // A message over two lines (Alt+Enter) keeps its line break on screen,
+    // the second line indented under the first.
+    tmux(&["send-keys", "-t", alice_s, "-l", "line one"]);
+    tmux(&["send-keys", "-t", alice_s, "M-Enter"]);
+    tmux(&["send-keys", "-t", alice_s, "-l", "line two"]);
+    tmux(&["send-keys", "-t", alice_s, "Enter"]);
+    let screen = screen_shows(bob_s, "line two").await;
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains(": line one") && !l.contains("line two")),
+        "{screen}"
+    );
+    assert!(
+        screen.lines().any(|l| l.contains("    line two")),
+        "{screen}"
+    );
+    assert!(!screen.contains("\\n"), "{screen}");
+    assert!(!screen.contains("could not"), "{screen}");
     tmux(&["send-keys", "-t", alice_s, "Escape"]);
     tmux(&["send-keys", "-t", bob_s, "Escape"]);
 }

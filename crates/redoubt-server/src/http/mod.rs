@@ -37,7 +37,7 @@ pub mod ws;
         devices::list_own, devices::revoke, devices::lookup, devices::peer_devices,
         keypackages::upload, keypackages::count, keypackages::claim,
         messages::send, messages::fetch, messages::ack, ws::upgrade,
-        ops::healthz, ops::metrics, ops::openapi,
+        ops::healthz, ops::service_key, ops::metrics, ops::openapi,
     ),
     components(schemas(
         redoubt_proto::ErrorBody, redoubt_proto::ErrorDetail, redoubt_proto::ErrorCode, redoubt_proto::MarketNotice,
@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages", post(messages::send).get(messages::fetch))
         .route("/v1/messages/ack", post(messages::ack))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/service-key", get(ops::service_key))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))

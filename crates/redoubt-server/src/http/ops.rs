@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use redoubt_proto::api::HealthResponse;
+use redoubt_proto::api::{HealthResponse, ServiceKeyResponse};
 use redoubt_proto::ErrorBody;
 use utoipa::OpenApi as _;
 
@@ -24,6 +24,18 @@ pub async fn healthz(State(state): State<AppState>) -> Result<ApiJson<HealthResp
     Ok(ApiJson(HealthResponse {
         status: "ok".into(),
     }))
+}
+
+/// The operator's public service key. Clients pin it when they register
+/// and accept notices from the service only under it.
+#[utoipa::path(
+    get, path = "/v1/service-key", tag = "operations",
+    responses((status = 200, body = ServiceKeyResponse))
+)]
+pub async fn service_key(State(state): State<AppState>) -> ApiJson<ServiceKeyResponse> {
+    ApiJson(ServiceKeyResponse {
+        public_key: state.service_key().public_key(),
+    })
 }
 
 /// Prometheus metrics in the OpenMetrics text format.

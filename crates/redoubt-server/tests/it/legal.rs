@@ -362,8 +362,13 @@ async fn users_are_told_once_the_gag_period_ends() {
     assert_eq!(page.envelopes.len(), 1);
     let notice = &page.envelopes[0];
     assert_eq!(notice.kind, redoubt_proto::api::EnvelopeKind::ServerNotice);
-    let body: serde_json::Value = serde_json::from_slice(notice.payload.as_slice()).unwrap();
-    let text = body["text"].as_str().unwrap();
+    let body = signed_notice(&server, notice.payload.as_slice());
+    assert_eq!(body.account, suspect.account_id);
+    assert!(matches!(
+        body.kind,
+        redoubt_proto::NoticeKind::DisclosureNotice { ref order_id } if order_id == "FR-N1"
+    ));
+    let text = body.text.as_str();
     assert!(
         text.contains("Tribunal judiciaire de Paris") && text.contains("FR-N1"),
         "{text}"
@@ -385,9 +390,8 @@ async fn users_are_told_once_the_gag_period_ends() {
         1
     );
     let page = suspect.fetch().await;
-    let body: serde_json::Value =
-        serde_json::from_slice(page.envelopes[0].payload.as_slice()).unwrap();
-    assert!(body["text"].as_str().unwrap().contains("FR-N2"));
+    let body = signed_notice(&server, page.envelopes[0].payload.as_slice());
+    assert!(body.text.contains("FR-N2"));
     let events: Vec<String> = desk
         .audit()
         .entries()
@@ -569,4 +573,26 @@ async fn the_admin_api_runs_the_desk_with_operator_tokens() {
         actors.contains(&("intake", "olga")) && actors.contains(&("approval", "pierre")),
         "{actors:?}"
     );
+}
+
+/// A notice's content, after checking it is signed by the relay's service
+/// key (the key clients pin).
+fn signed_notice(server: &TestServer, payload: &[u8]) -> redoubt_proto::ServiceNotice {
+    use base64::Engine as _;
+    let signed: redoubt_proto::SignedNotice = serde_json::from_slice(payload).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key: [u8; 32] = b64
+        .decode(server.state.service_key().public_key())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let signature: [u8; 64] = b64.decode(&signed.signature).unwrap().try_into().unwrap();
+    ed25519_dalek::VerifyingKey::from_bytes(&key)
+        .unwrap()
+        .verify_strict(
+            &redoubt_proto::SignedNotice::signing_input(&signed.notice),
+            &ed25519_dalek::Signature::from_bytes(&signature),
+        )
+        .expect("the notice is signed by the service key");
+    serde_json::from_str(&signed.notice).unwrap()
 }

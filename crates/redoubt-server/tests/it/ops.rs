@@ -11,6 +11,15 @@ async fn health_metrics_and_openapi_are_served() {
     let body: redoubt_proto::api::HealthResponse = health.json().await.unwrap();
     assert_eq!(body.status, "ok");
 
+    // The service key clients pin is the one the relay signs notices with.
+    let key: redoubt_proto::api::ServiceKeyResponse = reqwest::get(server.url("/v1/service-key"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(key.public_key, server.state.service_key().public_key());
+
     let device = server.register_fresh().await;
     let mut socket = device.ws().await;
     socket.until_drained().await;
@@ -52,6 +61,7 @@ async fn health_metrics_and_openapi_are_served() {
         "/v1/messages",
         "/v1/messages/ack",
         "/v1/ws",
+        "/v1/service-key",
         "/healthz",
         "/metrics",
         "/openapi.json",

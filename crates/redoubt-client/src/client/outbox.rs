@@ -1,0 +1,151 @@
+//! The outbox: messages encrypted on this device that the relay has not
+//! accepted yet.
+//!
+//! A text is encrypted once, and stored in the same transaction as the MLS
+//! state that encryption advanced, with the envelope id it will be sent
+//! under. Only then is it sent. If the relay is unreachable (or the process
+//! dies in between) it waits, and every later command that reaches the
+//! relay retries the very same bytes under the very same id, which the
+//! relay recognises: the message is delivered exactly once, and nothing
+//! is ever encrypted twice from one ratchet position.
+
+use redoubt_proto::{DeviceId, EnvelopeId, ErrorCode};
+
+use super::{system_message, Client};
+use crate::error::{ClientError, Result};
+use crate::model::{Delivery, MessageRecord, OutboxEntry};
+use crate::store::Changes;
+
+/// What one pass over the outbox did.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Envelopes the relay accepted.
+    pub sent: Vec<EnvelopeId>,
+    /// Envelopes the relay refused for good, with why.
+    pub failed: Vec<(EnvelopeId, ClientError)>,
+    /// How many still wait, and the error that stopped the pass.
+    pub waiting: usize,
+    /// Why the pass stopped early (the relay unreachable, say).
+    pub stopped: Option<ClientError>,
+}
+
+impl ClientError {
+    /// Whether a failed send is worth retrying later as it is: the relay
+    /// unreachable, failing, rate-limiting, or a recipient's mailbox full.
+    /// Anything else is the relay's final answer.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::BadResponse(_) => true,
+            Self::Server { status, code, .. } => {
+                *status >= 500 || *status == 429 || *code == ErrorCode::MailboxFull
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Client {
+    /// Sends one envelope to `recipients` under `id`. Devices the relay no
+    /// longer knows (revoked since the group last changed) are dropped and
+    /// the send is retried once for the rest: the relay queues all or
+    /// nothing, so nobody receives it twice.
+    pub(super) async fn send_envelope(
+        &self,
+        id: EnvelopeId,
+        mut recipients: Vec<DeviceId>,
+        payload: Vec<u8>,
+    ) -> Result<()> {
+        for _ in 0..2 {
+            if recipients.is_empty() {
+                return Ok(());
+            }
+            match self.api.send(id, recipients.clone(), payload.clone()).await {
+                Err(ClientError::Server {
+                    code: ErrorCode::UnknownRecipients,
+                    devices,
+                    ..
+                }) if !devices.is_empty() => {
+                    recipients.retain(|d| !devices.contains(d));
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(ClientError::Invalid(
+            "the relay keeps refusing this chat's devices; try `redoubt sync`".into(),
+        ))
+    }
+
+    /// Stores an encrypted message and its history record as queued, with
+    /// the MLS state that produced it, in one transaction.
+    pub(super) async fn enqueue(
+        &self,
+        record: &MessageRecord,
+        recipients: Vec<DeviceId>,
+        payload: Vec<u8>,
+    ) -> Result<EnvelopeId> {
+        let envelope_id = EnvelopeId::random();
+        let mut record = record.clone();
+        record.delivery = Delivery::Queued;
+        self.persist(Changes {
+            messages: vec![record.clone()],
+            outbox_add: vec![OutboxEntry {
+                envelope_id,
+                message_id: record.message_id,
+                group_id: record.group_id.clone(),
+                recipients,
+                payload,
+            }],
+            ..Default::default()
+        })
+        .await?;
+        Ok(envelope_id)
+    }
+
+    /// Sends what waits in the outbox, oldest first, stopping at the first
+    /// failure worth retrying so that messages leave in the order written.
+    /// A message the relay refuses for good is marked as not delivered,
+    /// with a notice in its chat saying why.
+    pub async fn flush_outbox(&mut self) -> Result<Flushed> {
+        let _held = self.hold().await?;
+        let entries = self.store.outbox().await?;
+        let mut flushed = Flushed::default();
+        for (i, entry) in entries.iter().enumerate() {
+            let outcome = self
+                .send_envelope(
+                    entry.envelope_id,
+                    entry.recipients.clone(),
+                    entry.payload.clone(),
+                )
+                .await;
+            let mut changes = Changes {
+                outbox_done: vec![entry.envelope_id],
+                ..Default::default()
+            };
+            let delivery = match outcome {
+                Ok(()) => {
+                    flushed.sent.push(entry.envelope_id);
+                    Delivery::Sent
+                }
+                Err(e) if e.is_transient() => {
+                    flushed.waiting = entries.len() - i;
+                    flushed.stopped = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    changes.messages.push(system_message(
+                        &entry.group_id,
+                        format!("✗ A message you wrote could not be delivered: {e}"),
+                    ));
+                    flushed.failed.push((entry.envelope_id, e));
+                    Delivery::Failed
+                }
+            };
+            if let Some(mut record) = self.store.message(entry.message_id).await? {
+                record.delivery = delivery;
+                changes.updated_messages.push(record);
+            }
+            self.record(changes).await?;
+        }
+        Ok(flushed)
+    }
+}
