@@ -153,7 +153,17 @@ pub fn key_package(
     credential: CredentialWithKey,
     last_resort: bool,
 ) -> Result<FreshKeyPackage> {
-    let mut builder = KeyPackage::builder();
+    // The leaf declares LastResort among its extensions, or a group that
+    // adds a device through its last-resort package is refused ("a key
+    // package extension is not supported in the leaf's capabilities") and
+    // a contact whose other packages were drained cannot be reached.
+    let mut builder = KeyPackage::builder().leaf_node_capabilities(Capabilities::new(
+        None,
+        None,
+        Some(&[ExtensionType::LastResort]),
+        None,
+        None,
+    ));
     if last_resort {
         builder = builder.mark_as_last_resort();
     }

@@ -4,6 +4,7 @@
 mod chats;
 mod cli;
 mod groups;
+mod hostile;
 mod markets;
 mod privacy;
 mod profile;
