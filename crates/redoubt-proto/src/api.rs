@@ -294,3 +294,100 @@ pub struct ServiceKeyResponse {
     /// The Ed25519 public key, standard base64.
     pub public_key: String,
 }
+
+/// `PUT /v1/device-list`: publishes the caller's account's next signed
+/// device list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PublishDeviceListRequest {
+    /// The signed [`crate::identity::DeviceList`].
+    pub list: crate::identity::SignedDocument,
+}
+
+/// `PUT /v1/device-list` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PublishDeviceListResponse {
+    /// The version now stored.
+    pub version: u64,
+}
+
+/// `GET /v1/accounts/{account_id}/device-lists?since=N`: the account's
+/// signed device lists after version `since`, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceListsResponse {
+    /// The lists, oldest first (at most 100; ask again from the last).
+    pub lists: Vec<crate::identity::SignedDocument>,
+}
+
+/// `POST /v1/links`: a new link rendezvous.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LinkCreatedResponse {
+    /// The rendezvous id (8 characters of Crockford base32), part of the
+    /// code the new device shows.
+    pub link_id: String,
+    /// When it expires, ms since the epoch.
+    pub expires_at: Timestamp,
+}
+
+/// One message of a link's key exchange, opaque to the relay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LinkMessage {
+    /// The bytes.
+    pub data: OpaqueBytes,
+}
+
+/// `POST /v1/links/{link_id}/approve`: an existing device of the account
+/// approves the new device's signature key, after the key exchange showed
+/// it is the device the user is holding.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApproveLinkRequest {
+    /// The new device's Ed25519 signature key.
+    pub signature_key: OpaqueBytes,
+    /// The new device's name.
+    pub device_name: String,
+    /// The new device's signature over [`crate::identity::LINK_PROOF_CONTEXT`],
+    /// the link id and its key: proof it holds the private half.
+    pub proof: OpaqueBytes,
+}
+
+impl ApproveLinkRequest {
+    /// What the new device signs as its proof.
+    pub fn proof_input(link_id: &str, signature_key: &[u8]) -> Vec<u8> {
+        let mut input = crate::identity::LINK_PROOF_CONTEXT.to_vec();
+        input.extend_from_slice(link_id.as_bytes());
+        input.push(0);
+        input.extend_from_slice(signature_key);
+        input
+    }
+}
+
+/// `POST /v1/links/{link_id}/approve` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApproveLinkResponse {
+    /// The new device's id.
+    pub device_id: DeviceId,
+}
+
+/// `POST /v1/links/{link_id}/claim`: the new device collects its token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimLinkRequest {
+    /// Its signature over [`crate::identity::LINK_CLAIM_CONTEXT`] and the
+    /// link id, by the key that was approved.
+    pub signature: OpaqueBytes,
+}
+
+impl ClaimLinkRequest {
+    /// What the new device signs to claim.
+    pub fn claim_input(link_id: &str) -> Vec<u8> {
+        let mut input = crate::identity::LINK_CLAIM_CONTEXT.to_vec();
+        input.extend_from_slice(link_id.as_bytes());
+        input
+    }
+}

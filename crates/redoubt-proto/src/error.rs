@@ -73,6 +73,16 @@ pub enum ErrorCode {
     /// New accounts from this market are refused: the service announced it
     /// is leaving (HTTP 451); `market` carries the notice.
     RegistrationClosed,
+    /// A device list is not the account's next version (another device
+    /// published one first); fetch the latest and sign again.
+    DeviceListConflict,
+    /// No such link rendezvous, or it expired.
+    UnknownLink,
+    /// That message of the link was already sent.
+    LinkSlotTaken,
+    /// The link is not approved by a device of the account yet, or was
+    /// already claimed.
+    LinkNotReady,
     /// The server failed; the detail is in its log, under the request id.
     Internal,
     /// The server is shutting down or overloaded; retry shortly.

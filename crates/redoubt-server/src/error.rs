@@ -161,6 +161,21 @@ pub enum ApiError {
         .0.jurisdiction, .0.effective_at, .0.notice
     )]
     RegistrationClosed(Box<MarketNotice>),
+    /// The device list is not the account's next version.
+    #[error("this is not the account's next device list (the latest is version {latest}); fetch it and sign again")]
+    DeviceListConflict {
+        /// The latest version stored.
+        latest: u64,
+    },
+    /// No such link, or it expired.
+    #[error("no such link; it may have expired (links last 10 minutes)")]
+    UnknownLink,
+    /// The link message was already sent.
+    #[error("this message of the link was already sent")]
+    LinkSlotTaken,
+    /// The link is not approved yet, or was claimed.
+    #[error("the link is not approved yet, or its device was already claimed")]
+    LinkNotReady,
     /// A bug or an infrastructure failure. The source is logged, not returned.
     #[error("internal server error; quote the x-request-id response header when reporting it")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -224,6 +239,10 @@ impl ApiError {
                 StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
                 ErrorCode::RegistrationClosed,
             ),
+            E::DeviceListConflict { .. } => (StatusCode::CONFLICT, ErrorCode::DeviceListConflict),
+            E::UnknownLink => (StatusCode::NOT_FOUND, ErrorCode::UnknownLink),
+            E::LinkSlotTaken => (StatusCode::CONFLICT, ErrorCode::LinkSlotTaken),
+            E::LinkNotReady => (StatusCode::CONFLICT, ErrorCode::LinkNotReady),
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }

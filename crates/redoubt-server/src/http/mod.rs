@@ -6,7 +6,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tracing::Instrument;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -18,6 +18,7 @@ use crate::AppState;
 
 pub mod devices;
 pub mod extract;
+pub mod identity;
 pub mod keypackages;
 pub mod messages;
 pub mod ops;
@@ -37,11 +38,15 @@ pub mod ws;
         devices::list_own, devices::revoke, devices::lookup, devices::peer_devices,
         keypackages::upload, keypackages::count, keypackages::claim,
         messages::send, messages::fetch, messages::ack, ws::upgrade,
+        identity::publish_device_list, identity::device_lists, identity::create_link,
+        identity::put_link_message, identity::get_link_message, identity::approve_link,
+        identity::claim_link,
         ops::healthz, ops::service_key, ops::metrics, ops::openapi,
     ),
     components(schemas(
         redoubt_proto::ErrorBody, redoubt_proto::ErrorDetail, redoubt_proto::ErrorCode, redoubt_proto::MarketNotice,
         redoubt_proto::api::Envelope, redoubt_proto::api::EnvelopeKind,
+        redoubt_proto::SignedDocument,
     )),
     modifiers(&BearerAuth)
 )]
@@ -78,6 +83,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages", post(messages::send).get(messages::fetch))
         .route("/v1/messages/ack", post(messages::ack))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/device-list", put(identity::publish_device_list))
+        .route(
+            "/v1/accounts/{account_id}/device-lists",
+            get(identity::device_lists),
+        )
+        .route("/v1/links", post(identity::create_link))
+        .route("/v1/links/{link_id}/approve", post(identity::approve_link))
+        .route("/v1/links/{link_id}/claim", post(identity::claim_link))
+        .route(
+            "/v1/links/{link_id}/{slot}",
+            put(identity::put_link_message).get(identity::get_link_message),
+        )
         .route("/v1/service-key", get(ops::service_key))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))

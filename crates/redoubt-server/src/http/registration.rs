@@ -20,7 +20,7 @@ use crate::storage::{
 use crate::AppState;
 
 /// Device names are shown to their owner; keep them short and printable.
-const MAX_DEVICE_NAME_CHARS: usize = 64;
+pub(crate) const MAX_DEVICE_NAME_CHARS: usize = 64;
 
 fn code_hash(phone_key: &Digest, code: &str) -> Digest {
     let mut h = Sha256::new();

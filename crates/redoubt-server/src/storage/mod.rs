@@ -341,6 +341,78 @@ pub fn phone_key(phone: &PhoneNumber) -> Digest {
     h.finalize().into()
 }
 
+/// The result of [`Store::put_device_list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceListOutcome {
+    /// Stored as the account's latest list.
+    Stored,
+    /// Not the next version; nothing changed.
+    Conflict {
+        /// The latest version stored (0 when there is none).
+        latest: u64,
+    },
+}
+
+/// One of the four messages of a device link, each written once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkSlot {
+    /// New device to existing device: its key-exchange message and key.
+    Offer,
+    /// Existing to new: the other key-exchange message and a confirmation.
+    Answer,
+    /// New to existing: the new device's confirmation.
+    Confirm,
+    /// Existing to new: the account's secrets, encrypted end to end.
+    Secrets,
+}
+
+impl LinkSlot {
+    /// The slot named in a URL.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "offer" => Some(Self::Offer),
+            "answer" => Some(Self::Answer),
+            "confirm" => Some(Self::Confirm),
+            "secrets" => Some(Self::Secrets),
+            _ => None,
+        }
+    }
+
+    /// Its column: a fixed name, never input.
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            Self::Offer => "offer",
+            Self::Answer => "answer",
+            Self::Confirm => "confirm",
+            Self::Secrets => "secrets",
+        }
+    }
+}
+
+/// The result of [`Store::put_link`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkPut {
+    /// Stored.
+    Stored,
+    /// That message was already written; nothing changed.
+    Taken,
+    /// No such link, or it expired.
+    Unknown,
+}
+
+/// A link's approval, once a device of the account approved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkApproval {
+    /// The account.
+    pub account: AccountId,
+    /// The new device.
+    pub device: DeviceId,
+    /// The key approved for it.
+    pub signature_key: Vec<u8>,
+    /// Whether the new device collected its token.
+    pub claimed: bool,
+}
+
 /// Durable state of the relay.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -436,6 +508,73 @@ pub trait Store: Send + Sync + 'static {
         account: AccountId,
         now: Timestamp,
     ) -> Result<(), StoreError>;
+
+    /// Stores the account's signed device list `version` if it is the next
+    /// one (1 when there is none).
+    async fn put_device_list(
+        &self,
+        account: AccountId,
+        version: u64,
+        list: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<DeviceListOutcome, StoreError>;
+
+    /// The account's signed device lists after version `since`, oldest
+    /// first, at most `limit`.
+    async fn device_lists(
+        &self,
+        account: AccountId,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// Opens a link rendezvous. False when the id is taken.
+    async fn open_link(&self, id: &[u8], expires_at: Timestamp) -> Result<bool, StoreError>;
+
+    /// Writes one message of an unexpired link, once.
+    async fn put_link(
+        &self,
+        id: &[u8],
+        slot: LinkSlot,
+        data: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<LinkPut, StoreError>;
+
+    /// One message of an unexpired link: `None` when there is no such
+    /// link, `Some(None)` while the message is not written yet.
+    async fn get_link(
+        &self,
+        id: &[u8],
+        slot: LinkSlot,
+        now: Timestamp,
+    ) -> Result<Option<Option<Vec<u8>>>, StoreError>;
+
+    /// Creates the linked device on `account` (without a usable token) and
+    /// records it on the link, once. False when the link is unknown,
+    /// expired or already approved.
+    async fn approve_link(
+        &self,
+        id: &[u8],
+        account: AccountId,
+        device: NewDevice,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// The link's approval, if it is unexpired and approved.
+    async fn link_approval(
+        &self,
+        id: &[u8],
+        now: Timestamp,
+    ) -> Result<Option<LinkApproval>, StoreError>;
+
+    /// Gives the approved device its token, once. False when the link is
+    /// unknown, expired, unapproved or already claimed.
+    async fn claim_link(
+        &self,
+        id: &[u8],
+        token_hash: &Digest,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes everything held for the accounts of `region`, in one
     /// transaction: their queued envelopes, key packages, IP-log rows,

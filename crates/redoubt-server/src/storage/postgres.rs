@@ -675,6 +675,11 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        codes += sqlx::query("DELETE FROM links WHERE expires_at <= $1")
+            .bind(ms(c.now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(PurgeCounts {
             envelopes,
@@ -732,6 +737,204 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn put_device_list(
+        &self,
+        account: AccountId,
+        version: u64,
+        list: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<DeviceListOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The account row's lock orders concurrent publishers, so exactly
+        // one of two lists claiming the same version is stored.
+        sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(account.as_bytes().to_vec())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let latest: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM device_lists WHERE account_id = $1",
+        )
+        .bind(account.as_bytes().to_vec())
+        .fetch_one(&mut *tx)
+        .await?;
+        let latest = u64::try_from(latest).unwrap_or(0);
+        if version != latest + 1 {
+            return Ok(DeviceListOutcome::Conflict { latest });
+        }
+        sqlx::query(
+            "INSERT INTO device_lists (account_id, version, list, stored_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(account.as_bytes().to_vec())
+        .bind(version as i64)
+        .bind(list)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(DeviceListOutcome::Stored)
+    }
+
+    async fn device_lists(
+        &self,
+        account: AccountId,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT list FROM device_lists WHERE account_id = $1 AND version > $2
+             ORDER BY version LIMIT $3",
+        )
+        .bind(account.as_bytes().to_vec())
+        .bind(i64::try_from(since).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn open_link(&self, id: &[u8], expires_at: Timestamp) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO links (id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(ms(expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn put_link(
+        &self,
+        id: &[u8],
+        slot: LinkSlot,
+        data: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<LinkPut, StoreError> {
+        let column = slot.column();
+        let done = sqlx::query(&format!(
+            "UPDATE links SET {column} = $1 WHERE id = $2 AND expires_at > $3 AND {column} IS NULL"
+        ))
+        .bind(data)
+        .bind(id)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(LinkPut::Stored);
+        }
+        Ok(match self.get_link(id, slot, now).await? {
+            None => LinkPut::Unknown,
+            Some(_) => LinkPut::Taken,
+        })
+    }
+
+    async fn get_link(
+        &self,
+        id: &[u8],
+        slot: LinkSlot,
+        now: Timestamp,
+    ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        let column = slot.column();
+        let row = sqlx::query(&format!(
+            "SELECT {column} FROM links WHERE id = $1 AND expires_at > $2"
+        ))
+        .bind(id)
+        .bind(ms(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn approve_link(
+        &self,
+        id: &[u8],
+        account: AccountId,
+        device: NewDevice,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE links SET account_id = $1, device_id = $2, signature_key = $3
+             WHERE id = $4 AND expires_at > $5 AND account_id IS NULL",
+        )
+        .bind(account.as_bytes().to_vec())
+        .bind(device.id.as_bytes().to_vec())
+        .bind(&device.signature_key)
+        .bind(id)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO devices (id, account_id, name, signature_key, token_hash, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(device.id.as_bytes().to_vec())
+        .bind(account.as_bytes().to_vec())
+        .bind(&device.name)
+        .bind(&device.signature_key)
+        .bind(device.token_hash.to_vec())
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn link_approval(
+        &self,
+        id: &[u8],
+        now: Timestamp,
+    ) -> Result<Option<LinkApproval>, StoreError> {
+        let row = sqlx::query(
+            "SELECT account_id, device_id, signature_key, claimed FROM links
+             WHERE id = $1 AND expires_at > $2 AND account_id IS NOT NULL",
+        )
+        .bind(id)
+        .bind(ms(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(LinkApproval {
+                account: account_id(r.get(0))?,
+                device: device_id(r.get(1))?,
+                signature_key: r.get(2),
+                claimed: r.get::<bool, _>(3),
+            })
+        })
+        .transpose()
+    }
+
+    async fn claim_link(
+        &self,
+        id: &[u8],
+        token_hash: &Digest,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let device: Option<Vec<u8>> = sqlx::query_scalar(
+            "UPDATE links SET claimed = TRUE
+             WHERE id = $1 AND expires_at > $2 AND account_id IS NOT NULL AND NOT claimed
+             RETURNING device_id",
+        )
+        .bind(id)
+        .bind(ms(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(device) = device else {
+            return Ok(false);
+        };
+        sqlx::query("UPDATE devices SET token_hash = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(token_hash.to_vec())
+            .bind(device)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn purge_region(&self, region: &str) -> Result<RegionPurgeCounts, StoreError> {
         let mut tx = self.pool.begin().await?;
         let phones: Vec<String> =
@@ -768,6 +971,12 @@ impl Store for PgStore {
             .bind(region)
             .execute(&mut *tx)
             .await?;
+        for table in ["device_lists", "links"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE {OF_ACCOUNTS}"))
+                .bind(region)
+                .execute(&mut *tx)
+                .await?;
+        }
         counts.devices = sqlx::query(&format!("DELETE FROM devices WHERE {OF_ACCOUNTS}"))
             .bind(region)
             .execute(&mut *tx)

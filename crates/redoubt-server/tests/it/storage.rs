@@ -744,6 +744,156 @@ pub async fn purging_a_region_leaves_other_markets_alone(store: Arc<dyn Store>) 
     );
 }
 
+pub async fn device_lists_grow_one_version_at_a_time(store: Arc<dyn Store>) {
+    let a = device(&*store, &phone()).await;
+    let b = device(&*store, &phone()).await;
+    assert_eq!(
+        store
+            .put_device_list(a.account_id, 2, b"v2".to_vec(), T0)
+            .await
+            .unwrap(),
+        DeviceListOutcome::Conflict { latest: 0 },
+        "the first list is version 1"
+    );
+    for v in 1..=3u64 {
+        let body = format!("v{v}").into_bytes();
+        assert_eq!(
+            store
+                .put_device_list(a.account_id, v, body, T0)
+                .await
+                .unwrap(),
+            DeviceListOutcome::Stored
+        );
+    }
+    // A second list for a version already taken (two devices publishing
+    // at once) is refused, and nothing changes.
+    assert_eq!(
+        store
+            .put_device_list(a.account_id, 3, b"other".to_vec(), T0)
+            .await
+            .unwrap(),
+        DeviceListOutcome::Conflict { latest: 3 }
+    );
+    assert_eq!(
+        store.device_lists(a.account_id, 0, 10).await.unwrap(),
+        vec![b"v1".to_vec(), b"v2".to_vec(), b"v3".to_vec()]
+    );
+    assert_eq!(
+        store.device_lists(a.account_id, 1, 1).await.unwrap(),
+        vec![b"v2".to_vec()]
+    );
+    assert!(store
+        .device_lists(b.account_id, 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn a_link_is_written_once_approved_once_and_claimed_once(store: Arc<dyn Store>) {
+    let existing = device(&*store, &phone()).await;
+    let id = [1u8, 2, 3, 4, rand_byte()];
+    let later = T0.plus(Duration::from_secs(600));
+    assert!(store.open_link(&id, later).await.unwrap());
+    assert!(
+        !store.open_link(&id, later).await.unwrap(),
+        "ids are unique"
+    );
+    assert_eq!(
+        store.get_link(&id, LinkSlot::Offer, T0).await.unwrap(),
+        Some(None)
+    );
+    assert_eq!(
+        store
+            .put_link(&id, LinkSlot::Offer, b"offer".to_vec(), T0)
+            .await
+            .unwrap(),
+        LinkPut::Stored
+    );
+    assert_eq!(
+        store
+            .put_link(&id, LinkSlot::Offer, b"swap".to_vec(), T0)
+            .await
+            .unwrap(),
+        LinkPut::Taken,
+        "a message cannot be replaced"
+    );
+    assert_eq!(
+        store.get_link(&id, LinkSlot::Offer, T0).await.unwrap(),
+        Some(Some(b"offer".to_vec()))
+    );
+    assert_eq!(
+        store
+            .put_link(&[9; 5], LinkSlot::Offer, b"x".to_vec(), T0)
+            .await
+            .unwrap(),
+        LinkPut::Unknown
+    );
+    assert!(store.link_approval(&id, T0).await.unwrap().is_none());
+    assert!(!store.claim_link(&id, &digest("early"), T0).await.unwrap());
+
+    let new_device = DeviceId::random();
+    let approve = |id: DeviceId| NewDevice {
+        id,
+        name: "linked".into(),
+        signature_key: vec![5; 32],
+        token_hash: digest(&format!("placeholder {id}")),
+    };
+    assert!(store
+        .approve_link(&id, existing.account_id, approve(new_device), T0)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .approve_link(&id, existing.account_id, approve(DeviceId::random()), T0)
+            .await
+            .unwrap(),
+        "approved once"
+    );
+    let approval = store.link_approval(&id, T0).await.unwrap().unwrap();
+    assert_eq!(
+        (approval.account, approval.device, approval.claimed),
+        (existing.account_id, new_device, false)
+    );
+    assert_eq!(approval.signature_key, vec![5; 32]);
+    assert!(store.claim_link(&id, &digest("token"), T0).await.unwrap());
+    assert!(!store.claim_link(&id, &digest("again"), T0).await.unwrap());
+    match store.token_status(&digest("token")).await.unwrap() {
+        TokenStatus::Active(auth) => {
+            assert_eq!(
+                (auth.account_id, auth.device_id),
+                (existing.account_id, new_device)
+            )
+        }
+        other => panic!("the claimed token works: {other:?}"),
+    }
+    assert!(matches!(
+        store.token_status(&digest("again")).await.unwrap(),
+        TokenStatus::Unknown
+    ));
+    // Expired links are gone for every call, and purged.
+    assert_eq!(
+        store.get_link(&id, LinkSlot::Offer, later).await.unwrap(),
+        None
+    );
+    store
+        .purge(PurgeCutoffs {
+            now: later,
+            ip_log_before: T0,
+            code_requests_before: T0,
+            receipts_before: T0,
+        })
+        .await
+        .unwrap();
+    assert!(store
+        .open_link(&id, later.plus(Duration::from_secs(1)))
+        .await
+        .unwrap());
+}
+
+fn rand_byte() -> u8 {
+    EnvelopeId::random().as_bytes()[0]
+}
+
 /// Instantiates every suite body for one backend. `$make` is an async
 /// expression producing an `Arc<dyn Store>` (and whatever guard keeps it
 /// alive, as the second tuple element).
@@ -764,6 +914,8 @@ macro_rules! storage_suite {
                 accounts_are_found_by_region_and_told_once,
                 purging_a_region_leaves_other_markets_alone,
                 concurrent_sends_and_acks_each_get_their_own_answer,
+                device_lists_grow_one_version_at_a_time,
+                a_link_is_written_once_approved_once_and_claimed_once,
             );
         }
     };
