@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
+use redoubt_client::identity::IdentityKey;
 use redoubt_client::mls::{self, Provider};
-use redoubt_client::model::MemberIdentity;
 use redoubt_proto::{AccountId, DeviceId, PhoneNumber};
 
 struct Device {
@@ -21,12 +21,14 @@ struct Device {
 
 fn device() -> Device {
     let signer = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
-    let identity = MemberIdentity {
-        account: AccountId::random(),
-        device: DeviceId::random(),
-        phone: PhoneNumber::parse("+33612345678").unwrap(),
-    };
-    let credential = mls::credential(&identity, &signer).unwrap();
+    let certificate = IdentityKey::generate().certify(
+        AccountId::random(),
+        DeviceId::random(),
+        &PhoneNumber::parse("+33612345678").unwrap(),
+        signer.public(),
+        0,
+    );
+    let credential = mls::credential(&certificate, &signer).unwrap();
     Device {
         provider: Provider::default(),
         signer,

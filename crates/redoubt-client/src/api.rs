@@ -224,6 +224,98 @@ impl Api {
             .await
     }
 
+    /// An account's signed device lists after version `since`, oldest
+    /// first, every page of them.
+    pub async fn device_lists_since(
+        &self,
+        account: AccountId,
+        since: u64,
+    ) -> Result<Vec<redoubt_proto::SignedDocument>> {
+        let mut out: Vec<redoubt_proto::SignedDocument> = Vec::new();
+        loop {
+            let page: DeviceListsResponse = self
+                .call::<(), _>(
+                    Method::GET,
+                    &format!(
+                        "/v1/accounts/{account}/device-lists?since={}",
+                        since + out.len() as u64
+                    ),
+                    None,
+                )
+                .await?;
+            let full = page.lists.len() >= 100;
+            out.extend(page.lists);
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Publishes the caller's account's next signed device list.
+    pub async fn publish_device_list(
+        &self,
+        list: redoubt_proto::SignedDocument,
+    ) -> Result<PublishDeviceListResponse> {
+        self.call(
+            Method::PUT,
+            "/v1/device-list",
+            Some(&PublishDeviceListRequest { list }),
+        )
+        .await
+    }
+
+    /// Opens a link rendezvous.
+    pub async fn create_link(&self) -> Result<LinkCreatedResponse> {
+        self.call::<(), _>(Method::POST, "/v1/links", None).await
+    }
+
+    /// Writes one message of a link.
+    pub async fn put_link(&self, link: &str, slot: &str, data: Vec<u8>) -> Result<()> {
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            &format!("/v1/links/{link}/{slot}"),
+            Some(&LinkMessage { data: data.into() }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// One message of a link, once written.
+    pub async fn get_link(&self, link: &str, slot: &str) -> Result<Option<Vec<u8>>> {
+        let message: Option<LinkMessage> = self
+            .call::<(), _>(Method::GET, &format!("/v1/links/{link}/{slot}"), None)
+            .await?;
+        Ok(message.map(|m| m.data.into_vec()))
+    }
+
+    /// Approves the new device of a link.
+    pub async fn approve_link(
+        &self,
+        link: &str,
+        request: &ApproveLinkRequest,
+    ) -> Result<ApproveLinkResponse> {
+        self.call(
+            Method::POST,
+            &format!("/v1/links/{link}/approve"),
+            Some(request),
+        )
+        .await
+    }
+
+    /// Collects the token of a linked device.
+    pub async fn claim_link(
+        &self,
+        link: &str,
+        request: &ClaimLinkRequest,
+    ) -> Result<VerifyCodeResponse> {
+        self.call(
+            Method::POST,
+            &format!("/v1/links/{link}/claim"),
+            Some(request),
+        )
+        .await
+    }
+
     /// Whether the server status means "unavailable", for retry decisions.
     pub fn is_retryable(status: StatusCode) -> bool {
         status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS

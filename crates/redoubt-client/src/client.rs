@@ -6,8 +6,12 @@
 //! reloads the state if another process wrote since ([`Client::hold`]), so
 //! no two processes ever encrypt from, or write back, diverging copies.
 
+mod link;
 mod notices;
 mod outbox;
+mod trust;
+
+pub use trust::PinnedContact;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -25,6 +29,7 @@ use uuid::Uuid;
 
 use crate::api::Api;
 use crate::error::{ClientError, Result};
+use crate::identity::{IdentityKey, TrustedList};
 use crate::lock::{LockGuard, ProfileLock};
 use crate::mls::{self, Provider};
 use crate::model::*;
@@ -79,6 +84,23 @@ struct IdentityDoc {
     /// contact after an upgrade): notices are trusted only under it.
     #[serde(default)]
     service_key: Option<String>,
+    /// The account's identity key (absent only in profiles made before
+    /// identity keys, which must be reset).
+    #[serde(default)]
+    identity_key: Option<IdentityKey>,
+    /// This device's certificate from the identity key, carried in its MLS
+    /// credential.
+    #[serde(default)]
+    certificate: Option<redoubt_proto::SignedDocument>,
+    /// The account's latest device list this device verified or signed.
+    #[serde(default)]
+    own_list: Option<TrustedList>,
+}
+
+impl IdentityDoc {
+    fn identity_key(&self) -> Result<&IdentityKey> {
+        self.identity_key.as_ref().ok_or(ClientError::ProfileTooOld)
+    }
 }
 
 /// A member of a chat, device by device.
@@ -94,12 +116,14 @@ pub struct Member {
     pub this_device: bool,
 }
 
-/// An account with the devices the relay lists for it, each with its
+/// An account with the devices its identity key lists, each with its
 /// public signature key.
 #[derive(Debug, Clone)]
 struct AccountDevices {
     phone: PhoneNumber,
     account: AccountId,
+    /// The identity key the list verified under (base64).
+    identity_key: String,
     devices: Vec<(DeviceId, Vec<u8>)>,
 }
 
@@ -128,6 +152,10 @@ pub struct Client {
     /// The store generation the in-memory state was loaded at or last
     /// written as; another process's write makes it stale.
     generation: AtomicI64,
+    /// Changes met during this operation that the user should see before
+    /// anything is sent (a contact linked a device, an identity changed, a
+    /// list was refused). The CLI prints and clears them.
+    announcements: Vec<String>,
 }
 
 /// What a profile holds, as loaded from its store.
@@ -234,8 +262,30 @@ impl Client {
                 proof: proof.into(),
             })
             .await?;
-        let store = ProfileStore::create(dir, passphrase, config.kdf).await?;
-        let lock = ProfileLock::open(dir)?;
+        let api = api.with_token(registered.token.clone());
+        // Every SMS registration starts a new identity: a new account, or
+        // an account reset (contacts see the identity change). Devices join
+        // an existing identity only by being linked.
+        let identity_key = IdentityKey::generate();
+        let latest = api.device_lists_since(registered.account_id, 0).await?;
+        let version = latest.len() as u64 + 1;
+        let own = vec![(registered.device_id, signer.public().to_vec())];
+        let (list, own_list) = identity_key.sign_list(
+            registered.account_id,
+            phone,
+            version,
+            None,
+            &own,
+            now_ms() / 1000,
+        );
+        api.publish_device_list(list).await?;
+        let certificate = identity_key.certify(
+            registered.account_id,
+            registered.device_id,
+            phone,
+            signer.public(),
+            now_ms() / 1000,
+        );
         let identity = IdentityDoc {
             server: api.base().to_owned(),
             phone: phone.clone(),
@@ -244,18 +294,43 @@ impl Client {
             token: registered.token.clone(),
             signer,
             service_key: Some(service_key),
+            identity_key: Some(identity_key),
+            certificate: Some(certificate),
+            own_list: Some(own_list),
         };
-        let doc = serde_json::to_vec(&identity).map_err(|_| ClientError::Corrupt("identity"))?;
+        let mut client = Self::create(dir, passphrase, api, identity, config).await?;
+        if !registered.new_account {
+            client.announcements.push(format!(
+                "{phone} already had an account: this registration reset its identity. \
+                 Your contacts will see that your safety number changed, and devices \
+                 linked before are no longer vouched for; link them again."
+            ));
+        }
+        Ok(client)
+    }
 
+    /// Creates the profile for a device that just joined an identity
+    /// (registered or linked), and uploads its key packages.
+    async fn create(
+        dir: &Path,
+        passphrase: &str,
+        api: Api,
+        identity: IdentityDoc,
+        config: ClientConfig,
+    ) -> Result<Self> {
+        let store = ProfileStore::create(dir, passphrase, config.kdf).await?;
+        let lock = ProfileLock::open(dir)?;
+        let doc = serde_json::to_vec(&identity).map_err(|_| ClientError::Corrupt("identity"))?;
         let mut client = Self {
             store,
-            api: api.with_token(registered.token),
+            api,
             identity,
             provider: Provider::default(),
             groups: HashMap::new(),
             config,
             lock,
             generation: AtomicI64::new(0),
+            announcements: Vec::new(),
         };
         let _held = client.hold().await?;
         client
@@ -281,6 +356,9 @@ impl Client {
             provider,
             groups,
         } = load(&store).await?;
+        if identity.identity_key.is_none() {
+            return Err(ClientError::ProfileTooOld);
+        }
         let api =
             Api::bound(&identity.server, config.local_address).with_token(identity.token.clone());
         Ok(Self {
@@ -292,6 +370,7 @@ impl Client {
             config,
             lock,
             generation: AtomicI64::new(generation),
+            announcements: Vec::new(),
         })
     }
 
@@ -342,16 +421,20 @@ impl Client {
         &self.api
     }
 
-    fn me(&self) -> MemberIdentity {
-        MemberIdentity {
-            account: self.identity.account,
-            device: self.identity.device,
-            phone: self.identity.phone.clone(),
-        }
+    fn credential(&self) -> Result<CredentialWithKey> {
+        let certificate = self
+            .identity
+            .certificate
+            .as_ref()
+            .ok_or(ClientError::ProfileTooOld)?;
+        mls::credential(certificate, &self.identity.signer)
     }
 
-    fn credential(&self) -> Result<CredentialWithKey> {
-        mls::credential(&self.me(), &self.identity.signer)
+    /// What this operation met that the user should see before anything
+    /// else (contacts' new devices, identity changes, refused lists),
+    /// taken once.
+    pub fn take_announcements(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.announcements)
     }
 
     /// Stores one system notice in a chat (with the current MLS state).
@@ -487,9 +570,10 @@ impl Client {
         Ok(out)
     }
 
-    /// Claims and validates key packages for the devices of `accounts`
-    /// (each with the phone the user named), refusing any whose credential
-    /// does not match the device the server listed.
+    /// Claims a key package for each listed device of `accounts` and
+    /// checks each: its certificate verifies under the account's identity
+    /// key and names the very device and key the signed list names. A
+    /// package that fails is refused and nothing is added.
     async fn claim_for(
         &self,
         accounts: &[AccountDevices],
@@ -506,101 +590,47 @@ impl Client {
         let mut contacts = Vec::new();
         for c in claimed.key_packages {
             let kp = mls::parse_key_package(&self.provider, c.data.as_slice())?;
-            let id = mls::identity_of(kp.leaf_node().credential())?;
-            let AccountDevices {
-                phone,
-                account,
-                devices: listed,
-            } = accounts
+            let leaf_key = kp.leaf_node().signature_key().as_slice().to_vec();
+            let account = accounts
                 .iter()
-                .find(|a| a.account == id.account)
+                .find(|a| a.devices.iter().any(|(d, _)| *d == c.device_id))
                 .ok_or_else(|| {
-                    ClientError::Mls("a key package names an account that was not asked for".into())
+                    ClientError::Untrusted("the relay answered for a device not asked for".into())
                 })?;
-            let listed_key = listed
+            let refused = |why: String| {
+                ClientError::Untrusted(format!(
+                    "a key package the relay served for {} {why}; nothing was added",
+                    account.phone
+                ))
+            };
+            let certified = crate::identity::check_leaf(
+                &mls::credential_bytes(kp.leaf_node().credential())?,
+                &leaf_key,
+            )
+            .map_err(|e| refused(format!("failed its check: {e}")))?;
+            let listed_key = account
+                .devices
                 .iter()
                 .find(|(d, _)| *d == c.device_id)
-                .map(|(_, k)| k);
-            if id.device != c.device_id
-                || id.phone != *phone
-                || listed_key.map(|k| k.as_slice())
-                    != Some(kp.leaf_node().signature_key().as_slice())
+                .map(|(_, k)| k.as_slice());
+            if certified.identity_key != account.identity_key
+                || certified.account != account.account
+                || certified.device != c.device_id
+                || listed_key != Some(leaf_key.as_slice())
             {
-                return Err(ClientError::Mls(
-                    "a key package does not match the device it was claimed for".into(),
+                return Err(refused(
+                    "is not the key their identity key vouches for".into(),
                 ));
             }
             contacts.push(ContactDevice {
-                account_id: *account,
+                account_id: account.account,
                 device_id: c.device_id,
-                signature_key: kp.leaf_node().signature_key().as_slice().to_vec(),
-                phone: phone.to_string(),
+                signature_key: leaf_key,
+                phone: account.phone.to_string(),
             });
             packages.push(kp);
         }
         Ok((packages, contacts))
-    }
-
-    async fn account_with_devices(&self, phone: &PhoneNumber) -> Result<AccountDevices> {
-        let found = self.api.lookup(phone).await?;
-        let devices = found
-            .devices
-            .into_iter()
-            .map(|d| (d.device_id, d.signature_key.into_vec()))
-            .collect();
-        Ok(AccountDevices {
-            phone: phone.clone(),
-            account: found.account_id,
-            devices,
-        })
-    }
-
-    async fn own_other_devices(&self) -> Result<AccountDevices> {
-        let own = self.api.own_devices().await?;
-        let devices = own
-            .devices
-            .into_iter()
-            .filter(|d| d.device_id != self.identity.device)
-            .map(|d| (d.device_id, d.signature_key.into_vec()))
-            .collect();
-        Ok(AccountDevices {
-            phone: self.identity.phone.clone(),
-            account: self.identity.account,
-            devices,
-        })
-    }
-
-    /// Compares newly seen device keys with the ones remembered, returning
-    /// a loud notice for every account whose keys changed.
-    async fn key_change_notices(
-        &self,
-        group_id: &[u8],
-        seen: &[ContactDevice],
-    ) -> Result<Vec<MessageRecord>> {
-        let mut notices = Vec::new();
-        let mut warned = BTreeSet::new();
-        for device in seen {
-            if device.account_id == self.identity.account || warned.contains(&device.account_id) {
-                continue;
-            }
-            let known = self.store.contact_devices(device.account_id).await?;
-            let changed = !known.is_empty()
-                && !known.iter().any(|k| {
-                    k.device_id == device.device_id && k.signature_key == device.signature_key
-                });
-            if changed {
-                warned.insert(device.account_id);
-                notices.push(system_message(
-                    group_id,
-                    format!(
-                        "⚠ SAFETY NUMBER CHANGED for {}: a device with a new key joined. \
-                         Compare safety numbers with `redoubt verify {}` before trusting it.",
-                        device.phone, device.phone
-                    ),
-                ));
-            }
-        }
-        Ok(notices)
     }
 
     /// Creates a chat with the accounts behind `phones` (all their devices
@@ -618,13 +648,20 @@ impl Client {
                     "you cannot start a chat with your own number".into(),
                 ));
             }
-            let account = self.account_with_devices(phone).await?;
+            let account = self.trusted_devices(phone, None).await?;
+            if self
+                .pinned(phone)
+                .await?
+                .is_some_and(|c| c.pending.is_some())
+            {
+                return Err(ClientError::IdentityChanged(vec![phone.to_string()]));
+            }
             if account.devices.is_empty() {
                 return Err(ClientError::UnknownContact(phone.to_string()));
             }
             accounts.push(account);
         }
-        let own = self.own_other_devices().await?;
+        let own = self.own_trusted_devices().await?;
         if !own.devices.is_empty() {
             accounts.push(own);
         }
@@ -682,8 +719,7 @@ impl Client {
             state: ChatState::Active,
             created_at: now_ms(),
         };
-        let mut messages = self.key_change_notices(&group_id, &contacts).await?;
-        messages.push(system_message(&group_id, "You created this chat.".into()));
+        let messages = vec![system_message(&group_id, "You created this chat.".into())];
         self.groups.insert(group_id, group);
         self.persist(Changes {
             chats: vec![chat.clone()],
@@ -758,6 +794,12 @@ impl Client {
                 other => other?,
             }
         }
+        // Nothing goes to a chat where someone's identity changed until the
+        // user accepted it.
+        let changed = self.pending_changes(chat).await?;
+        if !changed.is_empty() {
+            return Err(ClientError::IdentityChanged(changed));
+        }
         let id = Uuid::new_v4();
         let sent_at = now_ms();
         let body = serde_json::to_vec(&AppMessage::Text {
@@ -819,7 +861,14 @@ impl Client {
                 "members can only be added to groups".into(),
             ));
         }
-        let account = self.account_with_devices(phone).await?;
+        let account = self.trusted_devices(phone, Some(&chat.group_id)).await?;
+        if self
+            .pinned(phone)
+            .await?
+            .is_some_and(|c| c.pending.is_some())
+        {
+            return Err(ClientError::IdentityChanged(vec![phone.to_string()]));
+        }
         let current = self.members(chat)?;
         let new_devices: Vec<(DeviceId, Vec<u8>)> = account
             .devices
@@ -888,9 +937,7 @@ impl Client {
             info.tls_serialize_detached().map_err(ClientError::mls)?,
         )
         .await?;
-        let messages = self.key_change_notices(&chat.group_id, &contacts).await?;
         self.persist(Changes {
-            messages,
             contact_devices: contacts,
             ..Default::default()
         })
@@ -969,50 +1016,56 @@ impl Client {
             .await
     }
 
-    /// Brings the chat's devices in line with the devices the relay lists for
-    /// its member accounts: revoked devices are removed, new ones (a new
-    /// phone, or a device that lost its state and registered again) are
-    /// added, with a loud notice when their keys are new.
+    /// Brings the chat's devices in line with the device lists its members'
+    /// identity keys signed (this account's own included): devices a newer
+    /// list dropped are removed, devices it added are added, and an
+    /// accepted identity change replaces the old identity's devices with
+    /// the new one's. What the relay lists or stops listing changes
+    /// nothing; a list that does not verify is refused and said.
     pub async fn reconcile(&mut self, chat: &ChatRecord) -> Result<()> {
         let _held = self.hold().await?;
         let members = self.members(chat)?;
-        let mut accounts: Vec<(PhoneNumber, AccountId)> = Vec::new();
+        let mut phones: Vec<PhoneNumber> = Vec::new();
         for m in &members {
-            if !accounts.iter().any(|(_, a)| *a == m.account) {
-                accounts.push((PhoneNumber::parse(&m.phone)?, m.account));
+            let phone = PhoneNumber::parse(&m.phone)?;
+            if !phones.contains(&phone) {
+                phones.push(phone);
             }
         }
         let mut stale = Vec::new();
         let mut fresh = Vec::new();
-        for (phone, account) in accounts {
-            let listed: Vec<(DeviceId, Vec<u8>)> = if account == self.identity.account {
-                self.own_other_devices().await?.devices
+        for phone in phones {
+            let wanted = if phone == self.identity.phone {
+                self.own_trusted_devices().await?
             } else {
-                let devices = self.api.account_devices(account).await?.devices;
-                devices
-                    .into_iter()
-                    .map(|d| (d.device_id, d.signature_key.into_vec()))
-                    .collect()
+                let devices = self.trusted_devices(&phone, Some(&chat.group_id)).await?;
+                // An identity change not yet accepted keeps the chat as it is.
+                match self.pinned(&phone).await? {
+                    Some(c) if c.pending.is_none() => devices,
+                    _ => continue,
+                }
             };
             let group = self.active_group(chat)?;
             for m in group.members() {
                 let id = mls::identity_of(&m.credential)?;
-                if id.account == account
-                    && id.device != self.identity.device
-                    && !listed.iter().any(|(d, _)| *d == id.device)
-                {
+                let listed = wanted.account == id.account
+                    && wanted.devices.iter().any(|(d, k)| {
+                        *d == id.device && k.as_slice() == m.signature_key.as_slice()
+                    });
+                if id.phone == phone && id.device != self.identity.device && !listed {
                     stale.push(m.index);
                 }
             }
-            let new: Vec<(DeviceId, Vec<u8>)> = listed
-                .into_iter()
+            let new: Vec<(DeviceId, Vec<u8>)> = wanted
+                .devices
+                .iter()
                 .filter(|(d, _)| !members.iter().any(|m| m.device == *d))
+                .cloned()
                 .collect();
             if !new.is_empty() {
                 fresh.push(AccountDevices {
-                    phone,
-                    account,
                     devices: new,
+                    ..wanted
                 });
             }
         }
@@ -1060,27 +1113,6 @@ impl Client {
         .await
     }
 
-    /// The safety number with a contact, and their device count.
-    pub async fn safety_number(&self, phone: &PhoneNumber) -> Result<(String, usize)> {
-        let theirs = self.api.lookup(phone).await?;
-        let their_keys: Vec<Vec<u8>> = theirs
-            .devices
-            .iter()
-            .map(|d| d.signature_key.as_slice().to_vec())
-            .collect();
-        let own = self.api.own_devices().await?;
-        let my_keys: Vec<Vec<u8>> = own
-            .devices
-            .iter()
-            .map(|d| d.signature_key.as_slice().to_vec())
-            .collect();
-        let number = crate::safety::safety_number(
-            &crate::safety::fingerprint(self.identity.phone.e164(), &my_keys),
-            &crate::safety::fingerprint(phone.e164(), &their_keys),
-        );
-        Ok((number, their_keys.len()))
-    }
-
     /// Fetches, processes and acknowledges everything waiting, then tops up
     /// key packages.
     pub async fn sync(&mut self) -> Result<SyncReport> {
@@ -1121,6 +1153,9 @@ impl Client {
                 break;
             }
         }
+        // Watch this account's own device list: a list this device's
+        // identity did not sign (an SMS reset by someone else) is shown.
+        self.own_trusted_devices().await?;
         self.top_up_key_packages().await?;
         Ok(report)
     }
@@ -1187,21 +1222,41 @@ impl Client {
             .welcome_sender()
             .ok()
             .and_then(|leaf| mls::identity_of(leaf.credential()).ok());
+        // Every member of the whole ratchet tree must be vouched for by
+        // its account's identity key before this device joins: a ghost in
+        // the tree would read everything said here.
+        let leaves: Vec<(Credential, Vec<u8>)> = staged
+            .members()
+            .map(|m| (m.credential.clone(), m.signature_key.clone()))
+            .collect();
+        let mut seen = Vec::new();
+        for (credential, key) in &leaves {
+            match self.vouch(credential, key).await {
+                Ok(id) => seen.push(ContactDevice {
+                    account_id: id.account,
+                    device_id: id.device,
+                    signature_key: key.clone(),
+                    phone: id.phone.to_string(),
+                }),
+                Err(why) => {
+                    self.ensure_notices_chat(changes).await?;
+                    let from = inviter
+                        .as_ref()
+                        .map(|i| i.phone.to_string())
+                        .unwrap_or_else(|| "someone".into());
+                    changes.messages.push(system_message(
+                        NOTICES_CHAT,
+                        format!("⚠ An invitation to a chat from {from} was refused: {why}."),
+                    ));
+                    return Ok(());
+                }
+            }
+        }
         let group = staged
             .into_group(&self.provider)
             .map_err(ClientError::mls)?;
         let group_id = group.group_id().as_slice().to_vec();
         let previous = self.chat_record(&group_id, changes).await?;
-        let mut seen = Vec::new();
-        for m in group.members() {
-            let id = mls::identity_of(&m.credential)?;
-            seen.push(ContactDevice {
-                account_id: id.account,
-                device_id: id.device,
-                signature_key: m.signature_key.clone(),
-                phone: id.phone.to_string(),
-            });
-        }
         let inviter_name = inviter
             .as_ref()
             .map(|i| i.phone.to_string())
@@ -1226,9 +1281,6 @@ impl Client {
                 created_at: now_ms(),
             },
         });
-        changes
-            .messages
-            .extend(self.key_change_notices(&group_id, &seen).await?);
         changes.messages.push(system_message(
             &group_id,
             if back {
@@ -1401,18 +1453,59 @@ impl Client {
         staged: StagedCommit,
         changes: &mut Changes,
     ) -> Result<()> {
-        let group = self.groups.get(group_id).ok_or(ClientError::NotAMember)?;
+        // Every leaf the commit brings in or changes must be vouched for by
+        // its account's identity key. A commit that fails is not merged:
+        // the chat stops here, loudly, rather than let a ghost read on.
         let mut added = Vec::new();
-        for add in staged.add_proposals() {
-            let leaf = add.add_proposal().key_package().leaf_node();
-            let id = mls::identity_of(leaf.credential())?;
-            added.push(ContactDevice {
-                account_id: id.account,
-                device_id: id.device,
-                signature_key: leaf.signature_key().as_slice().to_vec(),
-                phone: id.phone.to_string(),
-            });
+        let mut changed_leaves: Vec<(Credential, Vec<u8>)> = staged
+            .update_proposals()
+            .map(|u| {
+                let leaf = u.update_proposal().leaf_node();
+                (
+                    leaf.credential().clone(),
+                    leaf.signature_key().as_slice().to_vec(),
+                )
+            })
+            .collect();
+        if let Some(leaf) = staged.update_path_leaf_node() {
+            changed_leaves.push((
+                leaf.credential().clone(),
+                leaf.signature_key().as_slice().to_vec(),
+            ));
         }
+        let new_leaves: Vec<(Credential, Vec<u8>)> = staged
+            .add_proposals()
+            .map(|add| {
+                let leaf = add.add_proposal().key_package().leaf_node();
+                (
+                    leaf.credential().clone(),
+                    leaf.signature_key().as_slice().to_vec(),
+                )
+            })
+            .collect();
+        for (i, (credential, key)) in new_leaves.iter().chain(&changed_leaves).enumerate() {
+            match self.vouch(credential, key).await {
+                Ok(id) if i < new_leaves.len() => added.push(ContactDevice {
+                    account_id: id.account,
+                    device_id: id.device,
+                    signature_key: key.clone(),
+                    phone: id.phone.to_string(),
+                }),
+                Ok(_) => {}
+                Err(why) => {
+                    changes.messages.push(system_message(
+                        group_id,
+                        format!(
+                            "⚠ A change to this chat by {} was refused: {why}. Nothing more \
+                             can be read or sent here until the chat is created anew.",
+                            sender.phone
+                        ),
+                    ));
+                    return Ok(());
+                }
+            }
+        }
+        let group = self.groups.get(group_id).ok_or(ClientError::NotAMember)?;
         let mut removed = BTreeSet::new();
         for remove in staged.remove_proposals() {
             if let Some(member) = group.member_at(remove.remove_proposal().removed()) {
@@ -1427,9 +1520,6 @@ impl Client {
         group
             .merge_staged_commit(&self.provider, staged)
             .map_err(ClientError::mls)?;
-        changes
-            .messages
-            .extend(self.key_change_notices(group_id, &added).await?);
         let who = if sender.account == self.identity.account {
             "You".to_owned()
         } else {

@@ -103,6 +103,28 @@ pub enum ClientError {
     /// An MLS operation failed.
     #[error("MLS error: {0}")]
     Mls(String),
+    /// The profile was made before account identity keys.
+    #[error(
+        "this profile was made before account identity keys; `redoubt reset` and register again"
+    )]
+    ProfileTooOld,
+    /// Contacts in the chat have a new identity key since messages last
+    /// went there; nothing was sent.
+    #[error(
+        "not sent: {} {} a new identity key (an account reset, or the number now belongs to \
+         another account). Compare safety numbers (`redoubt verify`) and send again with \
+         --accept-changes to go on.",
+        .0.join(", "),
+        if .0.len() == 1 { "has" } else { "have" }
+    )]
+    IdentityChanged(Vec<String>),
+    /// A key, device list or member the relay served is not vouched for by
+    /// the account's identity key; it was refused.
+    #[error("refused: {0}")]
+    Untrusted(String),
+    /// Linking a device failed; nothing was linked.
+    #[error("linking failed: {0}")]
+    LinkFailed(String),
 }
 
 fn revoked_hint(code: ErrorCode) -> &'static str {
@@ -147,6 +169,10 @@ impl ClientError {
             Self::TooLarge { .. } => "too_large",
             Self::Invalid(_) => "invalid_input",
             Self::Mls(_) => "mls",
+            Self::ProfileTooOld => "profile_too_old",
+            Self::IdentityChanged(_) => "identity_changed",
+            Self::Untrusted(_) => "untrusted",
+            Self::LinkFailed(_) => "link_failed",
         };
         code.to_owned()
     }

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod client;
 pub mod error;
+pub mod identity;
 pub mod lock;
 pub mod mls;
 pub mod model;

@@ -66,6 +66,17 @@ enum Command {
         #[arg(long, default_value = "redoubt cli")]
         device_name: String,
     },
+    /// Link this new device to your account: shows a code to type on a
+    /// device the account already has (`redoubt devices link CODE`). The
+    /// code never reaches the relay in a form it can use.
+    Link {
+        /// The relay's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "REDOUBT_SERVER")]
+        server: String,
+        /// A name for this device in your device list.
+        #[arg(long, default_value = "redoubt cli")]
+        device_name: String,
+    },
     /// List chats.
     Chats,
     /// Send a message of up to 16 KiB (16384 bytes of UTF-8). CHAT is a
@@ -82,6 +93,10 @@ enum Command {
         /// Read the text from this file instead.
         #[arg(long, conflicts_with = "text")]
         file: Option<PathBuf>,
+        /// Accept the new identity keys of contacts in the chat (after
+        /// comparing safety numbers) and send.
+        #[arg(long)]
+        accept_changes: bool,
     },
     /// Show a chat's messages (fetching new ones first; without the relay,
     /// what this device has).
@@ -97,14 +112,23 @@ enum Command {
     Group(GroupCommand),
     /// List this account's devices, or revoke one.
     Devices {
-        /// Revoke the device with this id (a lost phone, say).
+        /// Revoke the device with this id (a lost phone, say): it leaves
+        /// the signed device list, and so every chat.
         #[arg(long)]
         revoke: Option<String>,
+        #[command(subcommand)]
+        action: Option<DevicesCommand>,
     },
-    /// Show the safety number with a contact, to compare in person.
+    /// Show the safety number with a contact, to compare in person. It is
+    /// made from both accounts' identity keys and numbers as this device
+    /// pinned them, so it stays the same as devices come and go.
     Verify {
         /// The contact's number.
         contact: String,
+        /// Mark the contact verified: you compared the numbers and they
+        /// match.
+        #[arg(long)]
+        mark: bool,
     },
     /// Fetch and process waiting messages, and send what waits in the outbox.
     Sync,
@@ -118,6 +142,15 @@ enum Command {
     },
     /// The interactive chat screen: chat list, live messages, input line.
     Chat,
+}
+
+#[derive(Subcommand, Debug)]
+enum DevicesCommand {
+    /// Link a new device: type the code it shows.
+    Link {
+        /// The code, such as 0A1B-2C3D-4E5F-6G7H.
+        code: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -254,7 +287,9 @@ async fn open(cli: &Cli) -> anyhow::Result<Client> {
 /// Syncs with the relay; without it (unreachable, or this device revoked),
 /// says so and carries on with what this device has.
 async fn sync_or_local(client: &mut Client) -> anyhow::Result<()> {
-    match client.sync().await {
+    let synced = client.sync().await;
+    announce(client);
+    match synced {
         Ok(report) => {
             if report.queued > 0 {
                 eprintln!(
@@ -280,6 +315,45 @@ async fn sync_or_local(client: &mut Client) -> anyhow::Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Prints what the last operation met that the user must see (new devices
+/// of contacts, identity changes, refused lists), on stderr so `--json`
+/// output stays parseable.
+fn announce(client: &mut Client) {
+    for text in client.take_announcements() {
+        eprintln!("{}", one_line(&text));
+    }
+}
+
+/// `redoubt link`: shows the code, waits for the other device, creates the
+/// profile.
+async fn link(cli: &Cli, server: &str, device_name: &str) -> anyhow::Result<()> {
+    let dir = cli.profile.clone().unwrap_or_else(default_profile);
+    if redoubt_client::store::ProfileStore::exists(&dir) {
+        bail!(
+            "a profile already exists in {}; use --profile for another",
+            dir.display()
+        );
+    }
+    let pass = passphrase(true)?;
+    let client = Client::link_new(&dir, &pass, server, device_name, config(cli), |code| {
+        eprintln!(
+            "On a device of your account, run:\n\n    redoubt devices link {code}\n\nWaiting (the code works for 10 minutes)…"
+        );
+    })
+    .await?;
+    print_out(
+        cli,
+        format!(
+            "Linked to {} as device {}.\nProfile: {}",
+            client.phone(),
+            client.device_id(),
+            dir.display()
+        ),
+        json!({ "account_id": client.account_id(), "device_id": client.device_id(), "profile": dir }),
+    );
+    Ok(())
 }
 
 /// The text to send: the argument, a file, or standard input.
@@ -390,8 +464,10 @@ async fn register(cli: &Cli, number: &str, server: &str, device_name: &str) -> a
             Err(e) => return Err(e.into()),
         }
     };
+    let mut client = client;
+    announce(&mut client);
     let text = format!(
-        "Registered {number} on {server}.\nProfile: {}",
+        "Registered {number} on {server}.\nProfile: {}\nTo use this account on another device, run `redoubt link` there.",
         dir.display()
     );
     print_out(
@@ -456,6 +532,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             device_name,
         } => register(&cli, number, server, device_name).await?,
         Command::Reset { yes } => reset(&cli, *yes).await?,
+        Command::Link {
+            server,
+            device_name,
+        } => link(&cli, server, device_name).await?,
         Command::Chats => {
             let mut client = open(&cli).await?;
             sync_or_local(&mut client).await?;
@@ -491,14 +571,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()),
             );
         }
-        Command::Send { chat, text, file } => {
+        Command::Send {
+            chat,
+            text,
+            file,
+            accept_changes,
+        } => {
             // Read the text first: a message that is too long or unreadable
             // is refused before anything touches the network.
             let text = message_text(text.as_deref(), file.as_ref())?;
             let mut client = open(&cli).await?;
             sync_or_local(&mut client).await?;
             let chat = chat_for(&mut client, chat).await?;
-            let sent = client.send_text(&chat, &text).await?;
+            let sent = match client.send_text(&chat, &text).await {
+                Err(ClientError::IdentityChanged(phones)) if *accept_changes => {
+                    announce(&mut client);
+                    client.accept_changes(&phones).await?;
+                    eprintln!("Accepted the new identity of {}.", phones.join(", "));
+                    client.send_text(&chat, &text).await
+                }
+                other => other,
+            };
+            // What changed in the chat is shown before the outcome, sent or
+            // refused.
+            announce(&mut client);
+            let sent = sent?;
             if sent.delivery == Delivery::Queued {
                 eprintln!(
                     "Queued: the relay at {} cannot take the message now. It waits, encrypted, \
@@ -587,13 +684,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Devices { revoke } => {
-            let client = open(&cli).await?;
-            if let Some(id) = revoke {
+        Command::Devices { revoke, action } => {
+            let mut client = open(&cli).await?;
+            if let Some(DevicesCommand::Link { code }) = action {
+                eprintln!("Linking; keep `redoubt link` running on the new device…");
+                let device = client.approve_link(code).await?;
+                announce(&mut client);
+                out(
+                    format!(
+                        "Linked device {device}. It can now read new messages for this account."
+                    ),
+                    json!({ "linked": device }),
+                );
+            } else if let Some(id) = revoke {
                 let id = id
                     .parse()
                     .map_err(|_| anyhow::anyhow!("{id:?} is not a device id"))?;
-                client.api().revoke_device(id).await?;
+                client.revoke_device(id).await?;
                 out(format!("Revoked {id}."), json!({ "revoked": id }));
             } else {
                 let devices = client.api().own_devices().await?.devices;
@@ -612,10 +719,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 out(text, json!(devices.iter().map(|d| json!({ "device_id": d.device_id, "name": d.name, "current": d.current, "created_at": d.created_at })).collect::<Vec<_>>()));
             }
         }
-        Command::Verify { contact } => {
-            let client = open(&cli).await?;
+        Command::Verify { contact, mark } => {
+            let mut client = open(&cli).await?;
             let number = phone(contact)?;
             let (safety, devices) = client.safety_number(&number).await?;
+            announce(&mut client);
+            if *mark {
+                client.mark_verified(&number).await?;
+                eprintln!("Marked {number} as verified: if their identity changes, sending stops until you accept it.");
+            }
             let groups: Vec<&str> = safety.split(' ').collect();
             let text = format!(
                 "Safety number with {number} ({devices} device{}):\n\n  {}\n  {}\n  {}\n\nCompare it with theirs in person or on a call. If it differs, someone may be intercepting.",
@@ -632,7 +744,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync => {
             let mut client = open(&cli).await?;
             let had_notice = client.market_notice().await?.is_some();
-            let report = client.sync().await?;
+            let report = client.sync().await;
+            announce(&mut client);
+            let report = report?;
             if !had_notice {
                 market_banner(&client).await?;
             }

@@ -98,22 +98,43 @@ impl Provider {
     }
 }
 
-/// The credential of a device: its identity and signature key.
+/// The credential of a device: its certificate from the account's
+/// identity key (which names the device, the account, its number and this
+/// signature key), and the signature key itself.
 pub fn credential(
-    identity: &MemberIdentity,
+    certificate: &redoubt_proto::SignedDocument,
     signer: &SignatureKeyPair,
 ) -> Result<CredentialWithKey> {
-    let bytes = serde_json::to_vec(identity).map_err(ClientError::mls)?;
+    let bytes = serde_json::to_vec(&redoubt_proto::identity::CredentialDocument {
+        certificate: certificate.clone(),
+    })
+    .map_err(ClientError::mls)?;
     Ok(CredentialWithKey {
         credential: BasicCredential::new(bytes).into(),
         signature_key: signer.public().into(),
     })
 }
 
-/// Reads the identity out of a member's credential.
-pub fn identity_of(credential: &Credential) -> Result<MemberIdentity> {
+/// The identity bytes of a member's credential.
+pub fn credential_bytes(credential: &Credential) -> Result<Vec<u8>> {
     let basic = BasicCredential::try_from(credential.clone()).map_err(ClientError::mls)?;
-    serde_json::from_slice(basic.identity())
+    Ok(basic.identity().to_vec())
+}
+
+/// Who a member's credential says it is, for display and addressing. It
+/// is not a check: [`crate::identity::check_leaf`] is, wherever a leaf is
+/// first met. Credentials from before identity keys carry the identity
+/// bare and still read.
+pub fn identity_of(credential: &Credential) -> Result<MemberIdentity> {
+    let bytes = credential_bytes(credential)?;
+    if let Ok((_, cert)) = crate::identity::certificate_of(&bytes) {
+        return Ok(MemberIdentity {
+            account: cert.account,
+            device: cert.device,
+            phone: cert.phone,
+        });
+    }
+    serde_json::from_slice(&bytes)
         .map_err(|_| ClientError::Mls("a member credential is not a Redoubt identity".into()))
 }
 

@@ -59,6 +59,14 @@ impl SealKey {
         })
     }
 
+    /// A key from 32 secret bytes (a key exchange's output), not a
+    /// passphrase.
+    pub fn from_secret(secret: &[u8; 32]) -> Self {
+        Self {
+            cipher: XChaCha20Poly1305::new(secret.into()),
+        }
+    }
+
     /// Encrypts `plain`, binding it to `place`.
     pub fn seal(&self, place: &[u8], plain: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; 24];

@@ -63,7 +63,12 @@ async fn connect(client: &Client) -> Option<Socket> {
         .map(|(s, _)| s)
 }
 
-async fn refresh(app: &mut App, client: &Client) -> anyhow::Result<()> {
+async fn refresh(app: &mut App, client: &mut Client) -> anyhow::Result<()> {
+    // What an operation met that the user must see (an identity change, a
+    // contact's new device) takes the status line.
+    if let Some(last) = client.take_announcements().pop() {
+        app.status = one_line(&last).into_owned();
+    }
     let current = app.chats.get(app.selected).map(|c| c.group_id.clone());
     app.chats = client.chats().await?;
     if let Some(id) = current {

@@ -49,3 +49,112 @@ pub fn notice_signed_by(key: &SigningKey, notice: &ServiceNotice) -> Vec<u8> {
 pub fn notice_signed_by_service(server: &TestServer, notice: &ServiceNotice) -> Vec<u8> {
     serde_json::to_vec(&server.state.service_key().sign_notice(notice)).expect("notice encodes")
 }
+
+/// The relay's own database, as its operator could open it.
+pub async fn db(server: &TestServer) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(server.db_path())
+        .busy_timeout(std::time::Duration::from_secs(10));
+    sqlx::SqlitePool::connect_with(options)
+        .await
+        .expect("the relay's database opens")
+}
+
+/// Adds a device of the relay's making to an account, with its own key and
+/// key packages copied from nowhere: what an operator registering a ghost
+/// would do without touching any signed list.
+pub async fn add_ghost_device(
+    server: &TestServer,
+    account: redoubt_proto::AccountId,
+    signature_key: &[u8],
+) -> DeviceId {
+    let ghost = DeviceId::random();
+    sqlx::query(
+        "INSERT INTO devices (id, account_id, name, signature_key, token_hash, created_at)
+         VALUES (?, ?, 'ghost', ?, ?, 0)",
+    )
+    .bind(ghost.as_bytes().to_vec())
+    .bind(account.as_bytes().to_vec())
+    .bind(signature_key)
+    .bind(EnvelopeId::random().as_bytes().repeat(2))
+    .execute(&db(server).await)
+    .await
+    .expect("ghost device inserted");
+    ghost
+}
+
+/// Stops listing a device (as if revoked), or lists it again.
+pub async fn hide_device(server: &TestServer, device: DeviceId, hidden: bool) {
+    sqlx::query("UPDATE devices SET revoked_at = ? WHERE id = ?")
+        .bind(hidden.then_some(1i64))
+        .bind(device.as_bytes().to_vec())
+        .execute(&db(server).await)
+        .await
+        .expect("device row updated");
+}
+
+/// Moves a phone number to another account, as a relay re-homing it
+/// would: the number's account now answers lookups for it.
+pub async fn move_number(
+    server: &TestServer,
+    phone: &redoubt_proto::PhoneNumber,
+    to: redoubt_proto::AccountId,
+) {
+    let pool = db(server).await;
+    let mut tx = pool.begin().await.expect("transaction");
+    sqlx::query("UPDATE accounts SET phone = '+moved' || hex(id) WHERE phone = ?")
+        .bind(phone.e164())
+        .execute(&mut *tx)
+        .await
+        .expect("number freed");
+    sqlx::query("UPDATE accounts SET phone = ? WHERE id = ?")
+        .bind(phone.e164())
+        .bind(to.as_bytes().to_vec())
+        .execute(&mut *tx)
+        .await
+        .expect("number moved");
+    tx.commit().await.expect("commit");
+}
+
+/// Serves an account's older device list `version` again as its newest.
+pub async fn replay_list(server: &TestServer, account: redoubt_proto::AccountId, version: i64) {
+    let pool = db(server).await;
+    sqlx::query(
+        "INSERT INTO device_lists (account_id, version, list, stored_at)
+         SELECT account_id, (SELECT MAX(version) + 1 FROM device_lists WHERE account_id = ?1), list, 0
+         FROM device_lists WHERE account_id = ?1 AND version = ?2",
+    )
+    .bind(account.as_bytes().to_vec())
+    .bind(version)
+    .execute(&pool)
+    .await
+    .expect("old list replayed");
+}
+
+/// Replaces a device's key packages with another device's: key
+/// substitution, for a contact already known.
+pub async fn swap_key_packages(server: &TestServer, victim: DeviceId, attacker: DeviceId) {
+    let pool = db(server).await;
+    let mut tx = pool.begin().await.expect("transaction");
+    sqlx::query("DELETE FROM key_packages WHERE device_id = ?")
+        .bind(victim.as_bytes().to_vec())
+        .execute(&mut *tx)
+        .await
+        .expect("victim's packages deleted");
+    sqlx::query("UPDATE key_packages SET device_id = ? WHERE device_id = ?")
+        .bind(victim.as_bytes().to_vec())
+        .bind(attacker.as_bytes().to_vec())
+        .execute(&mut *tx)
+        .await
+        .expect("packages moved");
+    sqlx::query(
+        "UPDATE devices SET signature_key = (SELECT signature_key FROM devices WHERE id = ?)
+         WHERE id = ?",
+    )
+    .bind(attacker.as_bytes().to_vec())
+    .bind(victim.as_bytes().to_vec())
+    .execute(&mut *tx)
+    .await
+    .expect("listed key swapped");
+    tx.commit().await.expect("commit");
+}

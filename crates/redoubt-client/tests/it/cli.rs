@@ -402,3 +402,91 @@ async fn a_short_passphrase_is_refused_from_the_environment_too() {
         "no profile was created"
     );
 }
+
+/// Starts `redoubt link` for a new profile and returns the child, the
+/// code it shows, and the rest of what it writes to stderr (read on, so
+/// the child never writes into a closed pipe).
+fn start_link(
+    server: &str,
+    profile: &Path,
+) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(BIN)
+        .arg("--profile")
+        .arg(profile)
+        .args(["link", "--server", server, "--device-name", "new laptop"])
+        .env("REDOUBT_PASSPHRASE", PASSPHRASE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let code = loop {
+        let line = lines.next().expect("a code is shown").unwrap();
+        if let Some(rest) = line.trim().strip_prefix("redoubt devices link ") {
+            break rest.trim().to_owned();
+        }
+    };
+    let rest =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    (child, code, rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_is_linked_with_the_code_it_shows() {
+    let server = TestServer::start().await;
+    let alice = register(&server, &fresh_phone()).await;
+    let alice_phone = alice.client.phone().e164().to_owned();
+    let dir = alice.dir.path().to_owned();
+    alice.client.close().await;
+    let (new_dir, wrong_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let base = server.base_url();
+    tokio::task::spawn_blocking({
+        let (new_dir, wrong_dir) = (new_dir.path().to_owned(), wrong_dir.path().to_owned());
+        move || {
+            let (child, code, _) = start_link(&base, &new_dir);
+            assert_eq!(code.len(), 19, "{code}");
+            let approved = redoubt(&dir, &["devices", "link", &code]);
+            assert!(approved.status.success(), "{}", stderr(&approved));
+            assert!(
+                stdout(&approved).contains("Linked device"),
+                "{}",
+                stdout(&approved)
+            );
+            let linked = child.wait_with_output().unwrap();
+            assert!(linked.status.success(), "{}", stderr(&linked));
+            assert!(
+                stdout(&linked).contains(&format!("Linked to {alice_phone}")),
+                "{}",
+                stdout(&linked)
+            );
+            let devices = redoubt(&new_dir, &["--json", "devices"]);
+            let devices: serde_json::Value = serde_json::from_slice(&devices.stdout).unwrap();
+            assert_eq!(devices.as_array().unwrap().len(), 2);
+
+            // A mistyped code links nothing, and both sides say so.
+            let (child, code, said) = start_link(&base, &wrong_dir);
+            let last = if code.ends_with('0') { '1' } else { '0' };
+            let wrong = format!("{}{last}", &code[..code.len() - 1]);
+            let refused = redoubt(&dir, &["devices", "link", &wrong]);
+            assert_eq!(refused.status.code(), Some(1));
+            assert!(
+                stderr(&refused).contains("nothing was linked"),
+                "{}",
+                stderr(&refused)
+            );
+            let failed = child.wait_with_output().unwrap();
+            let said = said.join().unwrap();
+            assert_eq!(failed.status.code(), Some(1), "{said}");
+            assert!(said.contains("nothing was linked"), "{said}");
+            assert!(!redoubt_client::store::ProfileStore::exists(&wrong_dir));
+            let devices = redoubt(&dir, &["--json", "devices"]);
+            let devices: serde_json::Value = serde_json::from_slice(&devices.stdout).unwrap();
+            assert_eq!(devices.as_array().unwrap().len(), 2, "nothing was approved");
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -13,7 +13,7 @@ async fn a_group_of_five_with_adds_and_removes() {
     let mut alice = register(&server, &fresh_phone()).await;
     let bob_phone = fresh_phone();
     let mut bob_laptop = register(&server, &bob_phone).await;
-    let mut bob_phone_device = register(&server, &bob_phone).await;
+    let mut bob_phone_device = link(&server, &mut bob_laptop.client).await;
     let mut carol = register(&server, &fresh_phone()).await;
     let mut dave = register(&server, &fresh_phone()).await;
     let mut erin = register(&server, &fresh_phone()).await;

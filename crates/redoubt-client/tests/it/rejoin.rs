@@ -1,6 +1,8 @@
-//! A device that loses its state registers again and is brought back in
-//! through a fresh Welcome; its new key is announced loudly.
+//! A device that loses its state registers again (a new identity, which
+//! its contacts must accept) and is brought back in through a fresh
+//! Welcome; removed members are added back.
 
+use redoubt_client::ClientError;
 use test_support::{fresh_phone, TestServer};
 
 use crate::support::*;
@@ -36,6 +38,17 @@ async fn a_device_that_lost_its_state_rejoins_and_the_key_change_is_loud() {
     let mut bob = register(&server, &bob_phone).await;
     bob.client.api().revoke_device(old_device).await.unwrap();
 
+    // The new registration is a new identity: Alice's client refuses to
+    // send until she accepts it, naming Bob.
+    match alice.client.send_text(&chat, "are you there?").await {
+        Err(ClientError::IdentityChanged(phones)) => assert_eq!(phones, vec![bob_phone.clone()]),
+        other => panic!("an identity change must hold the message: {other:?}"),
+    }
+    alice
+        .client
+        .accept_changes(std::slice::from_ref(&bob_phone))
+        .await
+        .unwrap();
     alice
         .client
         .send_text(&chat, "are you there?")

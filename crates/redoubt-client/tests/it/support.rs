@@ -81,3 +81,22 @@ pub async fn system_texts(
         .map(|m| m.text)
         .collect()
 }
+
+/// Links a new device to `existing`'s account the way people do: the new
+/// device shows a code, the existing one types it.
+pub async fn link(server: &TestServer, existing: &mut Client) -> Profile {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+    let base = server.base_url();
+    let new = Client::link_new(dir.path(), PASSPHRASE, &base, "linked", config(), |code| {
+        let _ = tx.send(code.to_owned());
+    });
+    let approve = async {
+        let code = rx.await.unwrap();
+        existing.approve_link(&code).await.unwrap()
+    };
+    let (client, device) = tokio::join!(new, approve);
+    let client = client.unwrap();
+    assert_eq!(client.device_id(), device);
+    Profile { client, dir }
+}
