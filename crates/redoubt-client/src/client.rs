@@ -724,7 +724,6 @@ impl Client {
         self.persist(Changes {
             chats: vec![chat.clone()],
             messages,
-            contact_devices: contacts,
             ..Default::default()
         })
         .await?;
@@ -937,11 +936,7 @@ impl Client {
             info.tls_serialize_detached().map_err(ClientError::mls)?,
         )
         .await?;
-        self.persist(Changes {
-            contact_devices: contacts,
-            ..Default::default()
-        })
-        .await
+        self.persist(Changes::default()).await
     }
 
     /// Sends a commit this device created to `recipients` and merges it; if
@@ -1229,15 +1224,9 @@ impl Client {
             .members()
             .map(|m| (m.credential.clone(), m.signature_key.clone()))
             .collect();
-        let mut seen = Vec::new();
         for (credential, key) in &leaves {
             match self.vouch(credential, key).await {
-                Ok(id) => seen.push(ContactDevice {
-                    account_id: id.account,
-                    device_id: id.device,
-                    signature_key: key.clone(),
-                    phone: id.phone.to_string(),
-                }),
+                Ok(_) => {}
                 Err(why) => {
                     self.ensure_notices_chat(changes).await?;
                     let from = inviter
@@ -1289,10 +1278,6 @@ impl Client {
                 format!("{inviter_name} added you to this chat.")
             },
         ));
-        changes.contact_devices.extend(
-            seen.into_iter()
-                .filter(|d| d.account_id != self.identity.account),
-        );
         self.groups.insert(group_id, group);
         Ok(())
     }
@@ -1537,11 +1522,6 @@ impl Client {
                     .push(system_message(group_id, format!("{who} removed {phone}.")));
             }
         }
-        changes.contact_devices.extend(
-            added
-                .into_iter()
-                .filter(|d| d.account_id != self.identity.account),
-        );
         if self_removed {
             self.forget_group(group_id)?;
             if let Some(mut chat) = self.chat_record(group_id, changes).await? {

@@ -8,8 +8,11 @@
 //!
 //! What it must never do: send plaintext, a private key or a group secret to
 //! the server, or write them to disk unsealed; acknowledge an envelope
-//! before what it carried is stored; or accept a changed device key
-//! silently.
+//! before what it carried is stored; trust any relay answer about keys or
+//! membership (a device is used only if the account's pinned identity key
+//! vouches for it, and chats change only through signed device lists or
+//! MLS commits whose leaves were checked); or send to a changed identity
+//! before the user accepted it.
 
 pub mod api;
 pub mod client;

@@ -583,6 +583,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client = open(&cli).await?;
             sync_or_local(&mut client).await?;
             let chat = chat_for(&mut client, chat).await?;
+            // Changes to the chat's devices (a contact linked a device, an
+            // identity changed) are shown before the message goes.
+            if chat.kind == ChatKind::Direct {
+                match client.reconcile(&chat).await {
+                    Err(e) if !e.is_transient() => return Err(e.into()),
+                    _ => announce(&mut client),
+                }
+            }
             let sent = match client.send_text(&chat, &text).await {
                 Err(ClientError::IdentityChanged(phones)) if *accept_changes => {
                     announce(&mut client);

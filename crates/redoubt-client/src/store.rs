@@ -11,13 +11,13 @@
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
-use redoubt_proto::{AccountId, DeviceId, EnvelopeId};
+use redoubt_proto::{DeviceId, EnvelopeId};
 use serde::{de::DeserializeOwned, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
 use crate::error::{ClientError, Result};
-use crate::model::{ChatRecord, ContactDevice, MessageRecord, OutboxEntry};
+use crate::model::{ChatRecord, MessageRecord, OutboxEntry};
 use crate::seal::{KdfParams, SealKey};
 
 const DB_FILE: &str = "profile.db";
@@ -34,8 +34,6 @@ pub struct Changes {
     pub messages: Vec<MessageRecord>,
     /// Envelopes now processed.
     pub processed: Vec<EnvelopeId>,
-    /// Contact device keys seen.
-    pub contact_devices: Vec<ContactDevice>,
     /// Messages already stored whose record changed (a queued message
     /// delivered, or given up on).
     pub updated_messages: Vec<MessageRecord>,
@@ -302,20 +300,6 @@ impl ProfileStore {
         Ok(row.is_some())
     }
 
-    /// The device keys seen for an account.
-    pub async fn contact_devices(&self, account: AccountId) -> Result<Vec<ContactDevice>> {
-        let rows = sqlx::query("SELECT device_id, sealed FROM contact_devices WHERE account_id = ? ORDER BY first_seen")
-            .bind(account.as_bytes().to_vec())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let device: Vec<u8> = r.get(0);
-                self.open_json(&place("contact_devices", &device), &r.get::<Vec<u8>, _>(1))
-            })
-            .collect()
-    }
-
     /// Applies a changeset atomically and returns the new state generation.
     pub async fn apply(&self, changes: Changes) -> Result<i64> {
         let now = now_ms();
@@ -364,19 +348,6 @@ impl ProfileStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-        }
-        for device in &changes.contact_devices {
-            let dev = device.device_id.as_bytes().to_vec();
-            sqlx::query(
-                "INSERT INTO contact_devices (account_id, device_id, sealed, first_seen) VALUES (?, ?, ?, ?)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(device.account_id.as_bytes().to_vec())
-            .bind(&dev)
-            .bind(self.seal_json(&place("contact_devices", &dev), device)?)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
         }
         for message in &changes.updated_messages {
             let id = message.message_id.as_bytes().to_vec();

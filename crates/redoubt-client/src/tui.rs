@@ -33,6 +33,9 @@ struct App {
     status: String,
     /// A market-exit notice, shown above everything while it stands.
     banner: Option<String>,
+    /// Numbers whose new identity held the last message back, until the
+    /// user accepts them (Ctrl-A) or types on.
+    held: Vec<String>,
 }
 
 /// Runs the screen until Esc or Ctrl-C. The terminal is restored on every
@@ -103,6 +106,7 @@ async fn event_loop(
         input: String::new(),
         status: error.unwrap_or_else(|| format!("{} — connecting…", client.phone())),
         banner: None,
+        held: Vec::new(),
     };
     let mut events = EventStream::new();
     let mut socket = connect(client).await;
@@ -132,6 +136,19 @@ async fn event_loop(
                     KeyCode::Enter if key.modifiers.contains(KeyModifiers::ALT) => {
                         app.input.push('\n');
                     }
+                    // Accept the identity changes that held the message back
+                    // (after comparing safety numbers), and send it.
+                    KeyCode::Char('a')
+                        if key.modifiers.contains(KeyModifiers::CONTROL) && !app.held.is_empty() =>
+                    {
+                        let held = std::mem::take(&mut app.held);
+                        match client.accept_changes(&held).await {
+                            Ok(()) => {
+                                app.status = format!("accepted the new identity of {}; Enter sends", held.join(", "));
+                            }
+                            Err(e) => app.status = format!("not accepted: {}", one_line(&e.to_string())),
+                        }
+                    }
                     KeyCode::Enter => {
                         let text = std::mem::take(&mut app.input);
                         if let Some(chat) = app.chats.get(app.selected).cloned() {
@@ -141,6 +158,15 @@ async fn event_loop(
                                         app.status = "queued: the relay cannot take it now; it is sent when the relay is back".into();
                                     }
                                     Ok(_) => {}
+                                    Err(redoubt_client::ClientError::IdentityChanged(phones)) => {
+                                        app.status = format!(
+                                            "NOT SENT: {} has a new identity key. Compare safety numbers \
+                                             (`redoubt verify`), then Ctrl-A accepts it",
+                                            phones.join(", ")
+                                        );
+                                        app.held = phones;
+                                        app.input = text;
+                                    }
                                     Err(e) => {
                                         app.status = format!("not sent: {}", one_line(&e.to_string()));
                                         app.input = text;

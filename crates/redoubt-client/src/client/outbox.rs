@@ -50,7 +50,7 @@ impl Client {
     /// the send is retried once for the rest: the relay queues all or
     /// nothing, so nobody receives it twice.
     pub(super) async fn send_envelope(
-        &self,
+        &mut self,
         id: EnvelopeId,
         mut recipients: Vec<DeviceId>,
         payload: Vec<u8>,
@@ -65,6 +65,15 @@ impl Client {
                     devices,
                     ..
                 }) if !devices.is_empty() => {
+                    // The devices stay in the chat (only a signed list
+                    // removes one), but the user learns the relay would
+                    // not carry this to them.
+                    let n = devices.len();
+                    self.announcements.push(format!(
+                        "⚠ The relay refused to deliver to {n} device{} of this chat (revoked \
+                         there, or withheld); the others got it.",
+                        if n == 1 { "" } else { "s" }
+                    ));
                     recipients.retain(|d| !devices.contains(d));
                 }
                 other => return other.map(|_| ()),

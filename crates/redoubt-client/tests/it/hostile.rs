@@ -158,8 +158,18 @@ async fn hiding_or_dropping_a_device_does_not_remove_it_from_chats() {
     assert_eq!(both.len(), 3);
     // The relay stops listing Bob's second device: the chat keeps it.
     hostile::hide_device(&server, bob2.client.device_id(), true).await;
+    alice.client.take_announcements();
     alice.client.send_text(&chat, "while hidden").await.unwrap();
     assert_eq!(devices_in(&alice.client, &chat), both);
+    // It would not carry the message there, and Alice is told.
+    assert!(
+        alice
+            .client
+            .take_announcements()
+            .iter()
+            .any(|t| t.contains("refused to deliver to 1 device")),
+        "the withheld delivery is shown"
+    );
     // Listed again: nothing to re-add, it never left, and it reads on.
     hostile::hide_device(&server, bob2.client.device_id(), false).await;
     alice.client.send_text(&chat, "shown again").await.unwrap();
