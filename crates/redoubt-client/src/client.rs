@@ -453,6 +453,17 @@ impl Client {
         self.record(changes).await
     }
 
+    /// Persists the identity document after a change to it.
+    async fn save_identity(&self) -> Result<()> {
+        let doc =
+            serde_json::to_vec(&self.identity).map_err(|_| ClientError::Corrupt("identity"))?;
+        self.record(Changes {
+            documents: vec![("identity", doc)],
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Persists `changes` that leave MLS state as it is.
     async fn record(&self, changes: Changes) -> Result<()> {
         let generation = self.store.apply(changes).await?;

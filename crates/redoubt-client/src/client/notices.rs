@@ -162,13 +162,7 @@ impl Client {
             return Ok(());
         }
         self.identity.service_key = Some(self.api.service_key().await?.public_key);
-        let doc =
-            serde_json::to_vec(&self.identity).map_err(|_| ClientError::Corrupt("identity"))?;
-        self.record(Changes {
-            documents: vec![("identity", doc)],
-            ..Default::default()
-        })
-        .await
+        self.save_identity().await
     }
 
     async fn banners(&self, changes: &Changes) -> Result<BTreeMap<String, Banner>> {

@@ -287,13 +287,7 @@ impl Client {
 
     pub(super) async fn set_own_list(&mut self, list: TrustedList) -> Result<()> {
         self.identity.own_list = Some(list);
-        let doc =
-            serde_json::to_vec(&self.identity).map_err(|_| ClientError::Corrupt("identity"))?;
-        self.record(Changes {
-            documents: vec![("identity", doc)],
-            ..Default::default()
-        })
-        .await
+        self.save_identity().await
     }
 
     /// Signs and publishes this account's next device list with `devices`,

@@ -8,7 +8,6 @@
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use ed25519_dalek::{Signature, VerifyingKey};
 use rand::Rng as _;
 use redoubt_proto::api::{
     ApproveLinkRequest, ApproveLinkResponse, ClaimLinkRequest, DeviceListsResponse,
@@ -20,7 +19,7 @@ use redoubt_proto::{AccountId, AuthToken, DeviceId, DeviceList, ErrorBody, Signe
 use serde::Deserialize;
 
 use super::extract::{token_hash, ApiJson, ApiPath, Authed};
-use super::registration::MAX_DEVICE_NAME_CHARS;
+use super::registration::{device_name, verify_possession};
 use crate::error::ApiError;
 use crate::storage::{DeviceListOutcome, LinkPut, LinkSlot, NewDevice};
 use crate::AppState;
@@ -243,27 +242,12 @@ pub async fn approve_link(
     ApiJson(req): ApiJson<ApproveLinkRequest>,
 ) -> Result<(StatusCode, ApiJson<ApproveLinkResponse>), ApiError> {
     let id = link_id(&id_text)?;
-    let name = req.device_name.trim();
-    if name.is_empty()
-        || name.chars().count() > MAX_DEVICE_NAME_CHARS
-        || name.chars().any(char::is_control)
-    {
-        return Err(ApiError::InvalidRequest(format!(
-            "device_name must be 1 to {MAX_DEVICE_NAME_CHARS} printable characters"
-        )));
-    }
-    let key_bytes: [u8; 32] = req
-        .signature_key
-        .as_slice()
-        .try_into()
-        .map_err(|_| ApiError::InvalidSignatureKey)?;
-    let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| ApiError::InvalidSignatureKey)?;
-    let proof = Signature::from_slice(req.proof.as_slice()).map_err(|_| ApiError::InvalidProof)?;
-    key.verify_strict(
-        &ApproveLinkRequest::proof_input(&base32(&id), &key_bytes),
-        &proof,
-    )
-    .map_err(|_| ApiError::InvalidProof)?;
+    let name = device_name(&req.device_name)?;
+    let key_bytes = verify_possession(
+        req.signature_key.as_slice(),
+        &ApproveLinkRequest::proof_input(&base32(&id), req.signature_key.as_slice()),
+        req.proof.as_slice(),
+    )?;
     // No usable token until the new device claims one: a hash of random
     // bytes nobody holds.
     let mut placeholder = [0u8; 32];
@@ -318,16 +302,11 @@ pub async fn claim_link(
         .await?
         .filter(|a| !a.claimed)
         .ok_or(ApiError::LinkNotReady)?;
-    let key_bytes: [u8; 32] = approval
-        .signature_key
-        .as_slice()
-        .try_into()
-        .map_err(|_| ApiError::InvalidSignatureKey)?;
-    let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| ApiError::InvalidSignatureKey)?;
-    let signature =
-        Signature::from_slice(req.signature.as_slice()).map_err(|_| ApiError::InvalidProof)?;
-    key.verify_strict(&ClaimLinkRequest::claim_input(&base32(&id)), &signature)
-        .map_err(|_| ApiError::InvalidProof)?;
+    verify_possession(
+        &approval.signature_key,
+        &ClaimLinkRequest::claim_input(&base32(&id)),
+        req.signature.as_slice(),
+    )?;
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill(&mut secret);
     let token = AuthToken::from_random_bytes(&secret);

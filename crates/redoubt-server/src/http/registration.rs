@@ -20,7 +20,36 @@ use crate::storage::{
 use crate::AppState;
 
 /// Device names are shown to their owner; keep them short and printable.
-pub(crate) const MAX_DEVICE_NAME_CHARS: usize = 64;
+const MAX_DEVICE_NAME_CHARS: usize = 64;
+
+/// A device name as given, trimmed: 1 to 64 printable characters.
+pub(crate) fn device_name(raw: &str) -> Result<&str, ApiError> {
+    let name = raw.trim();
+    if name.is_empty()
+        || name.chars().count() > MAX_DEVICE_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::InvalidRequest(format!(
+            "device_name must be 1 to {MAX_DEVICE_NAME_CHARS} printable characters"
+        )));
+    }
+    Ok(name)
+}
+
+/// Checks that `signature` over `message` was made by the Ed25519 key
+/// `key`: a device proving it holds the key it registers. Returns the key.
+pub(crate) fn verify_possession(
+    key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<[u8; 32], ApiError> {
+    let key_bytes: [u8; 32] = key.try_into().map_err(|_| ApiError::InvalidSignatureKey)?;
+    let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| ApiError::InvalidSignatureKey)?;
+    let signature = Signature::from_slice(signature).map_err(|_| ApiError::InvalidProof)?;
+    key.verify_strict(message, &signature)
+        .map_err(|_| ApiError::InvalidProof)?;
+    Ok(key_bytes)
+}
 
 fn code_hash(phone_key: &Digest, code: &str) -> Digest {
     let mut h = Sha256::new();
@@ -121,25 +150,13 @@ pub async fn verify_code(
     if req.code.len() != 6 || !req.code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::InvalidRequest("code must be 6 digits".into()));
     }
-    let name = req.device_name.trim();
-    if name.is_empty()
-        || name.chars().count() > MAX_DEVICE_NAME_CHARS
-        || name.chars().any(char::is_control)
-    {
-        return Err(ApiError::InvalidRequest(format!(
-            "device_name must be 1 to {MAX_DEVICE_NAME_CHARS} printable characters"
-        )));
-    }
-    let key_bytes: [u8; 32] = req
-        .signature_key
-        .as_slice()
-        .try_into()
-        .map_err(|_| ApiError::InvalidSignatureKey)?;
-    let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| ApiError::InvalidSignatureKey)?;
-    let proof = Signature::from_slice(req.proof.as_slice()).map_err(|_| ApiError::InvalidProof)?;
+    let name = device_name(&req.device_name)?;
     let challenge = VerifyCodeRequest::registration_challenge(&req.phone, &req.code);
-    key.verify_strict(&challenge, &proof)
-        .map_err(|_| ApiError::InvalidProof)?;
+    let key_bytes = verify_possession(
+        req.signature_key.as_slice(),
+        &challenge,
+        req.proof.as_slice(),
+    )?;
 
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill(&mut secret);
