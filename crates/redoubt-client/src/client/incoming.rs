@@ -1,0 +1,450 @@
+//! What arrives: fetching the mailbox, and turning each envelope into
+//! stored history and MLS state. Welcomes and commits are checked leaf by
+//! leaf before they take effect; bad input becomes a visible notice, never
+//! an error that would block the mailbox.
+
+use super::*;
+
+impl Client {
+    /// Fetches, processes and acknowledges everything waiting, then tops up
+    /// key packages.
+    pub async fn sync(&mut self) -> Result<SyncReport> {
+        let _held = self.hold().await?;
+        self.pin_service_key_if_missing().await?;
+        // What waits in the outbox goes first, in the order it was written.
+        let flushed = self.flush_outbox().await?;
+        let mut report = SyncReport {
+            sent: flushed.sent.len(),
+            queued: flushed.waiting,
+            ..Default::default()
+        };
+        loop {
+            let page = self.api.fetch().await?;
+            if page.envelopes.is_empty() {
+                break;
+            }
+            let mut changes = Changes::default();
+            let mut acks = Vec::new();
+            for envelope in page.envelopes {
+                acks.push(envelope.id);
+                if self.store.is_processed(envelope.id).await?
+                    || changes.processed.contains(&envelope.id)
+                {
+                    continue;
+                }
+                self.process(envelope.kind, envelope.payload.as_slice(), &mut changes)
+                    .await?;
+                changes.processed.push(envelope.id);
+                report.processed += 1;
+            }
+            report.messages.extend(changes.messages.iter().cloned());
+            // Stored first, acknowledged second: a crash in between means a
+            // redelivery, which the processed list drops.
+            self.persist(changes).await?;
+            self.api.ack(acks).await?;
+            if !page.more {
+                break;
+            }
+        }
+        // Watch this account's own device list: a list this device's
+        // identity did not sign (an SMS reset by someone else) is shown.
+        self.own_trusted_devices().await?;
+        self.top_up_key_packages().await?;
+        Ok(report)
+    }
+
+    /// Processes one envelope's payload into `changes`. Bad input becomes a
+    /// visible notice, never an error that would block the mailbox.
+    async fn process(
+        &mut self,
+        kind: EnvelopeKind,
+        payload: &[u8],
+        changes: &mut Changes,
+    ) -> Result<()> {
+        if kind == EnvelopeKind::ServerNotice {
+            return self.service_notice(payload, changes).await;
+        }
+        let Ok(message) = MlsMessageIn::tls_deserialize_exact(payload) else {
+            self.ensure_notices_chat(changes).await?;
+            changes.messages.push(system_message(
+                NOTICES_CHAT,
+                "A message that is not valid MLS was dropped.".into(),
+            ));
+            return Ok(());
+        };
+        match message.extract() {
+            MlsMessageBodyIn::Welcome(welcome) => self.join(welcome, changes).await,
+            MlsMessageBodyIn::PrivateMessage(m) => self.handle_protocol(m.into(), changes).await,
+            MlsMessageBodyIn::PublicMessage(m) => self.handle_protocol(m.into(), changes).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn join(&mut self, welcome: Welcome, changes: &mut Changes) -> Result<()> {
+        let staged =
+            match StagedWelcome::build_from_welcome(&self.provider, &mls::join_config(), welcome)
+                .and_then(|builder| {
+                    let group_id = builder
+                        .processed_welcome()
+                        .unverified_group_info()
+                        .group_id()
+                        .clone();
+                    // A chat this device was removed from or left may still have
+                    // state from an older profile version (removal now deletes it):
+                    // being added back replaces it. A Welcome into a chat this
+                    // device is still in is refused by OpenMLS as a duplicate.
+                    if self.groups.contains_key(group_id.as_slice()) {
+                        builder.build()
+                    } else {
+                        builder.replace_old_group().build()
+                    }
+                }) {
+                Ok(staged) => staged,
+                Err(_) => {
+                    // A Welcome for a key package this device no longer has (or a
+                    // forged one) cannot be used; say so instead of failing.
+                    self.ensure_notices_chat(changes).await?;
+                    changes.messages.push(system_message(
+                        NOTICES_CHAT,
+                        "An invitation to a chat could not be opened and was dropped.".into(),
+                    ));
+                    return Ok(());
+                }
+            };
+        let inviter = staged
+            .welcome_sender()
+            .ok()
+            .and_then(|leaf| mls::identity_of(leaf.credential()).ok());
+        // Every member of the whole ratchet tree must be vouched for by
+        // its account's identity key before this device joins: a ghost in
+        // the tree would read everything said here.
+        let leaves: Vec<(Credential, Vec<u8>)> = staged
+            .members()
+            .map(|m| (m.credential.clone(), m.signature_key.clone()))
+            .collect();
+        for (credential, key) in &leaves {
+            match self.vouch(credential, key).await {
+                Ok(_) => {}
+                Err(why) => {
+                    self.ensure_notices_chat(changes).await?;
+                    let from = inviter
+                        .as_ref()
+                        .map(|i| i.phone.to_string())
+                        .unwrap_or_else(|| "someone".into());
+                    changes.messages.push(system_message(
+                        NOTICES_CHAT,
+                        format!("⚠ An invitation to a chat from {from} was refused: {why}."),
+                    ));
+                    return Ok(());
+                }
+            }
+        }
+        let group = staged
+            .into_group(&self.provider)
+            .map_err(ClientError::mls)?;
+        let group_id = group.group_id().as_slice().to_vec();
+        let previous = self.chat_record(&group_id, changes).await?;
+        let inviter_name = inviter
+            .as_ref()
+            .map(|i| i.phone.to_string())
+            .unwrap_or_else(|| "someone".into());
+        let back = previous.is_some();
+        changes.chats.push(match previous {
+            // Added back to a chat this device had left or was removed
+            // from: the same chat, with its history, active again.
+            Some(chat) => ChatRecord {
+                state: ChatState::Active,
+                ..chat
+            },
+            None => ChatRecord {
+                group_id: group_id.clone(),
+                kind: ChatKind::Group,
+                name: format!("chat from {inviter_name}"),
+                peer: inviter
+                    .as_ref()
+                    .map(|i| i.account)
+                    .filter(|a| *a != self.identity.account),
+                state: ChatState::Active,
+                created_at: now_ms(),
+            },
+        });
+        changes.messages.push(system_message(
+            &group_id,
+            if back {
+                format!("{inviter_name} added you back to this chat.")
+            } else {
+                format!("{inviter_name} added you to this chat.")
+            },
+        ));
+        self.groups.insert(group_id, group);
+        Ok(())
+    }
+
+    fn pending_chat(&self, group_id: &[u8], changes: &Changes) -> Option<ChatRecord> {
+        changes
+            .chats
+            .iter()
+            .rev()
+            .find(|c| c.group_id == group_id)
+            .cloned()
+    }
+
+    async fn chat_record(&self, group_id: &[u8], changes: &Changes) -> Result<Option<ChatRecord>> {
+        if let Some(chat) = self.pending_chat(group_id, changes) {
+            return Ok(Some(chat));
+        }
+        Ok(self
+            .store
+            .chats()
+            .await?
+            .into_iter()
+            .find(|c| c.group_id == group_id))
+    }
+
+    async fn handle_protocol(
+        &mut self,
+        message: ProtocolMessage,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let group_id = message.group_id().as_slice().to_vec();
+        let Some(group) = self.groups.get_mut(&group_id) else {
+            // A chat this device left or never joined: nothing to do.
+            return Ok(());
+        };
+        let processed = match group.process_message(&self.provider, message) {
+            Ok(p) => p,
+            Err(_) => {
+                changes.messages.push(system_message(
+                    &group_id,
+                    "⚠ A message could not be decrypted or verified and was dropped \
+                     (tampered, replayed, or not from a member)."
+                        .into(),
+                ));
+                return Ok(());
+            }
+        };
+        let sender = mls::identity_of(processed.credential())?;
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let Ok(body) = serde_json::from_slice::<AppMessage>(&app.into_bytes()) else {
+                    changes.messages.push(system_message(
+                        &group_id,
+                        "A message in an unknown format was dropped.".into(),
+                    ));
+                    return Ok(());
+                };
+                self.apply_app_message(&group_id, sender, body, changes)
+                    .await?;
+            }
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                let group = self
+                    .groups
+                    .get_mut(&group_id)
+                    .ok_or(ClientError::NotAMember)?;
+                group
+                    .store_pending_proposal(self.provider.storage(), *proposal)
+                    .map_err(ClientError::mls)?;
+                self.commit_if_designated(&group_id, changes).await?;
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                self.apply_commit(&group_id, &sender, *staged, changes)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn apply_app_message(
+        &mut self,
+        group_id: &[u8],
+        sender: MemberIdentity,
+        body: AppMessage,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        match body {
+            AppMessage::Text { id, text, sent_at } => changes.messages.push(MessageRecord {
+                message_id: id,
+                group_id: group_id.to_vec(),
+                author: Author::Member {
+                    me: sender.account == self.identity.account,
+                    account: sender.account,
+                    device: sender.device,
+                    phone: sender.phone.to_string(),
+                },
+                text,
+                sent_at,
+                received_at: now_ms(),
+                delivery: Delivery::Sent,
+            }),
+            AppMessage::ChatInfo { kind, name } => {
+                if let Some(mut chat) = self.chat_record(group_id, changes).await? {
+                    chat.kind = kind;
+                    if kind == ChatKind::Direct {
+                        if sender.account != self.identity.account {
+                            chat.name = sender.phone.to_string();
+                            chat.peer = Some(sender.account);
+                        }
+                    } else if !name.trim().is_empty() {
+                        chat.name = name.chars().take(100).collect();
+                    }
+                    changes.chats.push(chat);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// When a member proposes to leave, the remaining member with the lowest
+    /// leaf index commits the proposal, so exactly one commit is made.
+    async fn commit_if_designated(&mut self, group_id: &[u8], changes: &mut Changes) -> Result<()> {
+        let group = self.groups.get(group_id).ok_or(ClientError::NotAMember)?;
+        let leaving: BTreeSet<u32> = group
+            .pending_proposals()
+            .filter_map(|p| match p.proposal() {
+                Proposal::Remove(r) => Some(r.removed().u32()),
+                _ => None,
+            })
+            .collect();
+        let designated = group
+            .members()
+            .map(|m| m.index.u32())
+            .find(|i| !leaving.contains(i));
+        if designated != Some(group.own_leaf_index().u32()) {
+            return Ok(());
+        }
+        let recipients = self.recipients(group)?;
+        let (provider, signer) = (&self.provider, &self.identity.signer);
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(ClientError::NotAMember)?;
+        let (commit, _, _) = group
+            .commit_to_pending_proposals(provider, signer)
+            .map_err(ClientError::mls)?;
+        self.send_commit(group_id, recipients, commit).await?;
+        changes
+            .messages
+            .push(system_message(group_id, "A member left.".into()));
+        Ok(())
+    }
+
+    async fn apply_commit(
+        &mut self,
+        group_id: &[u8],
+        sender: &MemberIdentity,
+        staged: StagedCommit,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        // Every leaf the commit brings in or changes must be vouched for by
+        // its account's identity key. A commit that fails is not merged:
+        // the chat stops here, loudly, rather than let a ghost read on.
+        let mut added = Vec::new();
+        let mut changed_leaves: Vec<(Credential, Vec<u8>)> = staged
+            .update_proposals()
+            .map(|u| {
+                let leaf = u.update_proposal().leaf_node();
+                (
+                    leaf.credential().clone(),
+                    leaf.signature_key().as_slice().to_vec(),
+                )
+            })
+            .collect();
+        if let Some(leaf) = staged.update_path_leaf_node() {
+            changed_leaves.push((
+                leaf.credential().clone(),
+                leaf.signature_key().as_slice().to_vec(),
+            ));
+        }
+        let new_leaves: Vec<(Credential, Vec<u8>)> = staged
+            .add_proposals()
+            .map(|add| {
+                let leaf = add.add_proposal().key_package().leaf_node();
+                (
+                    leaf.credential().clone(),
+                    leaf.signature_key().as_slice().to_vec(),
+                )
+            })
+            .collect();
+        for (i, (credential, key)) in new_leaves.iter().chain(&changed_leaves).enumerate() {
+            match self.vouch(credential, key).await {
+                Ok(id) if i < new_leaves.len() => added.push(ContactDevice {
+                    account_id: id.account,
+                    device_id: id.device,
+                    signature_key: key.clone(),
+                    phone: id.phone.to_string(),
+                }),
+                Ok(_) => {}
+                Err(why) => {
+                    changes.messages.push(system_message(
+                        group_id,
+                        format!(
+                            "⚠ A change to this chat by {} was refused: {why}. Nothing more \
+                             can be read or sent here until the chat is created anew.",
+                            sender.phone
+                        ),
+                    ));
+                    return Ok(());
+                }
+            }
+        }
+        let group = self.groups.get(group_id).ok_or(ClientError::NotAMember)?;
+        let mut removed = BTreeSet::new();
+        for remove in staged.remove_proposals() {
+            if let Some(member) = group.member_at(remove.remove_proposal().removed()) {
+                removed.insert(mls::identity_of(&member.credential)?.phone.to_string());
+            }
+        }
+        let self_removed = staged.self_removed();
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(ClientError::NotAMember)?;
+        group
+            .merge_staged_commit(&self.provider, staged)
+            .map_err(ClientError::mls)?;
+        let who = if sender.account == self.identity.account {
+            "You".to_owned()
+        } else {
+            sender.phone.to_string()
+        };
+        for phone in BTreeSet::from_iter(added.iter().map(|a| a.phone.clone())) {
+            changes
+                .messages
+                .push(system_message(group_id, format!("{who} added {phone}.")));
+        }
+        for phone in removed {
+            if phone != sender.phone.to_string() {
+                changes
+                    .messages
+                    .push(system_message(group_id, format!("{who} removed {phone}.")));
+            }
+        }
+        if self_removed {
+            self.forget_group(group_id)?;
+            if let Some(mut chat) = self.chat_record(group_id, changes).await? {
+                if chat.state == ChatState::Active {
+                    chat.state = ChatState::Removed;
+                    changes.messages.push(system_message(
+                        group_id,
+                        format!("{who} removed you from this chat."),
+                    ));
+                }
+                changes.chats.push(chat);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a group's MLS state once this device is out of it: its
+    /// secrets must not outlive membership, and a device added back later
+    /// must be able to join afresh.
+    pub(super) fn forget_group(&mut self, group_id: &[u8]) -> Result<()> {
+        if let Some(mut group) = self.groups.remove(group_id) {
+            group
+                .delete(self.provider.storage())
+                .map_err(ClientError::mls)?;
+        }
+        Ok(())
+    }
+}
