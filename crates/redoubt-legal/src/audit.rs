@@ -77,6 +77,10 @@ pub enum ChainBreak {
         /// 1-based line number.
         line: usize,
     },
+    /// The file exists but cannot be read as text (damaged, not UTF-8, no
+    /// permission). It is never taken for an empty log.
+    #[error("the audit log cannot be read: {0}")]
+    Io(String),
     /// The entry's content does not match its hash: it was edited.
     #[error("entry {seq} (line {line}) was edited: its content does not match its hash")]
     Edited {
@@ -171,7 +175,8 @@ impl AuditLog {
     pub fn verify(&self) -> Result<usize, ChainBreak> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
-            Err(_) => return Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(ChainBreak::Io(e.to_string())),
         };
         let mut prev = GENESIS.to_owned();
         let mut count = 0;

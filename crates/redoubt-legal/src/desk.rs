@@ -54,6 +54,11 @@ pub struct OrderRecord {
     pub received_at: OffsetDateTime,
     /// Where it stands.
     pub status: OrderStatus,
+    /// The account the target named at intake. Approval discloses this
+    /// account or nothing: a number recycled to someone else in between
+    /// never discloses its new holder.
+    #[serde(default)]
+    pub target_account: Option<redoubt_proto::AccountId>,
 }
 
 /// The result of an intake.
@@ -109,6 +114,41 @@ pub enum DeskError {
     /// The order lapsed while waiting.
     #[error("the order's deadline passed before approval")]
     Expired,
+    /// The operator name is empty, padded, or has invisible or control
+    /// characters: refused, never normalised, so one person cannot pass
+    /// for two.
+    #[error("operator names are 1 to 64 visible letters, digits, spaces, '.', '-', '_', '@' or \"'\", with no space at either end")]
+    BadOperator,
+    /// Checked again at approval, the order no longer holds (the authority
+    /// was revoked or expired, the market was exited, the deadline passed).
+    #[error("the order no longer verifies at approval ({code}): {rejection}", code = .0.code(), rejection = .0)]
+    NoLongerValid(Rejection),
+    /// The target's number now belongs to another account than at intake.
+    #[error(
+        "the target's number now belongs to another account than at intake; nothing is disclosed"
+    )]
+    TargetChanged,
+}
+
+/// Checks an operator's name as the audit log and the four-eyes rule use
+/// it. Names are refused, never trimmed or normalised.
+pub fn check_operator(name: &str) -> Result<&str, DeskError> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 64
+        && name.trim() == name
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || " .-_@'".contains(c));
+    if ok {
+        Ok(name)
+    } else {
+        Err(DeskError::BadOperator)
+    }
+}
+
+/// Whether two checked names are the same person for the four-eyes rule.
+fn same_operator(a: &str, b: &str) -> bool {
+    a.to_lowercase() == b.to_lowercase()
 }
 
 /// The desk, over a data directory and read-only records.
@@ -202,6 +242,11 @@ impl<R: SubscriberRecords> Desk<R> {
                 what: "the period",
                 detail,
             })?;
+        // A report vouches for the log it counts: never over a broken one.
+        self.audit.verify().map_err(|e| LegalError::Malformed {
+            what: "the audit log",
+            detail: e.to_string(),
+        })?;
         let report = crate::report::build(
             period,
             range,
@@ -314,16 +359,13 @@ impl<R: SubscriberRecords> Desk<R> {
             .dir
             .join("orders")
             .join(file_name(&record.order.order.order_id));
-        let tmp = path.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(record).map_err(|e| LegalError::Malformed {
+        write_durably(
+            &path,
+            &serde_json::to_vec_pretty(record).map_err(|e| LegalError::Malformed {
                 what: "an order record",
                 detail: e.to_string(),
             })?,
-        )?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        )
     }
 
     fn reject(
@@ -344,6 +386,7 @@ impl<R: SubscriberRecords> Desk<R> {
                     code: rejection.code().into(),
                     reason: rejection.to_string(),
                 },
+                target_account: None,
             })?;
         }
         let jurisdiction = order.map(|o| o.order.jurisdiction.clone());
@@ -373,6 +416,7 @@ impl<R: SubscriberRecords> Desk<R> {
         operator: &str,
         now: OffsetDateTime,
     ) -> Result<Intake, DeskError> {
+        let operator = check_operator(operator)?;
         let signed = match verify_document(document, &self.trust, &self.markets, now) {
             Ok(signed) => signed,
             Err(rejection) => {
@@ -404,19 +448,15 @@ impl<R: SubscriberRecords> Desk<R> {
         if self.order(&order.order_id)?.is_some() {
             return Ok(self.reject(Some(&signed), Rejection::Duplicate, operator, now)?);
         }
-        if self.records.subscriber(&order.target).await?.is_none() {
+        let Some(subscriber) = self.records.subscriber(&order.target).await? else {
             return Ok(self.reject(Some(&signed), Rejection::TargetNotFound, operator, now)?);
-        }
+        };
         let only_ip_data = !order.categories.contains(&DataCategory::Subscriber);
         if only_ip_data && order.window.to < now - self.retention {
             return Ok(self.reject(Some(&signed), Rejection::NoDataHeld, operator, now)?);
         }
-        self.save(&OrderRecord {
-            order: signed.clone(),
-            intake_by: operator.into(),
-            received_at: now,
-            status: OrderStatus::Pending,
-        })?;
+        // The audit entry first: on a log that cannot be extended, nothing
+        // is filed.
         self.audit.append(
             "intake",
             operator,
@@ -429,14 +469,46 @@ impl<R: SubscriberRecords> Desk<R> {
             }),
             now,
         )?;
+        self.save(&OrderRecord {
+            order: signed.clone(),
+            intake_by: operator.into(),
+            received_at: now,
+            status: OrderStatus::Pending,
+            target_account: Some(subscriber.account_id),
+        })?;
         Ok(Intake::Pending {
             order_id: order.order_id.clone(),
         })
     }
 
-    /// A second operator approves a pending order: the package is produced,
-    /// signed, filed and returned.
+    /// A second operator approves a pending order: everything intake
+    /// checked is checked again (authority, market, deadline), the target
+    /// must still be the account fixed at intake, and the package is
+    /// produced, audited, then filed and returned. A refusal is audited too.
     pub async fn approve(
+        &self,
+        order_id: &str,
+        operator: &str,
+        now: OffsetDateTime,
+    ) -> Result<SignedPackage, DeskError> {
+        let operator = check_operator(operator)?;
+        match self.try_approve(order_id, operator, now).await {
+            Ok(package) => Ok(package),
+            Err(e @ (DeskError::Legal(_) | DeskError::Records(_))) => Err(e),
+            Err(refusal) => {
+                self.audit.append(
+                    "approval_refused",
+                    operator,
+                    Some(order_id).filter(|id| crate::verify::check_id("order_id", id).is_ok()),
+                    json!({ "reason": refusal.to_string() }),
+                    now,
+                )?;
+                Err(refusal)
+            }
+        }
+    }
+
+    async fn try_approve(
         &self,
         order_id: &str,
         operator: &str,
@@ -448,18 +520,32 @@ impl<R: SubscriberRecords> Desk<R> {
         if record.status != OrderStatus::Pending {
             return Err(DeskError::NotPending(order_id.into()));
         }
-        if record.intake_by == operator {
+        if same_operator(&record.intake_by, operator) {
             return Err(DeskError::FourEyes);
         }
         let order = record.order.order.clone();
         if order.deadline < now {
             return Err(DeskError::Expired);
         }
+        // The world may have changed since intake: a revoked or expired
+        // authority, an exited market. The same checks, again, now.
+        let document = serde_json::to_vec(&record.order).map_err(|e| LegalError::Malformed {
+            what: "an order record",
+            detail: e.to_string(),
+        })?;
+        verify_document(&document, &self.trust, &self.markets, now)
+            .map_err(DeskError::NoLongerValid)?;
         let subscriber = self
             .records
             .subscriber(&order.target)
             .await?
-            .ok_or(DeskError::UnknownOrder(order_id.into()))?;
+            .ok_or(DeskError::TargetChanged)?;
+        if record
+            .target_account
+            .is_some_and(|fixed| fixed != subscriber.account_id)
+        {
+            return Err(DeskError::TargetChanged);
+        }
         let account = subscriber.account_id;
         let mut produced = Disclosure {
             subscriber: None,
@@ -472,11 +558,23 @@ impl<R: SubscriberRecords> Desk<R> {
                     produced.subscriber = Some((&subscriber).into())
                 }
                 (DataCategory::IpIdentification, Ok(())) => {
-                    produced.ip_identification = Some(
-                        self.records
-                            .ip_records(account, order.window.from, order.window.to)
-                            .await?,
-                    );
+                    // Each sighting is clipped to the window: nothing the
+                    // order did not ask for leaves, not even the edge of a
+                    // record that began before it or ended after it.
+                    let (from, to) = (order.window.from, order.window.to);
+                    let records = self
+                        .records
+                        .ip_records(account, from, to)
+                        .await?
+                        .into_iter()
+                        .filter(|r| r.first_seen <= to && r.last_seen >= from)
+                        .map(|mut r| {
+                            r.first_seen = r.first_seen.max(from);
+                            r.last_seen = r.last_seen.min(to);
+                            r
+                        })
+                        .collect();
+                    produced.ip_identification = Some(records);
                 }
                 (category, Err(reason)) => not_produced.push(NotProduced {
                     category: *category,
@@ -495,21 +593,8 @@ impl<R: SubscriberRecords> Desk<R> {
             produced_at: now,
         };
         let signed = self.key.sign(package);
-        let path = self.dir.join("disclosures").join(file_name(order_id));
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&signed).map_err(|e| LegalError::Malformed {
-                what: "a package",
-                detail: e.to_string(),
-            })?,
-        )
-        .map_err(LegalError::from)?;
-        record.status = OrderStatus::Fulfilled {
-            approved_by: operator.into(),
-            disclosed_at: now,
-            notified_at: None,
-        };
-        self.save(&record)?;
+        // Audited before anything leaves: if the log cannot be extended,
+        // no package is written and the order stays pending.
         self.audit.append(
             "approval",
             operator,
@@ -535,6 +620,31 @@ impl<R: SubscriberRecords> Desk<R> {
             }),
             now,
         )?;
+        let path = self.dir.join("disclosures").join(file_name(order_id));
+        write_durably(
+            &path,
+            &serde_json::to_vec_pretty(&signed).map_err(|e| LegalError::Malformed {
+                what: "a package",
+                detail: e.to_string(),
+            })?,
+        )?;
+        record.status = OrderStatus::Fulfilled {
+            approved_by: operator.into(),
+            disclosed_at: now,
+            notified_at: None,
+        };
+        self.save(&record)?;
         Ok(signed)
     }
+}
+
+/// Writes a file whole or not at all, and on disk before it returns.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), LegalError> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }

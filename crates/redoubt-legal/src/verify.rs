@@ -59,6 +59,10 @@ pub enum Rejection {
     /// The window lies entirely outside the retention period.
     #[error("no data held: the time window lies outside the retention period")]
     NoDataHeld,
+    /// The window ends in the future: that would be collection ahead of
+    /// time, not production of data held.
+    #[error("the time window ends in the future; the desk produces only data already held")]
+    WindowInFuture,
 }
 
 impl Rejection {
@@ -79,6 +83,7 @@ impl Rejection {
             Self::Duplicate => "duplicate",
             Self::TargetNotFound => "target_not_found",
             Self::NoDataHeld => "no_data_held",
+            Self::WindowInFuture => "window_in_future",
         }
     }
 }
@@ -121,6 +126,18 @@ pub fn check_country(code: &str) -> Result<(), String> {
     }
 }
 
+/// Unicode's default-ignorable code points (DerivedCoreProperties.txt,
+/// Default_Ignorable_Code_Point) and the Arabic letter mark: characters
+/// that render as nothing, or reorder what is around them.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}'..='\u{1160}'
+        | '\u{17B4}'..='\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
+}
+
 fn check_text(what: &str, text: &str) -> Result<(), String> {
     if text.trim().is_empty() || text.chars().count() > limits::MAX_TEXT_CHARS {
         return Err(format!(
@@ -128,12 +145,12 @@ fn check_text(what: &str, text: &str) -> Result<(), String> {
             limits::MAX_TEXT_CHARS
         ));
     }
-    // Bidirectional-override and other invisible format characters can make
-    // a text read differently from what it says.
-    if text.chars().any(|c| {
-        matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}'..='\u{200F}')
-            || (c.is_control() && c != '\n')
-    }) {
+    // Bidirectional controls and every other default-ignorable code point
+    // can make a text read differently from what it says, or hide text.
+    if text
+        .chars()
+        .any(|c| invisible(c) || (c.is_control() && c != '\n'))
+    {
         return Err(format!(
             "{what} contains control or invisible formatting characters"
         ));
@@ -163,7 +180,13 @@ fn check_shape(signed: &SignedOrder) -> Result<(), String> {
     check_text("reasons", &o.reasons)?;
     match &o.target {
         Target::Phone(p) => {
-            redoubt_proto::PhoneNumber::parse(p).map_err(|e| format!("target phone: {e}"))?;
+            // Exactly E.164, never normalised: the operator reviews the very
+            // string that is looked up.
+            let parsed =
+                redoubt_proto::PhoneNumber::parse(p).map_err(|e| format!("target phone: {e}"))?;
+            if parsed.e164() != p {
+                return Err("target phone must be written in E.164 form, such as +33612345678, with nothing else".into());
+            }
         }
         Target::AccountId(a) => {
             a.parse::<redoubt_proto::AccountId>()
@@ -271,6 +294,9 @@ pub fn verify_document(
     }
     if order.deadline < now {
         return Err(Rejection::Expired);
+    }
+    if order.window.to > now {
+        return Err(Rejection::WindowInFuture);
     }
     Ok(signed)
 }

@@ -60,7 +60,7 @@ pub fn order(
         categories,
         window: TimeWindow {
             from: now - Duration::days(1),
-            to: now + Duration::hours(1),
+            to: now,
         },
         issued_at: now - Duration::minutes(5),
         deadline: now + Duration::days(10),

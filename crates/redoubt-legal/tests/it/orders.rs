@@ -446,3 +446,53 @@ fn the_trust_store_refuses_bad_entries_and_round_trips() {
         TrustStore::default()
     );
 }
+
+#[test]
+fn invisible_characters_and_loose_numbers_are_refused() {
+    let f = fixture();
+    for c in [
+        '\u{061C}',
+        '\u{2060}',
+        '\u{FEFF}',
+        '\u{00AD}',
+        '\u{180E}',
+        '\u{2062}',
+        '\u{E0041}',
+        '\u{202E}',
+        '\u{200B}',
+    ] {
+        let mut o = order();
+        o.offence = format!("Extor{c}tion");
+        let document = sign(o, &f.court_key, "fr-tj-paris#1");
+        assert!(
+            matches!(check(&document, &f), Err(Rejection::Malformed(_))),
+            "U+{:04X} must be refused",
+            u32::from(c)
+        );
+    }
+    for target in [
+        "+33 6 12 34 56 78",
+        "+33-612345678",
+        "+33(0)612345678",
+        "+33612345678\u{200B}",
+    ] {
+        let mut o = order();
+        o.target = Target::Phone(target.into());
+        let document = sign(o, &f.court_key, "fr-tj-paris#1");
+        assert!(
+            matches!(check(&document, &f), Err(Rejection::Malformed(_))),
+            "{target:?} must be refused"
+        );
+    }
+    // The strict form itself still passes.
+    assert!(check(&sign(order(), &f.court_key, "fr-tj-paris#1"), &f).is_ok());
+}
+
+#[test]
+fn a_window_that_ends_in_the_future_is_refused() {
+    let f = fixture();
+    let mut o = order();
+    o.window.to = NOW + Duration::hours(1);
+    let document = sign(o, &f.court_key, "fr-tj-paris#1");
+    assert_eq!(check(&document, &f), Err(Rejection::WindowInFuture));
+}

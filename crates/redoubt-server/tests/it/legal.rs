@@ -239,15 +239,19 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
         events,
         vec![
             "intake",
+            // Refused approvals are audited too: the four-eyes violation
+            // before, the second answer after.
+            "approval_refused",
             "approval",
             "disclosure",
+            "approval_refused",
             "rejection",
             "rejection",
             "rejection",
             "rejection"
         ]
     );
-    assert_eq!(desk.audit().verify(), Ok(7));
+    assert_eq!(desk.audit().verify(), Ok(9));
     let path = dir.path().join("audit.jsonl");
     let edited = std::fs::read_to_string(&path)
         .unwrap()
@@ -255,7 +259,7 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
     std::fs::write(&path, edited).unwrap();
     assert!(matches!(
         desk.audit().verify(),
-        Err(redoubt_legal::audit::ChainBreak::Edited { seq: 2, .. })
+        Err(redoubt_legal::audit::ChainBreak::Edited { seq: 3, .. })
     ));
 }
 
@@ -595,4 +599,153 @@ fn signed_notice(server: &TestServer, payload: &[u8]) -> redoubt_proto::ServiceN
         )
         .expect("the notice is signed by the service key");
     serde_json::from_str(&signed.notice).unwrap()
+}
+
+/// Issue 12's findings against the desk, as a dishonest insider or a
+/// changing world would hit them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desk_rechecks_at_approval_clips_windows_and_audits_before_anything_leaves() {
+    let server = TestServer::builder()
+        .configure(|c| c.ip_log.touch_interval = std::time::Duration::ZERO)
+        .start()
+        .await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    let phone = suspect.phone.e164().to_owned();
+    // One sighting spanning an hour: first seen at t0, last seen at t0+1h.
+    let t0 = server.clock.now_offset();
+    suspect.get("/v1/devices").await;
+    server.clock.advance(std::time::Duration::from_secs(3600));
+    suspect.get("/v1/devices").await;
+    let now = server.clock.now_offset();
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let mut desk = desk_for(&server, dir.path(), &key, now).await;
+    let ip_only = vec![DataCategory::IpIdentification];
+
+    // Finding 5: a name that differs only by padding, invisible characters
+    // or case is refused or counts as the same person.
+    let mut clipped = order("FR-W1", &phone, ip_only.clone(), now);
+    clipped.window = redoubt_legal::order::TimeWindow {
+        from: t0 + Duration::minutes(10),
+        to: t0 + Duration::minutes(50),
+    };
+    for bad in ["", "olga ", " olga", "olga\u{200b}", "ol\u{202e}ga"] {
+        assert!(
+            matches!(
+                desk.intake(&signed_order(&key, clipped.clone()), bad, now)
+                    .await,
+                Err(DeskError::BadOperator)
+            ),
+            "{bad:?}"
+        );
+    }
+    desk.intake(&signed_order(&key, clipped), "olga", now)
+        .await
+        .unwrap();
+    assert!(matches!(
+        desk.approve("FR-W1", "Olga", now).await,
+        Err(DeskError::FourEyes)
+    ));
+
+    // Finding 6: what leaves is clipped to the window exactly.
+    let package = desk.approve("FR-W1", "pierre", now).await.unwrap();
+    let records = package.package.produced.ip_identification.unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].first_seen, t0 + Duration::minutes(10));
+    assert_eq!(records[0].last_seen, t0 + Duration::minutes(50));
+    // A window that ends in the future is collection, not production.
+    let mut ahead = order("FR-W2", &phone, ip_only.clone(), now);
+    ahead.window.to = now + Duration::hours(1);
+    match desk
+        .intake(&signed_order(&key, ahead), "olga", now)
+        .await
+        .unwrap()
+    {
+        Intake::Rejected { rejection, .. } => assert_eq!(rejection.code(), "window_in_future"),
+        other => panic!("{other:?}"),
+    }
+
+    // Finding 4: approval checks the world again.
+    for id in ["FR-R1", "FR-R2", "FR-R3"] {
+        desk.intake(
+            &signed_order(&key, order(id, &phone, ip_only.clone(), now)),
+            "olga",
+            now,
+        )
+        .await
+        .unwrap();
+    }
+    desk.markets.exited = vec!["FR".into()];
+    match desk.approve("FR-R1", "pierre", now).await {
+        Err(DeskError::NoLongerValid(r)) => assert_eq!(r.code(), "jurisdiction_exited"),
+        other => panic!("an exited market discloses nothing: {other:?}"),
+    }
+    desk.markets.exited.clear();
+    desk.trust.revoke("fr-tj-paris", now).unwrap();
+    match desk.approve("FR-R2", "pierre", now).await {
+        Err(DeskError::NoLongerValid(r)) => assert_eq!(r.code(), "authority_revoked"),
+        other => panic!("a revoked authority gets nothing: {other:?}"),
+    }
+    desk.trust = redoubt_legal::trust::TrustStore::default();
+    desk.trust
+        .add(court("Tribunal judiciaire de Paris", &key, now))
+        .unwrap();
+    // The number is recycled to someone else: the new holder is never
+    // disclosed.
+    let newcomer = register_from(&server, "127.0.0.3").await;
+    test_support::hostile::move_number(&server, &suspect.phone, newcomer.account_id).await;
+    assert!(matches!(
+        desk.approve("FR-R3", "pierre", now).await,
+        Err(DeskError::TargetChanged)
+    ));
+    assert!(
+        std::fs::read_dir(dir.path().join("disclosures"))
+            .unwrap()
+            .count()
+            == 1
+    );
+
+    // Finding 1: with the log unextendable, nothing leaves and the order
+    // stays pending.
+    desk.intake(
+        &signed_order(&key, order("FR-A1", &phone, ip_only.clone(), now)),
+        "olga",
+        now,
+    )
+    .await
+    .unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let good = std::fs::read(&log).unwrap();
+    let mut broken = good.clone();
+    let at = broken.len() / 2;
+    broken[at] = b'#';
+    std::fs::write(&log, &broken).unwrap();
+    assert!(desk.approve("FR-A1", "pierre", now).await.is_err());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("disclosures"))
+            .unwrap()
+            .count(),
+        1,
+        "no package was written"
+    );
+    assert!(matches!(
+        desk.order("FR-A1").unwrap().unwrap().status,
+        redoubt_legal::desk::OrderStatus::Pending
+    ));
+    // Finding 3: a log that cannot be read is never "intact, 0 entries",
+    // and no report is signed over a broken log.
+    assert!(desk.report("2026", Vec::new(), now).is_err());
+    std::fs::write(&log, [0xFF]).unwrap();
+    assert!(desk.audit().verify().is_err());
+    std::fs::write(&log, &good).unwrap();
+    assert!(desk.audit().verify().is_ok());
+    // Every refusal above is in the log.
+    let refused = desk
+        .audit()
+        .entries()
+        .unwrap()
+        .iter()
+        .filter(|e| e.event == "approval_refused")
+        .count();
+    assert_eq!(refused, 4, "four-eyes, market, revocation, recycled number");
 }
