@@ -141,6 +141,19 @@ impl AuditLog {
         detail: serde_json::Value,
         at: OffsetDateTime,
     ) -> Result<AuditEntry, LegalError> {
+        // Every writer (parallel CLI runs, the relay's own notice writer,
+        // the admin API) takes this lock for read-verify-append, so two can
+        // never chain onto the same last entry and fork the log. It is an
+        // flock: released when the file closes, crash included.
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path.with_extension("lock"))?;
+        lock.lock()?;
         let count = self.verify().map_err(|e| LegalError::Malformed {
             what: "the audit log",
             detail: e.to_string(),
@@ -211,6 +224,47 @@ impl AuditLog {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn parallel_writers_never_fork_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    // Each writer opens the log itself, as separate
+                    // processes would.
+                    let log = AuditLog::new(&path);
+                    for i in 0..20 {
+                        log.append(
+                            "intake",
+                            &format!("op{w}"),
+                            None,
+                            json!({ "i": i }),
+                            OffsetDateTime::UNIX_EPOCH,
+                        )
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(AuditLog::new(&path).verify(), Ok(160));
+    }
+
+    #[test]
+    fn an_unreadable_log_is_an_error_not_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, [0xFF]).unwrap();
+        assert!(matches!(
+            AuditLog::new(&path).verify(),
+            Err(ChainBreak::Io(_))
+        ));
+    }
 
     fn log_with(n: usize) -> (tempfile::TempDir, AuditLog) {
         let dir = tempfile::tempdir().unwrap();

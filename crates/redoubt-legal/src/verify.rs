@@ -159,9 +159,13 @@ fn check_text(what: &str, text: &str) -> Result<(), String> {
 }
 
 /// Decodes a base64 Ed25519 public key.
+/// Small-order ("weak") keys are refused: a signature under one can
+/// verify for many messages, so it proves nothing.
 pub fn decode_key(text: &str) -> Option<VerifyingKey> {
     let bytes: [u8; 32] = STANDARD.decode(text).ok()?.try_into().ok()?;
-    VerifyingKey::from_bytes(&bytes).ok()
+    VerifyingKey::from_bytes(&bytes)
+        .ok()
+        .filter(|key| !key.is_weak())
 }
 
 fn check_shape(signed: &SignedOrder) -> Result<(), String> {

@@ -194,7 +194,8 @@ async fn report(
 ) -> Result<ApiJson<Value>, ApiError> {
     let desk = open_desk(&state)?;
     let signed = desk
-        .report(&period, Vec::new(), now())
+        // The same report as `redoubtd legal report`: market exits included.
+        .report(&period, state.markets().book().report_lines(), now())
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     Ok(ApiJson(
         serde_json::to_value(signed).map_err(ApiError::internal)?,

@@ -484,8 +484,18 @@ async fn legal(config: Config, command: &LegalCommand) -> anyhow::Result<()> {
             println!("Revoked authority {id}.");
         }
         LegalCommand::Intake { file, operator } => {
-            let document =
-                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Read at most one byte past the limit: an oversized file is
+            // refused without being read whole.
+            let mut document = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(
+                    std::fs::File::open(file)
+                        .with_context(|| format!("cannot read {}", file.display()))?,
+                    redoubt_legal::order::limits::MAX_DOCUMENT_BYTES as u64 + 1,
+                ),
+                &mut document,
+            )
+            .with_context(|| format!("cannot read {}", file.display()))?;
             match desk.intake(&document, operator, now).await? {
                 Intake::Pending { order_id } => {
                     println!("Order {order_id} verified and filed: pending approval by a second operator.");

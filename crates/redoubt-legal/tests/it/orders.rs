@@ -496,3 +496,17 @@ fn a_window_that_ends_in_the_future_is_refused() {
     let document = sign(o, &f.court_key, "fr-tj-paris#1");
     assert_eq!(check(&document, &f), Err(Rejection::WindowInFuture));
 }
+
+#[test]
+fn small_order_keys_are_refused_by_the_trust_store() {
+    let mut trust = TrustStore::default();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let mut weak = authority("fr-weak", "FR", AuthorityKind::Court, &key);
+    // The neutral point: every signature with R = identity and s = 0
+    // "verifies" under it for any message.
+    let mut neutral = [0u8; 32];
+    neutral[0] = 1;
+    weak.keys[0].public_key = STANDARD.encode(neutral);
+    assert!(trust.add(weak).is_err());
+    assert!(decode_key(&STANDARD.encode(neutral)).is_none());
+}
