@@ -59,6 +59,10 @@ pub struct OrderRecord {
     /// never discloses its new holder.
     #[serde(default)]
     pub target_account: Option<redoubt_proto::AccountId>,
+    /// The document exactly as received, which approval verifies again
+    /// (the signature covers the order as sent, not a re-encoding).
+    #[serde(default)]
+    pub document: Option<String>,
 }
 
 /// The result of an intake.
@@ -387,6 +391,7 @@ impl<R: SubscriberRecords> Desk<R> {
                     reason: rejection.to_string(),
                 },
                 target_account: None,
+                document: None,
             })?;
         }
         let jurisdiction = order.map(|o| o.order.jurisdiction.clone());
@@ -475,6 +480,7 @@ impl<R: SubscriberRecords> Desk<R> {
             received_at: now,
             status: OrderStatus::Pending,
             target_account: Some(subscriber.account_id),
+            document: String::from_utf8(document.to_vec()).ok(),
         })?;
         Ok(Intake::Pending {
             order_id: order.order_id.clone(),
@@ -529,10 +535,13 @@ impl<R: SubscriberRecords> Desk<R> {
         }
         // The world may have changed since intake: a revoked or expired
         // authority, an exited market. The same checks, again, now.
-        let document = serde_json::to_vec(&record.order).map_err(|e| LegalError::Malformed {
-            what: "an order record",
-            detail: e.to_string(),
-        })?;
+        let document = match &record.document {
+            Some(text) => text.clone().into_bytes(),
+            None => serde_json::to_vec(&record.order).map_err(|e| LegalError::Malformed {
+                what: "an order record",
+                detail: e.to_string(),
+            })?,
+        };
         verify_document(&document, &self.trust, &self.markets, now)
             .map_err(DeskError::NoLongerValid)?;
         let subscriber = self

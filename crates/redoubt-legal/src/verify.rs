@@ -236,6 +236,13 @@ pub fn verify_document(
     let signed: SignedOrder =
         serde_json::from_slice(document).map_err(|e| Rejection::Malformed(e.to_string()))?;
     check_shape(&signed).map_err(Rejection::Malformed)?;
+    // The signature covers the order as the authority sent it: the
+    // canonical form of the received `order` value, not a re-encoding of
+    // what was parsed (which would add defaults for optional fields left
+    // out, or rewrite "+00:00" as "Z", and call a valid order a forgery).
+    let as_sent: serde_json::Value =
+        serde_json::from_slice(document).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    let signed_bytes = canonical_json(&as_sent["order"]);
     let order = &signed.order;
 
     let authority = trust
@@ -252,7 +259,7 @@ pub fn verify_document(
         .ok()
         .and_then(|b| Signature::from_slice(&b).ok())
         .ok_or(Rejection::BadSignature)?;
-    key.verify_strict(&canonical_json(order), &signature)
+    key.verify_strict(&signed_bytes, &signature)
         .map_err(|_| Rejection::BadSignature)?;
 
     if authority.revoked_at.is_some_and(|at| at <= now) {

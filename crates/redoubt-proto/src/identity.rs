@@ -145,7 +145,7 @@ pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
                 .map(|p| p as u8),
         })
         .collect::<Option<_>>()?;
-    if symbols.is_empty() || symbols.len() % 8 != 0 {
+    if symbols.is_empty() || !symbols.len().is_multiple_of(8) {
         return None;
     }
     let mut out = Vec::with_capacity(symbols.len() * 5 / 8);

@@ -510,3 +510,39 @@ fn small_order_keys_are_refused_by_the_trust_store() {
     assert!(trust.add(weak).is_err());
     assert!(decode_key(&STANDARD.encode(neutral)).is_none());
 }
+
+/// Signs an order given as JSON, exactly as an authority's own software
+/// would: over the canonical form of the value it sends.
+fn sign_value(order: serde_json::Value, key: &SigningKey) -> Vec<u8> {
+    let signature = key.sign(&canonical_json(&order));
+    serde_json::to_vec(&serde_json::json!({
+        "order": order,
+        "signature": {
+            "alg": "Ed25519",
+            "key_id": "fr-tj-paris#1",
+            "value": STANDARD.encode(signature.to_bytes()),
+        },
+    }))
+    .unwrap()
+}
+
+#[test]
+fn orders_are_judged_as_signed_not_as_re_encoded() {
+    let f = fixture();
+    let mut value = serde_json::to_value(order()).unwrap();
+    let map = value.as_object_mut().unwrap();
+    // Optional fields left out, and times written another valid way.
+    map.remove("emergency");
+    map.remove("validating_authority");
+    map.remove("notify_user_after");
+    map.insert("issued_at".into(), "2026-11-20T09:00:00.000+00:00".into());
+    let document = sign_value(value.clone(), &f.court_key);
+    let verified = check(&document, &f).expect("a validly signed order is accepted");
+    assert!(!verified.order.emergency);
+    assert_eq!(verified.order.issued_at, datetime!(2026-11-20 9:00 UTC));
+    // And a change to what was signed is still caught.
+    let tampered = String::from_utf8(document)
+        .unwrap()
+        .replace("Extortion", "Extorsion");
+    assert_eq!(check(tampered.as_bytes(), &f), Err(Rejection::BadSignature));
+}
