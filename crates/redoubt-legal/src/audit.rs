@@ -100,6 +100,44 @@ pub enum ChainBreak {
     },
 }
 
+/// A signed report's statement of the audit log at one moment: how many
+/// entries it had and the hash of the last one. Each entry commits to all
+/// before it, so a log that still holds entry `size` with hash `head`
+/// holds exactly the history the checkpoint saw. Anyone keeping an old
+/// report can tell if entries up to it were since rewritten, dropped or
+/// forked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Entries in the log.
+    pub size: u64,
+    /// The hash of entry `size` ([`GENESIS`] when empty).
+    pub head: String,
+}
+
+/// How a log fails a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    /// The chain itself is broken.
+    #[error(transparent)]
+    Broken(#[from] ChainBreak),
+    /// Fewer entries than the checkpoint counted: history was dropped.
+    #[error("the log has {found} entries, fewer than the {size} the checkpoint counted: entries were removed")]
+    Truncated {
+        /// Entries the checkpoint counted.
+        size: u64,
+        /// Entries found.
+        found: u64,
+    },
+    /// Entry `size` is not the one the checkpoint saw: history up to it
+    /// was rewritten (and the chain recomputed), or the log forked.
+    #[error("entry {size} is not the one the checkpoint saw: the history before it was rewritten")]
+    Rewritten {
+        /// The checkpoint's size.
+        size: u64,
+    },
+}
+
 /// The audit log file.
 pub struct AuditLog {
     path: PathBuf,
@@ -184,6 +222,48 @@ impl AuditLog {
         Ok(entry)
     }
 
+    /// The log's current checkpoint. Fails on a broken chain: nothing is
+    /// ever vouched for over one.
+    pub fn checkpoint(&self) -> Result<Checkpoint, LegalError> {
+        self.verify().map_err(|e| LegalError::Malformed {
+            what: "the audit log",
+            detail: e.to_string(),
+        })?;
+        let last = self.entries()?.pop();
+        Ok(Checkpoint {
+            size: last.as_ref().map_or(0, |e| e.seq),
+            head: last.map_or_else(|| GENESIS.to_owned(), |e| e.hash),
+        })
+    }
+
+    /// Checks the chain and that it extends `checkpoint`: the history a
+    /// report vouched for is still there, unchanged. Returns the number of
+    /// entries.
+    pub fn verify_against(&self, checkpoint: &Checkpoint) -> Result<usize, CheckpointError> {
+        let count = self.verify()?;
+        if (count as u64) < checkpoint.size {
+            return Err(CheckpointError::Truncated {
+                size: checkpoint.size,
+                found: count as u64,
+            });
+        }
+        let head = match checkpoint.size {
+            0 => GENESIS.to_owned(),
+            n => self
+                .entries()
+                .map_err(|e| ChainBreak::Io(e.to_string()))?
+                .get(n as usize - 1)
+                .map(|e| e.hash.clone())
+                .unwrap_or_default(),
+        };
+        if head != checkpoint.head {
+            return Err(CheckpointError::Rewritten {
+                size: checkpoint.size,
+            });
+        }
+        Ok(count)
+    }
+
     /// Checks the whole chain; returns the number of entries.
     pub fn verify(&self) -> Result<usize, ChainBreak> {
         let text = match std::fs::read_to_string(&self.path) {
@@ -224,6 +304,52 @@ impl AuditLog {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_checkpoint_shows_rewriting_truncation_and_forks() {
+        let (_dir, log) = log_with(5);
+        let checkpoint = log.checkpoint().unwrap();
+        assert_eq!(checkpoint.size, 5);
+        log.append("intake", "op", None, json!({}), OffsetDateTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(log.verify_against(&checkpoint), Ok(6), "growing is fine");
+        let lines: Vec<String> = std::fs::read_to_string(&log.path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        // Rewrite entry 2 and recompute the whole chain after it: the chain
+        // verifies, the checkpoint does not.
+        let mut entries: Vec<AuditEntry> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        entries[1].actor = "mallory".into();
+        let mut prev = GENESIS.to_owned();
+        for e in &mut entries {
+            e.prev = prev.clone();
+            e.hash = hash_of(e);
+            prev = e.hash.clone();
+        }
+        let text: String = entries
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap() + "\n")
+            .collect();
+        std::fs::write(&log.path, &text).unwrap();
+        assert_eq!(log.verify(), Ok(6));
+        assert_eq!(
+            log.verify_against(&checkpoint),
+            Err(CheckpointError::Rewritten { size: 5 })
+        );
+        // Dropping the tail, or emptying the log, is caught too.
+        std::fs::write(&log.path, lines[..3].join("\n") + "\n").unwrap();
+        assert_eq!(
+            log.verify_against(&checkpoint),
+            Err(CheckpointError::Truncated { size: 5, found: 3 })
+        );
+        std::fs::write(&log.path, "").unwrap();
+        assert!(log.verify_against(&checkpoint).is_err());
+    }
 
     #[test]
     fn parallel_writers_never_fork_the_chain() {

@@ -246,12 +246,11 @@ impl<R: SubscriberRecords> Desk<R> {
                 what: "the period",
                 detail,
             })?;
-        // A report vouches for the log it counts: never over a broken one.
-        self.audit.verify().map_err(|e| LegalError::Malformed {
-            what: "the audit log",
-            detail: e.to_string(),
-        })?;
-        let report = crate::report::build(
+        // A report vouches for the log it counts: never over a broken one,
+        // and it carries the log's checkpoint so anyone holding the report
+        // can later check the history was not rewritten.
+        let checkpoint = self.audit.checkpoint()?;
+        let mut report = crate::report::build(
             period,
             range,
             &self.orders()?,
@@ -259,6 +258,7 @@ impl<R: SubscriberRecords> Desk<R> {
             market_exits,
             now,
         );
+        report.audit_checkpoint = Some(checkpoint);
         Ok(crate::report::sign(report, &self.key))
     }
 

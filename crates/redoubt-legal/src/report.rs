@@ -140,6 +140,11 @@ pub struct TransparencyReport {
     pub message_content_disclosed_bytes: u64,
     /// [`CONTENT_STATEMENT`].
     pub statement: String,
+    /// The audit log when the report was made. Whoever keeps this report
+    /// can check later that the log still holds this history unchanged
+    /// (`redoubtd legal audit verify --checkpoint REPORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_checkpoint: Option<crate::audit::Checkpoint>,
 }
 
 /// A report with the service's signature over its canonical encoding.
@@ -302,6 +307,7 @@ pub fn build(
         market_exits,
         message_content_disclosed_bytes: 0,
         statement: CONTENT_STATEMENT.into(),
+        audit_checkpoint: None,
     }
 }
 

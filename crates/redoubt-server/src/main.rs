@@ -219,8 +219,18 @@ enum OperatorCommand {
 
 #[derive(Subcommand, Debug)]
 enum AuditCommand {
-    /// Check the hash chain.
-    Verify,
+    /// Check the hash chain, and that it still holds the history a
+    /// transparency report vouched for.
+    Verify {
+        /// A signed transparency report (JSON) whose audit checkpoint the
+        /// log must extend: entries up to it unchanged, none removed.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Check this copy of the log (an export handed to an auditor)
+        /// instead of the desk's own.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -549,10 +559,34 @@ async fn legal(config: Config, command: &LegalCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        LegalCommand::Audit(AuditCommand::Verify) => match desk.audit().verify() {
-            Ok(n) => println!("Audit log intact: {n} entries."),
-            Err(e) => anyhow::bail!("audit log broken: {e}"),
-        },
+        LegalCommand::Audit(AuditCommand::Verify { checkpoint, log }) => {
+            let exported = log.as_deref().map(redoubt_legal::audit::AuditLog::new);
+            let audit = exported.as_ref().unwrap_or(desk.audit());
+            match checkpoint {
+                None => match audit.verify() {
+                    Ok(n) => println!("Audit log intact: {n} entries."),
+                    Err(e) => anyhow::bail!("audit log broken: {e}"),
+                },
+                Some(report) => {
+                    let bytes = std::fs::read(report)
+                        .with_context(|| format!("cannot read {}", report.display()))?;
+                    let signed = redoubt_legal::report::verify(&bytes, &desk.public_key())
+                        .map_err(|e| anyhow::anyhow!("the report does not verify: {e}"))?;
+                    let point = signed.audit_checkpoint.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "the report carries no audit checkpoint (made before checkpoints)"
+                        )
+                    })?;
+                    match audit.verify_against(&point) {
+                        Ok(n) => println!(
+                            "Audit log intact: {n} entries, extending the report's checkpoint ({} entries).",
+                            point.size
+                        ),
+                        Err(e) => anyhow::bail!("audit log fails the report's checkpoint: {e}"),
+                    }
+                }
+            }
+        }
         LegalCommand::ServiceKey => println!("{}", desk.public_key()),
         LegalCommand::Report { period, out_dir } => {
             let markets = redoubt_legal::markets::MarketBook::load(

@@ -373,12 +373,43 @@ async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
         "{}",
         text(&audit)
     );
+    // A transparency report carries the log's checkpoint; the log is later
+    // checked against it.
+    let out = dir.path().join("reports");
+    let report = legal(&[
+        "report",
+        "--period",
+        "2026",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(report.status.success(), "{}", text(&report));
+    let report_file = out.join("transparency-2026.json");
+    let report_path = report_file.to_str().unwrap().to_owned();
+    let checked = legal(&["audit", "verify", "--checkpoint", &report_path]);
+    assert!(checked.status.success(), "{}", text(&checked));
+    assert!(
+        text(&checked).contains("extending the report's checkpoint"),
+        "{}",
+        text(&checked)
+    );
+
     let log = dir.path().join("legal/audit.jsonl");
     let lines: Vec<String> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
         .map(str::to_owned)
         .collect();
+    // Dropping the tail keeps the chain valid, but not the checkpoint.
+    std::fs::write(&log, lines[..5].join("\n") + "\n").unwrap();
+    assert!(legal(&["audit", "verify"]).status.success());
+    let truncated = legal(&["audit", "verify", "--checkpoint", &report_path]);
+    assert_eq!(truncated.status.code(), Some(1));
+    assert!(
+        text(&truncated).contains("entries were removed"),
+        "{}",
+        text(&truncated)
+    );
     std::fs::write(
         &log,
         [lines[0].clone(), lines[2].clone(), lines[3].clone()].join("\n") + "\n",
