@@ -109,6 +109,11 @@ pub struct SignedOrder {
     pub order: CourtOrder,
     /// The authority's signature over its canonical encoding.
     pub signature: OrderSignature,
+    /// Where the issuer needs validation (a prosecutor, say): the
+    /// validating court's or judge's own signature over the same canonical
+    /// order. Naming a court is not enough; the court must sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<OrderSignature>,
 }
 
 /// The canonical encoding of any JSON value: keys sorted, no whitespace.

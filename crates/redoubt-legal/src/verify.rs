@@ -293,6 +293,25 @@ pub fn verify_document(
                     .into(),
             ));
         }
+        let cosigned = signed.validation.as_ref().is_some_and(|v| {
+            let key = validator
+                .keys
+                .iter()
+                .find(|k| k.key_id == v.key_id)
+                .and_then(|k| decode_key(&k.public_key));
+            let signature = STANDARD
+                .decode(&v.value)
+                .ok()
+                .and_then(|b| Signature::from_slice(&b).ok());
+            v.alg == "Ed25519"
+                && matches!((key, signature), (Some(key), Some(sig)) if key.verify_strict(&signed_bytes, &sig).is_ok())
+        });
+        if !cosigned {
+            return Err(Rejection::ValidationRequired(
+                "the validating court or judge did not sign the order (validation signature missing or invalid)"
+                    .into(),
+            ));
+        }
     }
     if markets.exited.contains(&order.jurisdiction) {
         return Err(Rejection::JurisdictionExited(order.jurisdiction.clone()));

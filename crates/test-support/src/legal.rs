@@ -19,6 +19,7 @@ pub fn signed_order(key: &SigningKey, order: CourtOrder) -> Vec<u8> {
             key_id: "fr-tj-paris#1".into(),
             value: signature,
         },
+        validation: None,
     })
     .unwrap()
 }

@@ -102,6 +102,7 @@ fn sign(order: CourtOrder, key: &SigningKey, key_id: &str) -> Vec<u8> {
             key_id: key_id.into(),
             value: STANDARD.encode(signature.to_bytes()),
         },
+        validation: None,
     };
     serde_json::to_vec_pretty(&signed).unwrap()
 }
@@ -276,17 +277,38 @@ fn each_rejection_reason_is_distinct() {
         assert_eq!(rejection.code(), code, "case {i}: {rejection}");
         assert!(!rejection.to_string().is_empty());
     }
-    // A prosecutor's order validated by a court of the same state passes.
-    let validated = sign(
-        CourtOrder {
-            issuing_authority: "fr-pr-paris".into(),
-            validating_authority: Some("fr-tj-paris".into()),
-            ..order()
-        },
-        &f.prosecutor_key,
-        "fr-pr-paris#1",
+    // A prosecutor's order that merely names a court is not validated: the
+    // court must sign it too.
+    let prosecutors = CourtOrder {
+        issuing_authority: "fr-pr-paris".into(),
+        validating_authority: Some("fr-tj-paris".into()),
+        ..order()
+    };
+    let named_only = sign(prosecutors.clone(), &f.prosecutor_key, "fr-pr-paris#1");
+    assert_eq!(
+        check(&named_only, &f).unwrap_err().code(),
+        "validation_required"
     );
+    // Co-signed by the prosecutor instead of the court: still refused.
+    let self_cosigned = cosign(&named_only, &f.prosecutor_key, "fr-tj-paris#1");
+    assert_eq!(
+        check(&self_cosigned, &f).unwrap_err().code(),
+        "validation_required"
+    );
+    // Co-signed by the court of the same state: it passes.
+    let validated = cosign(&named_only, &f.court_key, "fr-tj-paris#1");
     assert!(check(&validated, &f).is_ok());
+}
+
+/// Adds a validating authority's signature over the same canonical order.
+fn cosign(document: &[u8], key: &SigningKey, key_id: &str) -> Vec<u8> {
+    let mut signed: SignedOrder = serde_json::from_slice(document).unwrap();
+    signed.validation = Some(OrderSignature {
+        alg: "Ed25519".into(),
+        key_id: key_id.into(),
+        value: STANDARD.encode(key.sign(&canonical_json(&signed.order)).to_bytes()),
+    });
+    serde_json::to_vec_pretty(&signed).unwrap()
 }
 
 #[test]

@@ -316,6 +316,7 @@ async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
             key_id: "fr-tj-paris#1".into(),
             value: signature,
         },
+        validation: None,
     };
     let order_file = dir.path().join("order.json");
     std::fs::write(&order_file, serde_json::to_vec_pretty(&signed).unwrap()).unwrap();
