@@ -117,7 +117,9 @@ pub fn check_id(what: &str, id: &str) -> Result<(), String> {
 
 /// An ISO 3166-1 alpha-2 code in upper case.
 pub fn check_country(code: &str) -> Result<(), String> {
-    if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+    // A real region of the numbering plans, in capitals: "XX" is not a
+    // country, and "fr" is not spelled as the trust store spells it.
+    if crate::markets::known_country(code).ok().as_deref() == Some(code) {
         Ok(())
     } else {
         Err(format!(

@@ -61,7 +61,10 @@ fn open_desk(state: &AppState) -> Result<Desk, ApiError> {
     Desk::open(
         &legal_dir(state),
         state.legal_records(),
-        state.markets().book().policy(now()),
+        state
+            .config()
+            .markets
+            .policy(&state.markets().book(), now()),
         retention,
     )
     .map_err(ApiError::internal)

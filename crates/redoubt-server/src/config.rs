@@ -99,6 +99,25 @@ pub struct MarketsConfig {
     /// closes sessions of exited markets and runs due purges.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
+    /// The markets the service operates in (ISO 3166-1 alpha-2 codes), for
+    /// the legal desk: an order from a jurisdiction not listed is refused
+    /// (`jurisdiction_not_served`). Empty: every market not exited.
+    pub served: Vec<String>,
+}
+
+impl MarketsConfig {
+    /// The policy the legal desk applies at `now`: the served markets
+    /// configured here, the exits the market book says took effect.
+    pub fn policy(
+        &self,
+        book: &redoubt_legal::markets::MarketBook,
+        now: time::OffsetDateTime,
+    ) -> redoubt_legal::verify::MarketPolicy {
+        redoubt_legal::verify::MarketPolicy {
+            served: self.served.clone(),
+            ..book.policy(now)
+        }
+    }
 }
 
 impl Default for MarketsConfig {
@@ -109,6 +128,7 @@ impl Default for MarketsConfig {
             notice_link: None,
             reminder_before: Duration::from_secs(7 * 24 * 3600),
             check_interval: Duration::from_secs(10),
+            served: Vec::new(),
         }
     }
 }
@@ -206,6 +226,13 @@ impl Config {
         }
         if self.ip_log.retention.is_zero() {
             return bad("ip_log.retention must be positive");
+        }
+        for code in &self.markets.served {
+            if redoubt_legal::markets::known_country(code).ok().as_deref() != Some(code.as_str()) {
+                return Err(ServerError::ConfigInvalid(format!(
+                    "markets.served: {code:?} is not an ISO 3166-1 alpha-2 code in capitals, such as \"FR\""
+                )));
+            }
         }
         if let FanoutConfig::Nats { subject_prefix, .. } = &self.fanout {
             if subject_prefix.is_empty()

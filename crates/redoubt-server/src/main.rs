@@ -308,7 +308,9 @@ async fn open_desk(config: &Config) -> anyhow::Result<Desk> {
     Ok(redoubt_legal::desk::Desk::open(
         &legal_dir,
         store,
-        markets.policy(time::OffsetDateTime::now_utc()),
+        config
+            .markets
+            .policy(&markets, time::OffsetDateTime::now_utc()),
         retention,
     )?)
 }

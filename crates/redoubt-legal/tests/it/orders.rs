@@ -568,3 +568,22 @@ fn orders_are_judged_as_signed_not_as_re_encoded() {
         .replace("Extortion", "Extorsion");
     assert_eq!(check(tampered.as_bytes(), &f), Err(Rejection::BadSignature));
 }
+
+#[test]
+fn a_made_up_country_is_no_jurisdiction() {
+    let f = fixture();
+    for jurisdiction in ["XX", "fr", "ZZ"] {
+        let document = sign(
+            CourtOrder {
+                jurisdiction: jurisdiction.into(),
+                ..order()
+            },
+            &f.court_key,
+            "fr-tj-paris#1",
+        );
+        assert!(
+            matches!(check(&document, &f), Err(Rejection::Malformed(_))),
+            "{jurisdiction}"
+        );
+    }
+}

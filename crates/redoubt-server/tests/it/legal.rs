@@ -749,3 +749,47 @@ async fn the_desk_rechecks_at_approval_clips_windows_and_audits_before_anything_
         .count();
     assert_eq!(refused, 4, "four-eyes, market, revocation, recycled number");
 }
+
+/// Issue 12, finding 8: the served-markets setting reaches the desk, so
+/// `jurisdiction_not_served` can fire; a made-up country cannot be set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_from_markets_not_served_are_refused() {
+    assert!(redoubt_server::Config::from_toml("[markets]\nserved = [\"XX\"]").is_err());
+    assert!(redoubt_server::Config::from_toml("[markets]\nserved = [\"fr\"]").is_err());
+    let server = TestServer::builder()
+        .configure(|c| c.markets.served = vec!["DE".into()])
+        .start()
+        .await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    let now = OffsetDateTime::now_utc();
+    let store = SqliteStore::open(&server.db_path(), &Default::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = server
+        .state
+        .config()
+        .markets
+        .policy(&server.state.markets().book(), now);
+    let mut desk =
+        redoubt_legal::desk::Desk::open(dir.path(), store, policy, Duration::days(30)).unwrap();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    desk.trust
+        .add(court("Tribunal judiciaire de Paris", &key, now))
+        .unwrap();
+    let document = signed_order(
+        &key,
+        order(
+            "FR-NS-1",
+            suspect.phone.e164(),
+            vec![DataCategory::Subscriber],
+            now,
+        ),
+    );
+    match desk.intake(&document, "olga", now).await.unwrap() {
+        Intake::Rejected { rejection, .. } => {
+            assert_eq!(rejection.code(), "jurisdiction_not_served")
+        }
+        other => panic!("{other:?}"),
+    }
+}
