@@ -264,6 +264,64 @@ impl AuditLog {
         Ok(count)
     }
 
+    /// Recovers from a crash in the middle of an append: when the only
+    /// fault is a last line cut short (no newline, does not parse), its
+    /// bytes are dropped and an `audit_repaired` entry records how many and
+    /// their SHA-256. Any other break is refused: that is not a crash, and
+    /// repairing it would hide tampering. Returns the bytes dropped, or
+    /// `None` when the log needed nothing.
+    pub fn repair_torn_tail(
+        &self,
+        actor: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<usize>, LegalError> {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path.with_extension("lock"))?;
+        lock.lock()?;
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if self.verify().is_ok() {
+            return Ok(None);
+        }
+        let refuse = |detail: &str| LegalError::Malformed {
+            what: "the audit log",
+            detail: format!("{detail}; not a torn last line, so it is not repaired"),
+        };
+        if bytes.ends_with(b"\n") {
+            return Err(refuse("the log is broken but its last line is complete"));
+        }
+        let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let torn = &bytes[keep..];
+        // The rest must be a sound chain on its own.
+        let rest = self.path.with_extension("repair");
+        std::fs::write(&rest, &bytes[..keep])?;
+        let sound = AuditLog::new(&rest).verify();
+        let _ = std::fs::remove_file(&rest);
+        sound.map_err(|e| refuse(&e.to_string()))?;
+        let file = std::fs::OpenOptions::new().write(true).open(&self.path)?;
+        file.set_len(keep as u64)?;
+        file.sync_all()?;
+        drop(lock);
+        let digest: String = Sha256::digest(torn)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.append(
+            "audit_repaired",
+            actor,
+            None,
+            serde_json::json!({ "dropped_bytes": torn.len(), "dropped_sha256": digest }),
+            at,
+        )?;
+        Ok(Some(torn.len()))
+    }
+
     /// Checks the whole chain; returns the number of entries.
     pub fn verify(&self) -> Result<usize, ChainBreak> {
         let text = match std::fs::read_to_string(&self.path) {
@@ -349,6 +407,36 @@ mod tests {
         );
         std::fs::write(&log.path, "").unwrap();
         assert!(log.verify_against(&checkpoint).is_err());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_repaired_and_recorded_but_tampering_is_not() {
+        let (_dir, log) = log_with(3);
+        let whole = std::fs::read(&log.path).unwrap();
+        let mut torn = whole.clone();
+        torn.extend_from_slice(b"{\"seq\":4,\"at\":\"2026");
+        std::fs::write(&log.path, &torn).unwrap();
+        assert!(log.verify().is_err());
+        let dropped = log
+            .repair_torn_tail("olga", OffsetDateTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(dropped, Some(torn.len() - whole.len()));
+        assert_eq!(log.verify(), Ok(4));
+        assert_eq!(log.entries().unwrap()[3].event, "audit_repaired");
+        assert_eq!(
+            log.repair_torn_tail("olga", OffsetDateTime::UNIX_EPOCH)
+                .unwrap(),
+            None
+        );
+        // An edited entry is not a crash: refused, left as it is.
+        let edited = String::from_utf8(whole)
+            .unwrap()
+            .replacen("\"op\"", "\"mallory\"", 1);
+        std::fs::write(&log.path, &edited).unwrap();
+        assert!(log
+            .repair_torn_tail("olga", OffsetDateTime::UNIX_EPOCH)
+            .is_err());
+        assert_eq!(std::fs::read_to_string(&log.path).unwrap(), edited);
     }
 
     #[test]

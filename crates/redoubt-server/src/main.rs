@@ -231,6 +231,13 @@ enum AuditCommand {
         #[arg(long)]
         log: Option<PathBuf>,
     },
+    /// After a crash in the middle of an append: drop a last line that was
+    /// cut short, recording what was dropped. Any other break is refused.
+    Repair {
+        /// The operator doing it, as the audit log records it.
+        #[arg(long)]
+        operator: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -559,6 +566,13 @@ async fn legal(config: Config, command: &LegalCommand) -> anyhow::Result<()> {
                     r.order.order.jurisdiction,
                     r.order.order.issuing_authority
                 );
+            }
+        }
+        LegalCommand::Audit(AuditCommand::Repair { operator }) => {
+            redoubt_legal::desk::check_operator(operator)?;
+            match desk.audit().repair_torn_tail(operator, now)? {
+                Some(n) => println!("Dropped a torn last line of {n} bytes; the log is intact again (recorded as audit_repaired)."),
+                None => println!("The audit log is intact; nothing to repair."),
             }
         }
         LegalCommand::Audit(AuditCommand::Verify { checkpoint, log }) => {
