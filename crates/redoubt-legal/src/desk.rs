@@ -600,6 +600,7 @@ impl<R: SubscriberRecords> Desk<R> {
             not_produced,
             message_content_bytes_disclosed: 0,
             produced_at: now,
+            signed_order: record.document.clone().unwrap_or_default(),
         };
         let signed = self.key.sign(package);
         // Audited before anything leaves: if the log cannot be extended,

@@ -80,6 +80,10 @@ pub struct DisclosurePackage {
     /// When the package was made.
     #[serde(with = "time::serde::rfc3339")]
     pub produced_at: OffsetDateTime,
+    /// The order document exactly as the authority sent it, so anyone can
+    /// check which signed order this package answers.
+    #[serde(default)]
+    pub signed_order: String,
 }
 
 /// A package with the service's signature over its canonical encoding.
@@ -186,13 +190,18 @@ pub enum PackageError {
 pub fn verify_package(bytes: &[u8], public_key: &str) -> Result<DisclosurePackage, PackageError> {
     let signed: SignedPackage =
         serde_json::from_slice(bytes).map_err(|e| PackageError::Malformed(e.to_string()))?;
+    // Checked over the package as received, not a re-encoding of what was
+    // parsed: bytes changed in a way that keeps their meaning (a time
+    // written "+00:00" instead of "Z") still break the signature.
+    let as_received: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| PackageError::Malformed(e.to_string()))?;
     let key = crate::verify::decode_key(public_key).ok_or(PackageError::BadSignature)?;
     let signature = STANDARD
         .decode(&signed.signature)
         .ok()
         .and_then(|b| Signature::from_slice(&b).ok())
         .ok_or(PackageError::BadSignature)?;
-    VerifyingKey::verify_strict(&key, &canonical_json(&signed.package), &signature)
+    VerifyingKey::verify_strict(&key, &canonical_json(&as_received["package"]), &signature)
         .map_err(|_| PackageError::BadSignature)?;
     Ok(signed.package)
 }

@@ -144,6 +144,21 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
         verify_package(altered.as_bytes(), &desk.public_key()),
         Err(PackageError::BadSignature)
     );
+    // A time rewritten with the same meaning is a change too.
+    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let produced_at = value["package"]["produced_at"].as_str().unwrap().to_owned();
+    assert!(produced_at.ends_with('Z'), "{produced_at}");
+    let same_meaning = String::from_utf8(bytes.clone()).unwrap().replacen(
+        &produced_at,
+        &produced_at.replace('Z', "+00:00"),
+        1,
+    );
+    assert_eq!(
+        verify_package(same_meaning.as_bytes(), &desk.public_key()),
+        Err(PackageError::BadSignature)
+    );
+    // The package names the exact order it answers.
+    assert_eq!(package.package.signed_order.as_bytes(), &document[..]);
 
     // The desk-level rejections.
     let replay = desk.intake(&document, "olga", now).await.unwrap();
