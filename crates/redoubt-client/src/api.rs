@@ -251,6 +251,19 @@ impl Api {
         }
     }
 
+    /// The newer signed device lists of many accounts in one request.
+    pub async fn query_device_lists(
+        &self,
+        accounts: Vec<DeviceListQuery>,
+    ) -> Result<DeviceListsQueryResponse> {
+        self.call(
+            Method::POST,
+            "/v1/device-lists/query",
+            Some(&DeviceListsQueryRequest { accounts }),
+        )
+        .await
+    }
+
     /// Publishes the caller's account's next signed device list.
     pub async fn publish_device_list(
         &self,

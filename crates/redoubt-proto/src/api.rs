@@ -391,3 +391,31 @@ impl ClaimLinkRequest {
         input
     }
 }
+
+/// One account in a `POST /v1/device-lists/query`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceListQuery {
+    /// The account.
+    pub account_id: AccountId,
+    /// Only versions after this one.
+    pub since: u64,
+}
+
+/// `POST /v1/device-lists/query`: the newer signed device lists of many
+/// accounts at once (a group's members), in one round trip.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceListsQueryRequest {
+    /// The accounts, at most 1000.
+    pub accounts: Vec<DeviceListQuery>,
+}
+
+/// The answer: per account asked about, its lists after `since`, oldest
+/// first (at most 100 each); accounts with nothing newer are left out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceListsQueryResponse {
+    /// The lists, by account.
+    pub lists: std::collections::BTreeMap<AccountId, Vec<crate::identity::SignedDocument>>,
+}

@@ -220,14 +220,25 @@ impl Client {
             return Err(ClientError::Invalid("an empty message is not sent".into()));
         }
         let _held = self.hold().await?;
-        // A direct chat follows the peer's devices as they change: one
-        // request per send, worth it so a re-registered phone keeps
-        // receiving. Offline, the message goes to the devices the chat has.
-        if chat.kind == ChatKind::Direct {
-            match self.reconcile(chat).await {
+        // A chat follows its members' devices as their signed lists change.
+        // Offline, the message goes to the devices the chat has.
+        // In a group, every send checks the members' signed lists in one
+        // request (an identity change holds the message); the designated
+        // member also applies device changes.
+        match chat.kind {
+            ChatKind::Direct => match self.reconcile(chat).await {
                 Err(e) if e.is_transient() => {}
                 other => other?,
-            }
+            },
+            ChatKind::Group => match self.wanted_devices(chat).await {
+                Err(e) if e.is_transient() => {}
+                Err(e) => return Err(e),
+                Ok(wanted) => {
+                    if self.designated(chat)? {
+                        self.apply_wanted(chat, wanted).await?;
+                    }
+                }
+            },
         }
         // Nothing goes to a chat where someone's identity changed until the
         // user accepted it.
@@ -455,27 +466,61 @@ impl Client {
     /// nothing; a list that does not verify is refused and said.
     pub async fn reconcile(&mut self, chat: &ChatRecord) -> Result<()> {
         let _held = self.hold().await?;
-        let members = self.members(chat)?;
-        let mut phones: Vec<PhoneNumber> = Vec::new();
-        for m in &members {
-            let phone = PhoneNumber::parse(&m.phone)?;
-            if !phones.contains(&phone) {
-                phones.push(phone);
+        let wanted = self.wanted_devices(chat).await?;
+        self.apply_wanted(chat, wanted).await
+    }
+
+    /// What each number in the chat should have, as the identity keys say:
+    /// this account's own list, and the members' lists (one request for a
+    /// group, a lookup per number for a direct chat, which also notices a
+    /// number re-homed to another account). Numbers with an identity change
+    /// not yet accepted are left out: their devices stay as they are.
+    async fn wanted_devices(
+        &mut self,
+        chat: &ChatRecord,
+    ) -> Result<Vec<(PhoneNumber, AccountDevices)>> {
+        let mut wanted = vec![(
+            self.identity.phone.clone(),
+            self.own_trusted_devices().await?,
+        )];
+        let others = if chat.kind == ChatKind::Group {
+            self.check_members(chat).await?
+        } else {
+            let mut phones: Vec<PhoneNumber> = Vec::new();
+            for m in self.members(chat)? {
+                let phone = PhoneNumber::parse(&m.phone)?;
+                if phone != self.identity.phone && !phones.contains(&phone) {
+                    phones.push(phone);
+                }
+            }
+            let mut out = Vec::new();
+            for phone in phones {
+                out.push(self.trusted_devices(&phone, Some(&chat.group_id)).await?);
+            }
+            out
+        };
+        for devices in others {
+            let accepted = self
+                .pinned(&devices.phone)
+                .await?
+                .is_some_and(|c| c.pending.is_none());
+            if accepted {
+                wanted.push((devices.phone.clone(), devices));
             }
         }
+        Ok(wanted)
+    }
+
+    /// Removes the devices the lists dropped and adds the ones they added.
+    async fn apply_wanted(
+        &mut self,
+        chat: &ChatRecord,
+        wanted: Vec<(PhoneNumber, AccountDevices)>,
+    ) -> Result<()> {
+        let members = self.members(chat)?;
         let mut stale = Vec::new();
         let mut fresh = Vec::new();
-        for phone in phones {
-            let wanted = if phone == self.identity.phone {
-                self.own_trusted_devices().await?
-            } else {
-                let devices = self.trusted_devices(&phone, Some(&chat.group_id)).await?;
-                // An identity change not yet accepted keeps the chat as it is.
-                match self.pinned(&phone).await? {
-                    Some(c) if c.pending.is_none() => devices,
-                    _ => continue,
-                }
-            };
+        for (phone, wanted) in wanted {
             let group = self.active_group(chat)?;
             for m in group.members() {
                 let id = mls::identity_of(&m.credential)?;
@@ -510,6 +555,14 @@ impl Client {
             self.persist(Changes::default()).await?;
         }
         Ok(())
+    }
+
+    /// Whether this device makes a group's device changes: the member with
+    /// the lowest leaf index, as for leave proposals, so members who meet
+    /// the same new list do not race each other's commits.
+    fn designated(&self, chat: &ChatRecord) -> Result<bool> {
+        let group = self.active_group(chat)?;
+        Ok(group.members().map(|m| m.index).min() == Some(group.own_leaf_index()))
     }
 
     /// Leaves a group: proposes this device's removal; another member commits it.

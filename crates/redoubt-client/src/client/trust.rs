@@ -118,21 +118,41 @@ impl Client {
         chat: Option<&[u8]>,
     ) -> Result<AccountDevices> {
         let account = self.api.lookup(phone).await?.account_id;
+        let since = self.pinned_since(phone, account).await?;
+        let served = self.api.device_lists_since(account, since).await?;
+        self.check_lists(phone, account, &served, chat).await
+    }
+
+    /// The version after which lists are new for a number at an account:
+    /// the pinned one, or 0 when nothing (or another account) is pinned.
+    async fn pinned_since(&self, phone: &PhoneNumber, account: AccountId) -> Result<u64> {
+        Ok(self
+            .contacts()
+            .await?
+            .by_phone
+            .get(phone.e164())
+            .filter(|p| p.list.account == account)
+            .map_or(0, |p| p.list.version))
+    }
+
+    /// Checks the lists served for a number's account after its pinned
+    /// version, moves the pin, and returns the devices to use.
+    pub(super) async fn check_lists(
+        &mut self,
+        phone: &PhoneNumber,
+        account: AccountId,
+        served: &[redoubt_proto::SignedDocument],
+        chat: Option<&[u8]>,
+    ) -> Result<AccountDevices> {
         let mut contacts = self.contacts().await?;
         let pinned = contacts.by_phone.get(phone.e164()).cloned();
         let same_account = pinned.as_ref().is_some_and(|p| p.list.account == account);
-        let since = if same_account {
-            pinned.as_ref().map_or(0, |p| p.list.version)
-        } else {
-            0
-        };
-        let served = self.api.device_lists_since(account, since).await?;
         let checked = if same_account {
-            identity::advance(pinned.as_ref().map(|p| &p.list), account, phone, &served)
+            identity::advance(pinned.as_ref().map(|p| &p.list), account, phone, served)
         } else {
             // A number met before now at another account: whatever that
             // account's lists say, it is another identity.
-            identity::advance(None, account, phone, &served).map(|u| match u {
+            identity::advance(None, account, phone, served).map(|u| match u {
                 ListUpdate::Advanced(t) if pinned.is_some() => ListUpdate::IdentityChanged(t),
                 other => other,
             })
@@ -208,6 +228,41 @@ impl Client {
             identity_key: list.identity_key.clone(),
             devices: list.devices,
         })
+    }
+
+    /// Checks the signed device lists of every other account in a group in
+    /// one request: pins move, identity changes are kept pending (and so
+    /// hold the next send), refused lists are said. Returns each member
+    /// number's devices as their identity keys list them.
+    pub(super) async fn check_members(&mut self, chat: &ChatRecord) -> Result<Vec<AccountDevices>> {
+        let mut members: Vec<(PhoneNumber, AccountId)> = Vec::new();
+        for m in self.members(chat)? {
+            let phone = PhoneNumber::parse(&m.phone)?;
+            if m.account != self.identity.account && !members.iter().any(|(p, _)| *p == phone) {
+                members.push((phone, m.account));
+            }
+        }
+        let mut queries = Vec::new();
+        for (phone, account) in &members {
+            queries.push(redoubt_proto::api::DeviceListQuery {
+                account_id: *account,
+                since: self.pinned_since(phone, *account).await?,
+            });
+        }
+        let mut served = if queries.is_empty() {
+            Default::default()
+        } else {
+            self.api.query_device_lists(queries).await?.lists
+        };
+        let mut out = Vec::new();
+        for (phone, account) in members {
+            let lists = served.remove(&account).unwrap_or_default();
+            out.push(
+                self.check_lists(&phone, account, &lists, Some(&chat.group_id))
+                    .await?,
+            );
+        }
+        Ok(out)
     }
 
     /// This account's other devices, as its own identity key says: the

@@ -217,3 +217,60 @@ async fn a_commit_from_a_removed_member_is_rejected_visibly() {
         Some("still here")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_follows_signed_lists_and_holds_messages_for_identity_changes() {
+    let server = TestServer::start().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let mut bob = register(&server, &fresh_phone()).await;
+    let mut carol = register(&server, &fresh_phone()).await;
+    let group = alice
+        .client
+        .create_group(
+            "signed",
+            &[bob.client.phone().clone(), carol.client.phone().clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(alice.client.members(&group).unwrap().len(), 3);
+
+    // Bob links a device: Alice (the member with the lowest leaf) adds it
+    // on her next send, and it reads from there.
+    let mut bob2 = link(&server, &mut bob.client).await;
+    alice.client.send_text(&group, "to all four").await.unwrap();
+    assert_eq!(alice.client.members(&group).unwrap().len(), 4);
+    bob2.client.sync().await.unwrap();
+    let bob2_group = bob2.client.find_chat("signed").await.unwrap();
+    assert_eq!(texts(&bob2.client, &bob2_group).await, ["to all four"]);
+    // Carol is not designated: she sends without committing anything.
+    carol.client.sync().await.unwrap();
+    let carol_group = carol.client.find_chat("signed").await.unwrap();
+    carol
+        .client
+        .send_text(&carol_group, "hi all")
+        .await
+        .unwrap();
+
+    // Carol's number is registered again by SMS: a new identity. Alice's
+    // next group message is held, naming Carol, until she accepts.
+    let carol_phone = carol.client.phone().to_string();
+    let _new_carol = register(&server, &carol_phone).await;
+    alice.client.sync().await.unwrap();
+    match alice.client.send_text(&group, "secret").await {
+        Err(ClientError::IdentityChanged(phones)) => assert_eq!(phones, vec![carol_phone.clone()]),
+        other => panic!("the group message must be held: {other:?}"),
+    }
+    alice
+        .client
+        .accept_changes(std::slice::from_ref(&carol_phone))
+        .await
+        .unwrap();
+    alice.client.send_text(&group, "accepted").await.unwrap();
+    let members = alice.client.members(&group).unwrap();
+    assert!(!members.iter().any(|m| m.device == carol.client.device_id()));
+    assert_eq!(
+        members.len(),
+        4,
+        "Carol's old device left, her new one joined"
+    );
+}

@@ -10,9 +10,9 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use rand::Rng as _;
 use redoubt_proto::api::{
-    ApproveLinkRequest, ApproveLinkResponse, ClaimLinkRequest, DeviceListsResponse,
-    LinkCreatedResponse, LinkMessage, PublishDeviceListRequest, PublishDeviceListResponse,
-    VerifyCodeResponse,
+    ApproveLinkRequest, ApproveLinkResponse, ClaimLinkRequest, DeviceListsQueryRequest,
+    DeviceListsQueryResponse, DeviceListsResponse, LinkCreatedResponse, LinkMessage,
+    PublishDeviceListRequest, PublishDeviceListResponse, VerifyCodeResponse,
 };
 use redoubt_proto::identity::{base32, base32_decode};
 use redoubt_proto::{AccountId, AuthToken, DeviceId, DeviceList, ErrorBody, SignedDocument};
@@ -117,6 +117,48 @@ pub async fn device_lists(
         .collect::<Result<Vec<_>, _>>()
         .map_err(ApiError::internal)?;
     Ok(ApiJson(DeviceListsResponse { lists }))
+}
+
+/// The most accounts one query may name.
+const MAX_QUERY_ACCOUNTS: usize = 1000;
+
+/// The newer signed device lists of many accounts in one round trip: what
+/// a client checks before it sends to a group. Accounts with nothing newer
+/// (or unknown) are left out.
+#[utoipa::path(
+    post, path = "/v1/device-lists/query", tag = "identity", security(("bearer" = [])),
+    request_body = DeviceListsQueryRequest,
+    responses(
+        (status = 200, body = DeviceListsQueryResponse),
+        (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn query_device_lists(
+    State(state): State<AppState>,
+    _auth: Authed,
+    ApiJson(req): ApiJson<DeviceListsQueryRequest>,
+) -> Result<ApiJson<DeviceListsQueryResponse>, ApiError> {
+    if req.accounts.len() > MAX_QUERY_ACCOUNTS {
+        return Err(ApiError::InvalidRequest(format!(
+            "a query may name at most {MAX_QUERY_ACCOUNTS} accounts"
+        )));
+    }
+    let mut lists = std::collections::BTreeMap::new();
+    for q in req.accounts {
+        let found = state
+            .store()
+            .device_lists(q.account_id, q.since, LISTS_PER_PAGE)
+            .await?
+            .into_iter()
+            .map(|bytes| serde_json::from_slice::<SignedDocument>(&bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::internal)?;
+        if !found.is_empty() {
+            lists.insert(q.account_id, found);
+        }
+    }
+    Ok(ApiJson(DeviceListsQueryResponse { lists }))
 }
 
 fn link_id(text: &str) -> Result<Vec<u8>, ApiError> {

@@ -38,7 +38,8 @@ pub mod ws;
         devices::list_own, devices::revoke, devices::lookup, devices::peer_devices,
         keypackages::upload, keypackages::count, keypackages::claim,
         messages::send, messages::fetch, messages::ack, ws::upgrade,
-        identity::publish_device_list, identity::device_lists, identity::create_link,
+        identity::publish_device_list, identity::device_lists, identity::query_device_lists,
+        identity::create_link,
         identity::put_link_message, identity::get_link_message, identity::approve_link,
         identity::claim_link,
         ops::healthz, ops::service_key, ops::metrics, ops::openapi,
@@ -88,6 +89,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/accounts/{account_id}/device-lists",
             get(identity::device_lists),
         )
+        .route("/v1/device-lists/query", post(identity::query_device_lists))
         .route("/v1/links", post(identity::create_link))
         .route("/v1/links/{link_id}/approve", post(identity::approve_link))
         .route("/v1/links/{link_id}/claim", post(identity::claim_link))
