@@ -210,8 +210,9 @@ impl<R: SubscriberRecords> Desk<R> {
         change: serde_json::Value,
         now: OffsetDateTime,
     ) -> Result<(), LegalError> {
-        self.trust.save(&self.dir.join("trust.json"))?;
+        // Audited first: a trust change the log cannot record is not made.
         self.audit.append("trust", operator, None, change, now)?;
+        self.trust.save(&self.dir.join("trust.json"))?;
         Ok(())
     }
 
@@ -318,6 +319,7 @@ impl<R: SubscriberRecords> Desk<R> {
 
     /// Records that a user was told about an order.
     pub fn mark_notified(&self, order_id: &str, now: OffsetDateTime) -> Result<(), DeskError> {
+        let _desk = self.exclusive()?;
         let mut record = self
             .order(order_id)?
             .ok_or_else(|| DeskError::UnknownOrder(order_id.into()))?;
@@ -330,6 +332,20 @@ impl<R: SubscriberRecords> Desk<R> {
             }
         }
         Ok(())
+    }
+
+    /// Serialises the desk's read-check-write operations (intake, approval,
+    /// notices) across processes: two intakes of one order cannot both
+    /// find it new, and two approvals cannot both find it pending. An
+    /// flock, so a crashed process never leaves it held.
+    fn exclusive(&self) -> Result<std::fs::File, LegalError> {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("desk.lock"))?;
+        lock.lock()?;
+        Ok(lock)
     }
 
     /// The audit log.
@@ -422,6 +438,7 @@ impl<R: SubscriberRecords> Desk<R> {
         now: OffsetDateTime,
     ) -> Result<Intake, DeskError> {
         let operator = check_operator(operator)?;
+        let _desk = self.exclusive()?;
         let signed = match verify_document(document, &self.trust, &self.markets, now) {
             Ok(signed) => signed,
             Err(rejection) => {
@@ -498,6 +515,7 @@ impl<R: SubscriberRecords> Desk<R> {
         now: OffsetDateTime,
     ) -> Result<SignedPackage, DeskError> {
         let operator = check_operator(operator)?;
+        let _desk = self.exclusive()?;
         match self.try_approve(order_id, operator, now).await {
             Ok(package) => Ok(package),
             Err(e @ (DeskError::Legal(_) | DeskError::Records(_))) => Err(e),

@@ -103,6 +103,10 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, NoticeError> {
     }
     let retention = time::Duration::try_from(state.config().ip_log.retention)
         .map_err(|_| NoticeError::Retention)?;
+    // In this process the desk is used one operation at a time (the admin
+    // API takes the same lock); across processes its own file lock orders
+    // this writer with `redoubtd legal` commands.
+    let _guard = state.legal_lock().lock().await;
     let desk = redoubt_legal::desk::Desk::open(
         &dir,
         state.legal_records(),

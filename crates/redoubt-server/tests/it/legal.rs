@@ -808,3 +808,58 @@ async fn orders_from_markets_not_served_are_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Issue 12, finding 2: parallel intakes of one order (separate desks, as
+/// separate `redoubtd legal` processes would open) file it once and leave
+/// the audit chain intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_intakes_file_an_order_once_and_keep_the_chain() {
+    let server = TestServer::start().await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let now = OffsetDateTime::now_utc();
+    // The trust store is saved once, then every desk reads it.
+    let first = desk_for(&server, dir.path(), &key, now).await;
+    first
+        .save_trust("olga", serde_json::json!({ "added": "fr-tj-paris" }), now)
+        .unwrap();
+    let document = signed_order(
+        &key,
+        order(
+            "FR-PAR-1",
+            suspect.phone.e164(),
+            vec![DataCategory::Subscriber],
+            now,
+        ),
+    );
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        let (path, document) = (dir.path().to_owned(), document.clone());
+        let db = server.db_path();
+        runs.push(tokio::spawn(async move {
+            let store = SqliteStore::open(&db, &Default::default()).await.unwrap();
+            let desk = redoubt_legal::desk::Desk::open(
+                &path,
+                store,
+                MarketPolicy::default(),
+                Duration::days(30),
+            )
+            .unwrap();
+            desk.intake(&document, "olga", now).await.unwrap()
+        }));
+    }
+    let mut pending = 0;
+    for run in runs {
+        match run.await.unwrap() {
+            Intake::Pending { .. } => pending += 1,
+            Intake::Rejected { rejection, .. } => assert_eq!(rejection.code(), "duplicate"),
+        }
+    }
+    assert_eq!(pending, 1, "filed once");
+    assert_eq!(
+        first.audit().verify(),
+        Ok(7),
+        "one trust entry, six intake decisions"
+    );
+}
