@@ -242,13 +242,22 @@ impl Client {
                 members.push((phone, m.account));
             }
         }
-        let mut queries = Vec::new();
-        for (phone, account) in &members {
-            queries.push(redoubt_proto::api::DeviceListQuery {
+        // One read of the pins for the whole group: in the common case
+        // nothing is newer, and each member's pinned list is the answer.
+        let contacts = self.contacts().await?;
+        let pinned = |phone: &PhoneNumber, account: AccountId| {
+            contacts
+                .by_phone
+                .get(phone.e164())
+                .filter(|p| p.list.account == account)
+        };
+        let queries = members
+            .iter()
+            .map(|(phone, account)| redoubt_proto::api::DeviceListQuery {
                 account_id: *account,
-                since: self.pinned_since(phone, *account).await?,
-            });
-        }
+                since: pinned(phone, *account).map_or(0, |p| p.list.version),
+            })
+            .collect::<Vec<_>>();
         let mut served = if queries.is_empty() {
             Default::default()
         } else {
@@ -257,10 +266,18 @@ impl Client {
         let mut out = Vec::new();
         for (phone, account) in members {
             let lists = served.remove(&account).unwrap_or_default();
-            out.push(
-                self.check_lists(&phone, account, &lists, Some(&chat.group_id))
-                    .await?,
-            );
+            match pinned(&phone, account) {
+                Some(p) if lists.is_empty() => out.push(AccountDevices {
+                    phone: phone.clone(),
+                    account,
+                    identity_key: p.list.identity_key.clone(),
+                    devices: p.list.devices.clone(),
+                }),
+                _ => out.push(
+                    self.check_lists(&phone, account, &lists, Some(&chat.group_id))
+                        .await?,
+                ),
+            }
         }
         Ok(out)
     }
