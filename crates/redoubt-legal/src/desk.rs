@@ -339,13 +339,32 @@ impl<R: SubscriberRecords> Desk<R> {
     /// find it new, and two approvals cannot both find it pending. An
     /// flock, so a crashed process never leaves it held.
     fn exclusive(&self) -> Result<std::fs::File, LegalError> {
-        let lock = std::fs::OpenOptions::new()
+        let lock = self.lock_file()?;
+        lock.lock()?;
+        Ok(lock)
+    }
+
+    /// The same lock, waited for without blocking the async runtime: a
+    /// task holding it may need this very thread to finish.
+    async fn exclusive_async(&self) -> Result<std::fs::File, LegalError> {
+        let lock = self.lock_file()?;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => return Ok(lock),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn lock_file(&self) -> Result<std::fs::File, LegalError> {
+        Ok(std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(self.dir.join("desk.lock"))?;
-        lock.lock()?;
-        Ok(lock)
+            .open(self.dir.join("desk.lock"))?)
     }
 
     /// The audit log.
@@ -438,7 +457,7 @@ impl<R: SubscriberRecords> Desk<R> {
         now: OffsetDateTime,
     ) -> Result<Intake, DeskError> {
         let operator = check_operator(operator)?;
-        let _desk = self.exclusive()?;
+        let _desk = self.exclusive_async().await?;
         let signed = match verify_document(document, &self.trust, &self.markets, now) {
             Ok(signed) => signed,
             Err(rejection) => {
@@ -515,7 +534,7 @@ impl<R: SubscriberRecords> Desk<R> {
         now: OffsetDateTime,
     ) -> Result<SignedPackage, DeskError> {
         let operator = check_operator(operator)?;
-        let _desk = self.exclusive()?;
+        let _desk = self.exclusive_async().await?;
         match self.try_approve(order_id, operator, now).await {
             Ok(package) => Ok(package),
             Err(e @ (DeskError::Legal(_) | DeskError::Records(_))) => Err(e),
