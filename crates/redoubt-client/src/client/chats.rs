@@ -499,15 +499,14 @@ impl Client {
             }
             out
         };
-        for devices in others {
-            let accepted = self
-                .pinned(&devices.phone)
-                .await?
-                .is_some_and(|c| c.pending.is_none());
-            if accepted {
-                wanted.push((devices.phone.clone(), devices));
-            }
-        }
+        // One read of the pins, not one per member.
+        let pending = self.pending_phones().await?;
+        wanted.extend(
+            others
+                .into_iter()
+                .filter(|devices| !pending.contains(devices.phone.e164()))
+                .map(|devices| (devices.phone.clone(), devices)),
+        );
         Ok(wanted)
     }
 

@@ -472,19 +472,30 @@ impl Client {
 
     /// Numbers in a chat whose identity changed and was not accepted.
     pub async fn pending_changes(&self, chat: &ChatRecord) -> Result<Vec<String>> {
-        let contacts = self.contacts().await?;
+        let pending = self.pending_phones().await?;
         let mut out = Vec::new();
         let Ok(members) = self.members(chat) else {
             return Ok(out);
         };
         for m in members {
-            if let Some(c) = contacts.by_phone.get(&m.phone) {
-                if c.pending.is_some() && !out.contains(&m.phone) {
-                    out.push(m.phone.clone());
-                }
+            if pending.contains(&m.phone) && !out.contains(&m.phone) {
+                out.push(m.phone.clone());
             }
         }
         Ok(out)
+    }
+
+    /// Every number with an identity change not yet accepted, from one read
+    /// of the pins.
+    pub(super) async fn pending_phones(&self) -> Result<std::collections::BTreeSet<String>> {
+        Ok(self
+            .contacts()
+            .await?
+            .by_phone
+            .into_iter()
+            .filter(|(_, c)| c.pending.is_some())
+            .map(|(phone, _)| phone)
+            .collect())
     }
 
     /// Accepts the identity changes of these numbers: their new identity
