@@ -108,14 +108,7 @@ pub async fn device_lists(
     if !state.store().account_exists(account).await? {
         return Err(ApiError::UnknownAccount);
     }
-    let lists = state
-        .store()
-        .device_lists(account, query.since.unwrap_or(0), LISTS_PER_PAGE)
-        .await?
-        .into_iter()
-        .map(|bytes| serde_json::from_slice::<SignedDocument>(&bytes))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ApiError::internal)?;
+    let lists = stored_lists(&state, account, query.since.unwrap_or(0)).await?;
     Ok(ApiJson(DeviceListsResponse { lists }))
 }
 
@@ -146,19 +139,28 @@ pub async fn query_device_lists(
     }
     let mut lists = std::collections::BTreeMap::new();
     for q in req.accounts {
-        let found = state
-            .store()
-            .device_lists(q.account_id, q.since, LISTS_PER_PAGE)
-            .await?
-            .into_iter()
-            .map(|bytes| serde_json::from_slice::<SignedDocument>(&bytes))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ApiError::internal)?;
+        let found = stored_lists(&state, q.account_id, q.since).await?;
         if !found.is_empty() {
             lists.insert(q.account_id, found);
         }
     }
     Ok(ApiJson(DeviceListsQueryResponse { lists }))
+}
+
+/// An account's stored lists after `since`, as they were published.
+async fn stored_lists(
+    state: &AppState,
+    account: AccountId,
+    since: u64,
+) -> Result<Vec<SignedDocument>, ApiError> {
+    state
+        .store()
+        .device_lists(account, since, LISTS_PER_PAGE)
+        .await?
+        .into_iter()
+        .map(|bytes| serde_json::from_slice::<SignedDocument>(&bytes))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::internal)
 }
 
 fn link_id(text: &str) -> Result<Vec<u8>, ApiError> {
