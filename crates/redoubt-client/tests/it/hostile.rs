@@ -207,8 +207,10 @@ async fn substituted_key_packages_for_a_known_contact_are_refused() {
     let server = TestServer::start().await;
     let (mut alice, bob, _chat, _) = pair(&server).await;
     let mallory = register(&server, &fresh_phone()).await;
-    // Bob's listed key and key packages become Mallory's.
-    hostile::swap_key_packages(&server, bob.client.device_id(), mallory.client.device_id()).await;
+    // The relay serves, for Bob's device, a key of its own in a key package
+    // that names Bob's account, device and number, and lists that key for
+    // the device: full substitution of a known contact's keys.
+    forge_key_package(&server, &mallory, &bob).await;
     let carol = register(&server, &fresh_phone()).await;
     let err = alice
         .client
@@ -220,6 +222,62 @@ async fn substituted_key_packages_for_a_known_contact_are_refused() {
         .unwrap_err();
     assert!(matches!(err, ClientError::Untrusted(_)), "{err}");
     assert!(err.to_string().contains(bob.client.phone().e164()), "{err}");
+}
+
+/// What a relay substituting a contact's keys serves: a key package with
+/// the victim's account, device and number and a signature key of its
+/// own, certified by an identity key it made up, stored as the victim
+/// device's only package, with that key listed for the device.
+async fn forge_key_package(server: &TestServer, relay: &Profile, victim: &Profile) {
+    use openmls::prelude::SignatureScheme;
+    use openmls_basic_credential::SignatureKeyPair;
+    use redoubt_client::mls;
+    let signer = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+    let certificate = redoubt_client::identity::IdentityKey::generate().certify(
+        victim.client.account_id(),
+        victim.client.device_id(),
+        victim.client.phone(),
+        signer.public(),
+        0,
+    );
+    let provider = mls::Provider::default();
+    let forged = mls::key_package(
+        &provider,
+        &signer,
+        mls::credential(&certificate, &signer).unwrap(),
+        false,
+    )
+    .unwrap();
+    let db = hostile::db(server).await;
+    for device in [victim.client.device_id(), relay.client.device_id()] {
+        sqlx::query("DELETE FROM key_packages WHERE device_id = ?")
+            .bind(device.as_bytes().to_vec())
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    relay
+        .client
+        .api()
+        .upload_key_packages(vec![redoubt_proto::api::KeyPackageUpload {
+            id: redoubt_proto::KeyPackageRef::new(forged.reference).unwrap(),
+            data: forged.bytes.into(),
+            last_resort: false,
+        }])
+        .await
+        .unwrap();
+    sqlx::query("UPDATE key_packages SET device_id = ? WHERE device_id = ?")
+        .bind(victim.client.device_id().as_bytes().to_vec())
+        .bind(relay.client.device_id().as_bytes().to_vec())
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE devices SET signature_key = ? WHERE id = ?")
+        .bind(signer.public().to_vec())
+        .bind(victim.client.device_id().as_bytes().to_vec())
+        .execute(&db)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
