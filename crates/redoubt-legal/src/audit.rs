@@ -1,17 +1,30 @@
-//! The hash-chained audit log: every intake, rejection, approval, disclosure
-//! and market change, one JSON object per line. Each entry commits to the
-//! previous entry's hash, so an edited, removed or reordered entry breaks
-//! the chain at a place `verify` names.
+//! The audit log: every intake, rejection, approval, disclosure, trust
+//! change and market decision, in order. Three things make it
+//! tamper-evident:
+//!
+//! - each entry commits to the previous entry's hash, so an edited,
+//!   removed or reordered entry breaks the chain at a place `verify` names;
+//! - each entry carries the signed action of the operator (or, for the
+//!   relay's own chores, the service) that caused it, so an insider who
+//!   can write the table cannot invent an approval;
+//! - the desk signs checkpoints, the size and Merkle root (RFC 6962) of
+//!   the log, and every transparency report carries one, so a log rewritten
+//!   from some point on, truncated or forked no longer matches a checkpoint
+//!   anyone kept.
+//!
+//! The log lives in the relay's database (see [`crate::store`]); an append
+//! is one transaction, so a crash leaves the log as it was, never a torn
+//! entry. An export is the same entries, one JSON object per line.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use crate::operators::SignedAction;
 use crate::order::canonical_json;
-use crate::LegalError;
 
 /// The `prev` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -22,22 +35,47 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub struct AuditEntry {
     /// Position in the log, from 1.
     pub seq: u64,
-    /// When it was written.
+    /// When it was written (the desk's time).
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
-    /// What happened: `intake`, `rejection`, `approval`, `disclosure`, `market`, ...
+    /// What happened: `intake`, `rejection`, `approval`, `disclosure`,
+    /// `approval_refused`, `proposal`, `proposal_refused`, `trust_change`,
+    /// `operator_change`, `confirmation_refused`, `bootstrap`,
+    /// `user_notice`, `market`.
     pub event: String,
-    /// Who did it (an operator name).
+    /// Who did it: the operator's name, or `redoubtd` for the relay.
     pub actor: String,
-    /// The order concerned, if any.
+    /// The issuing authority of the order concerned, if any.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The order concerned, if any (unique per issuer).
     #[serde(default)]
     pub order_id: Option<String>,
     /// Details (never personal data beyond what the event itself concerns).
     pub detail: serde_json::Value,
+    /// The signed action that caused the entry.
+    pub action: SignedAction,
     /// The previous entry's hash (hex), or [`GENESIS`].
     pub prev: String,
     /// SHA-256 (hex) of this entry's canonical encoding without `hash`.
     pub hash: String,
+}
+
+/// An entry before it is placed in the log (sequence number, time, chain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    /// The event.
+    pub event: &'static str,
+    /// The actor's name.
+    pub actor: String,
+    /// The issuer of the order concerned.
+    pub issuer: Option<String>,
+    /// The order concerned.
+    pub order_id: Option<String>,
+    /// Details.
+    pub detail: serde_json::Value,
+    /// The action that caused it.
+    pub action: SignedAction,
 }
 
 #[derive(Serialize)]
@@ -47,80 +85,270 @@ struct Unhashed<'a> {
     at: OffsetDateTime,
     event: &'a str,
     actor: &'a str,
+    issuer: &'a Option<String>,
     order_id: &'a Option<String>,
     detail: &'a serde_json::Value,
+    action: &'a SignedAction,
     prev: &'a str,
 }
 
-fn hash_of(e: &AuditEntry) -> String {
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash an entry must carry.
+pub fn hash_of(e: &AuditEntry) -> String {
     let unhashed = Unhashed {
         seq: e.seq,
         at: e.at,
         event: &e.event,
         actor: &e.actor,
+        issuer: &e.issuer,
         order_id: &e.order_id,
         detail: &e.detail,
+        action: &e.action,
         prev: &e.prev,
     };
-    Sha256::digest(canonical_json(&unhashed))
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(canonical_json(&unhashed)))
 }
 
-/// Where and how the chain breaks.
+impl NewEntry {
+    /// Places the entry after `prev` (hash of entry `seq - 1`).
+    pub fn seal(self, seq: u64, prev: &str, at: OffsetDateTime) -> AuditEntry {
+        let mut entry = AuditEntry {
+            seq,
+            at,
+            event: self.event.into(),
+            actor: self.actor,
+            issuer: self.issuer,
+            order_id: self.order_id,
+            detail: self.detail,
+            action: self.action,
+            prev: prev.into(),
+            hash: String::new(),
+        };
+        entry.hash = hash_of(&entry);
+        entry
+    }
+}
+
+/// Where and how the log breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainBreak {
-    /// A line is not an entry.
-    #[error("line {line}: not an audit entry")]
+    /// An entry does not parse.
+    #[error("entry at position {position}: not an audit entry")]
     Unreadable {
-        /// 1-based line number.
-        line: usize,
+        /// 1-based position in the log.
+        position: usize,
     },
-    /// The file exists but cannot be read as text (damaged, not UTF-8, no
-    /// permission). It is never taken for an empty log.
+    /// The log cannot be read at all (damaged, not UTF-8, no permission).
+    /// It is never taken for an empty log.
     #[error("the audit log cannot be read: {0}")]
     Io(String),
     /// The entry's content does not match its hash: it was edited.
-    #[error("entry {seq} (line {line}) was edited: its content does not match its hash")]
+    #[error("entry {seq} was edited: its content does not match its hash")]
     Edited {
-        /// 1-based line number.
-        line: usize,
         /// The entry's sequence number.
         seq: u64,
     },
     /// The entry does not follow the one before it: an entry before it was
     /// removed, or entries were reordered.
-    #[error("entry {seq} (line {line}) does not follow the entry before it: entries were removed or reordered")]
+    #[error("entry {seq} does not follow the entry before it: entries were removed or reordered")]
     Broken {
-        /// 1-based line number.
-        line: usize,
         /// The entry's sequence number.
         seq: u64,
     },
+    /// The entry is well formed but nobody entitled to cause it signed it
+    /// (a forged or replayed entry, or one that breaks the desk's rules).
+    #[error("entry {seq} is not authorised: {why}")]
+    Unauthorised {
+        /// The entry's sequence number.
+        seq: u64,
+        /// Why.
+        why: String,
+    },
 }
 
-/// A signed report's statement of the audit log at one moment: how many
-/// entries it had and the hash of the last one. Each entry commits to all
-/// before it, so a log that still holds entry `size` with hash `head`
-/// holds exactly the history the checkpoint saw. Anyone keeping an old
-/// report can tell if entries up to it were since rewritten, dropped or
-/// forked.
+/// Parses the log's entries (stored JSON, in order) and checks the hash
+/// chain. The signatures and the desk's rules are checked by the replay
+/// ([`crate::state::DeskState::replay`]).
+pub fn parse_chain(lines: &[String]) -> Result<Vec<AuditEntry>, ChainBreak> {
+    let mut prev = GENESIS.to_owned();
+    let mut entries = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let entry: AuditEntry =
+            serde_json::from_str(line).map_err(|_| ChainBreak::Unreadable { position: i + 1 })?;
+        if hash_of(&entry) != entry.hash {
+            return Err(ChainBreak::Edited { seq: entry.seq });
+        }
+        if entry.prev != prev || entry.seq != i as u64 + 1 {
+            return Err(ChainBreak::Broken { seq: entry.seq });
+        }
+        prev = entry.hash.clone();
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// Reads an exported log (one entry per line). Unreadable bytes are an
+/// error, never an empty log.
+pub fn read_export(bytes: &[u8]) -> Result<Vec<String>, ChainBreak> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ChainBreak::Io("the export is not UTF-8 text".into()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The RFC 6962 Merkle tree hash over the first `size` entries, whose
+/// leaves are the entries' hashes. Hashes are domain-separated (0x00 for
+/// leaves, 0x01 for nodes), so no leaf can pass for a node.
+pub fn merkle_root(entries: &[AuditEntry]) -> [u8; 32] {
+    let leaves: Vec<[u8; 32]> = entries
+        .iter()
+        .map(|e| {
+            Sha256::new()
+                .chain_update([0u8])
+                .chain_update(e.hash.as_bytes())
+                .finalize()
+                .into()
+        })
+        .collect();
+    tree_hash(&leaves)
+}
+
+fn tree_hash(leaves: &[[u8; 32]]) -> [u8; 32] {
+    match leaves.len() {
+        0 => Sha256::digest([]).into(),
+        1 => leaves[0],
+        n => {
+            // The largest power of two smaller than n.
+            let k = 1 << (usize::BITS - 1 - (n - 1).leading_zeros());
+            Sha256::new()
+                .chain_update([1u8])
+                .chain_update(tree_hash(&leaves[..k]))
+                .chain_update(tree_hash(&leaves[k..]))
+                .finalize()
+                .into()
+        }
+    }
+}
+
+/// A signed statement of the log at one moment: its size and Merkle root,
+/// in the C2SP `tlog-checkpoint` form and signed by the service key as a
+/// C2SP signed note. Every transparency report carries one; the desk
+/// prints the current one with `redoubtd legal audit checkpoint` for
+/// anyone to keep. A log that still yields this root over its first
+/// `size` entries holds exactly the history the checkpoint saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
+    /// The log's name: `redoubt-legal-audit/` and the service key's
+    /// fingerprint.
+    pub origin: String,
     /// Entries in the log.
     pub size: u64,
-    /// The hash of entry `size` ([`GENESIS`] when empty).
-    pub head: String,
+    /// The Merkle root over them, standard base64.
+    pub root: String,
+    /// The signed note, as published: the checkpoint body and the
+    /// service key's signature line.
+    pub note: String,
+}
+
+const KEY_NAME: &str = "redoubt-legal";
+
+fn key_id(public: &[u8; 32]) -> [u8; 4] {
+    // C2SP signed-note key id: SHA-256(name || "\n" || 0x01 || key)[:4].
+    let digest = Sha256::new()
+        .chain_update(KEY_NAME.as_bytes())
+        .chain_update(b"\n")
+        .chain_update([1u8])
+        .chain_update(public)
+        .finalize();
+    [digest[0], digest[1], digest[2], digest[3]]
+}
+
+/// The log's origin line for a service key.
+pub fn origin(public: &[u8; 32]) -> String {
+    format!(
+        "redoubt-legal-audit/{}",
+        &hex(&Sha256::digest(public))[..16]
+    )
+}
+
+impl Checkpoint {
+    /// The checkpoint of `entries`, signed with the service key.
+    pub(crate) fn sign(entries: &[AuditEntry], key: &SigningKey) -> Self {
+        let public = key.verifying_key().to_bytes();
+        let origin = origin(&public);
+        let root = STANDARD.encode(merkle_root(entries));
+        let size = entries.len() as u64;
+        let body = format!("{origin}\n{size}\n{root}\n");
+        let signature = key.sign(body.as_bytes());
+        let mut blob = key_id(&public).to_vec();
+        blob.extend_from_slice(&signature.to_bytes());
+        let note = format!("{body}\n\u{2014} {KEY_NAME} {}\n", STANDARD.encode(blob));
+        Self {
+            origin,
+            size,
+            root,
+            note,
+        }
+    }
+
+    /// Checks the note's signature against the service key (standard
+    /// base64) and that it states this checkpoint's origin, size and root.
+    pub fn verify_signature(&self, public_key: &str) -> Result<(), CheckpointError> {
+        let bad = || CheckpointError::BadSignature;
+        let key = crate::verify::decode_key(public_key).ok_or_else(bad)?;
+        let public = key.to_bytes();
+        let body = format!("{}\n{}\n{}\n", self.origin, self.size, self.root);
+        if self.origin != origin(&public) {
+            return Err(bad());
+        }
+        let rest = self.note.strip_prefix(&body).ok_or_else(bad)?;
+        let line = rest
+            .strip_prefix(&format!("\n\u{2014} {KEY_NAME} "))
+            .and_then(|l| l.strip_suffix('\n'))
+            .ok_or_else(bad)?;
+        let blob = STANDARD.decode(line).map_err(|_| bad())?;
+        if blob.len() != 68 || blob[..4] != key_id(&public) {
+            return Err(bad());
+        }
+        let signature = Signature::from_slice(&blob[4..]).map_err(|_| bad())?;
+        key.verify_strict(body.as_bytes(), &signature)
+            .map_err(|_| bad())
+    }
+
+    /// Checks that `entries` extend this checkpoint: the first `size` of
+    /// them still give its root (nothing up to it rewritten, nothing
+    /// removed, no fork).
+    pub fn check_log(&self, entries: &[AuditEntry]) -> Result<(), CheckpointError> {
+        let size = usize::try_from(self.size).unwrap_or(usize::MAX);
+        if entries.len() < size {
+            return Err(CheckpointError::Truncated {
+                size: self.size,
+                found: entries.len() as u64,
+            });
+        }
+        if STANDARD.encode(merkle_root(&entries[..size])) != self.root {
+            return Err(CheckpointError::Rewritten { size: self.size });
+        }
+        Ok(())
+    }
 }
 
 /// How a log fails a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckpointError {
-    /// The chain itself is broken.
+    /// The log itself is broken.
     #[error(transparent)]
     Broken(#[from] ChainBreak),
+    /// The checkpoint was not signed by this service key.
+    #[error("the checkpoint's signature does not verify under the service key")]
+    BadSignature,
     /// Fewer entries than the checkpoint counted: history was dropped.
     #[error("the log has {found} entries, fewer than the {size} the checkpoint counted: entries were removed")]
     Truncated {
@@ -129,259 +357,109 @@ pub enum CheckpointError {
         /// Entries found.
         found: u64,
     },
-    /// Entry `size` is not the one the checkpoint saw: history up to it
-    /// was rewritten (and the chain recomputed), or the log forked.
-    #[error("entry {size} is not the one the checkpoint saw: the history before it was rewritten")]
+    /// The first `size` entries are not the ones the checkpoint saw:
+    /// history up to it was rewritten (and the chain recomputed), or the
+    /// log forked.
+    #[error("the first {size} entries are not the ones the checkpoint saw: the history before it was rewritten")]
     Rewritten {
         /// The checkpoint's size.
         size: u64,
     },
 }
 
-/// The audit log file.
-pub struct AuditLog {
-    path: PathBuf,
-}
-
-impl AuditLog {
-    /// The log at `path` (created on first append).
-    pub fn new(path: &Path) -> Self {
-        Self {
-            path: path.to_owned(),
-        }
-    }
-
-    /// Every entry, without checking the chain.
-    pub fn entries(&self) -> Result<Vec<AuditEntry>, LegalError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l).map_err(|e| LegalError::Malformed {
-                    what: "the audit log",
-                    detail: e.to_string(),
-                })
-            })
-            .collect()
-    }
-
-    /// Appends an entry chained to the last one. Refuses to extend a log
-    /// whose chain is already broken.
-    pub fn append(
-        &self,
-        event: &str,
-        actor: &str,
-        order_id: Option<&str>,
-        detail: serde_json::Value,
-        at: OffsetDateTime,
-    ) -> Result<AuditEntry, LegalError> {
-        // Every writer (parallel CLI runs, the relay's own notice writer,
-        // the admin API) takes this lock for read-verify-append, so two can
-        // never chain onto the same last entry and fork the log. It is an
-        // flock: released when the file closes, crash included.
-        if let Some(parent) = self.path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.path.with_extension("lock"))?;
-        lock.lock()?;
-        let count = self.verify().map_err(|e| LegalError::Malformed {
-            what: "the audit log",
-            detail: e.to_string(),
-        })?;
-        let last = self.entries()?.pop();
-        let mut entry = AuditEntry {
-            seq: count as u64 + 1,
-            at,
-            event: event.into(),
-            actor: actor.into(),
-            order_id: order_id.map(str::to_owned),
-            detail,
-            prev: last.map(|e| e.hash).unwrap_or_else(|| GENESIS.into()),
-            hash: String::new(),
-        };
-        entry.hash = hash_of(&entry);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        let mut line = serde_json::to_vec(&entry).map_err(|e| LegalError::Malformed {
-            what: "an audit entry",
-            detail: e.to_string(),
-        })?;
-        line.push(b'\n');
-        file.write_all(&line)?;
-        file.sync_all()?;
-        Ok(entry)
-    }
-
-    /// The log's current checkpoint. Fails on a broken chain: nothing is
-    /// ever vouched for over one.
-    pub fn checkpoint(&self) -> Result<Checkpoint, LegalError> {
-        self.verify().map_err(|e| LegalError::Malformed {
-            what: "the audit log",
-            detail: e.to_string(),
-        })?;
-        let last = self.entries()?.pop();
-        Ok(Checkpoint {
-            size: last.as_ref().map_or(0, |e| e.seq),
-            head: last.map_or_else(|| GENESIS.to_owned(), |e| e.hash),
-        })
-    }
-
-    /// Checks the chain and that it extends `checkpoint`: the history a
-    /// report vouched for is still there, unchanged. Returns the number of
-    /// entries.
-    pub fn verify_against(&self, checkpoint: &Checkpoint) -> Result<usize, CheckpointError> {
-        let count = self.verify()?;
-        if (count as u64) < checkpoint.size {
-            return Err(CheckpointError::Truncated {
-                size: checkpoint.size,
-                found: count as u64,
-            });
-        }
-        let head = match checkpoint.size {
-            0 => GENESIS.to_owned(),
-            n => self
-                .entries()
-                .map_err(|e| ChainBreak::Io(e.to_string()))?
-                .get(n as usize - 1)
-                .map(|e| e.hash.clone())
-                .unwrap_or_default(),
-        };
-        if head != checkpoint.head {
-            return Err(CheckpointError::Rewritten {
-                size: checkpoint.size,
-            });
-        }
-        Ok(count)
-    }
-
-    /// Recovers from a crash in the middle of an append: when the only
-    /// fault is a last line cut short (no newline, does not parse), its
-    /// bytes are dropped and an `audit_repaired` entry records how many and
-    /// their SHA-256. Any other break is refused: that is not a crash, and
-    /// repairing it would hide tampering. Returns the bytes dropped, or
-    /// `None` when the log needed nothing.
-    pub fn repair_torn_tail(
-        &self,
-        actor: &str,
-        at: OffsetDateTime,
-    ) -> Result<Option<usize>, LegalError> {
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.path.with_extension("lock"))?;
-        lock.lock()?;
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        if self.verify().is_ok() {
-            return Ok(None);
-        }
-        let refuse = |detail: &str| LegalError::Malformed {
-            what: "the audit log",
-            detail: format!("{detail}; not a torn last line, so it is not repaired"),
-        };
-        if bytes.ends_with(b"\n") {
-            return Err(refuse("the log is broken but its last line is complete"));
-        }
-        let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let torn = &bytes[keep..];
-        // The rest must be a sound chain on its own.
-        let rest = self.path.with_extension("repair");
-        std::fs::write(&rest, &bytes[..keep])?;
-        let sound = AuditLog::new(&rest).verify();
-        let _ = std::fs::remove_file(&rest);
-        sound.map_err(|e| refuse(&e.to_string()))?;
-        let file = std::fs::OpenOptions::new().write(true).open(&self.path)?;
-        file.set_len(keep as u64)?;
-        file.sync_all()?;
-        drop(lock);
-        let digest: String = Sha256::digest(torn)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        self.append(
-            "audit_repaired",
-            actor,
-            None,
-            serde_json::json!({ "dropped_bytes": torn.len(), "dropped_sha256": digest }),
-            at,
-        )?;
-        Ok(Some(torn.len()))
-    }
-
-    /// Checks the whole chain; returns the number of entries.
-    pub fn verify(&self) -> Result<usize, ChainBreak> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(ChainBreak::Io(e.to_string())),
-        };
-        let mut prev = GENESIS.to_owned();
-        let mut count = 0;
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let line_no = i + 1;
-            let entry: AuditEntry =
-                serde_json::from_str(line).map_err(|_| ChainBreak::Unreadable { line: line_no })?;
-            if hash_of(&entry) != entry.hash {
-                return Err(ChainBreak::Edited {
-                    line: line_no,
-                    seq: entry.seq,
-                });
-            }
-            if entry.prev != prev || entry.seq != count as u64 + 1 {
-                return Err(ChainBreak::Broken {
-                    line: line_no,
-                    seq: entry.seq,
-                });
-            }
-            prev = entry.hash;
-            count += 1;
-        }
-        Ok(count)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operators::{ActionKind, OperatorKey};
     use serde_json::json;
+
+    fn log_with(n: usize) -> Vec<AuditEntry> {
+        let olga = OperatorKey::generate("olga").unwrap();
+        let mut out: Vec<AuditEntry> = Vec::new();
+        for i in 0..n {
+            let prev = out.last().map_or(GENESIS.to_owned(), |e| e.hash.clone());
+            out.push(
+                NewEntry {
+                    event: "market",
+                    actor: "olga".into(),
+                    issuer: None,
+                    order_id: None,
+                    detail: json!({ "i": i }),
+                    action: olga.sign(
+                        ActionKind::Market {
+                            decision: json!({ "i": i }),
+                        },
+                        OffsetDateTime::UNIX_EPOCH,
+                    ),
+                }
+                .seal(i as u64 + 1, &prev, OffsetDateTime::UNIX_EPOCH),
+            );
+        }
+        out
+    }
+
+    fn lines(entries: &[AuditEntry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_merkle_root_matches_rfc_6962() {
+        // RFC 6962 over no leaves is the hash of the empty string; over one
+        // leaf it is that leaf's hash; over three, h(h(l0,l1), l2).
+        assert_eq!(hex(&merkle_root(&[])), hex(&Sha256::digest([])));
+        let e = log_with(3);
+        let leaf = |e: &AuditEntry| -> [u8; 32] {
+            Sha256::new()
+                .chain_update([0u8])
+                .chain_update(e.hash.as_bytes())
+                .finalize()
+                .into()
+        };
+        let node = |a: [u8; 32], b: [u8; 32]| -> [u8; 32] {
+            Sha256::new()
+                .chain_update([1u8])
+                .chain_update(a)
+                .chain_update(b)
+                .finalize()
+                .into()
+        };
+        assert_eq!(merkle_root(&e[..1]), leaf(&e[0]));
+        assert_eq!(
+            merkle_root(&e),
+            node(node(leaf(&e[0]), leaf(&e[1])), leaf(&e[2]))
+        );
+    }
 
     #[test]
     fn a_checkpoint_shows_rewriting_truncation_and_forks() {
-        let (_dir, log) = log_with(5);
-        let checkpoint = log.checkpoint().unwrap();
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let public = STANDARD.encode(key.verifying_key().as_bytes());
+        let mut entries = log_with(6);
+        let checkpoint = Checkpoint::sign(&entries[..5], &key);
         assert_eq!(checkpoint.size, 5);
-        log.append("intake", "op", None, json!({}), OffsetDateTime::UNIX_EPOCH)
-            .unwrap();
-        assert_eq!(log.verify_against(&checkpoint), Ok(6), "growing is fine");
-        let lines: Vec<String> = std::fs::read_to_string(&log.path)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
+        assert_eq!(checkpoint.verify_signature(&public), Ok(()));
+        assert!(checkpoint.note.starts_with("redoubt-legal-audit/"));
+        assert_eq!(checkpoint.check_log(&entries), Ok(()), "growing is fine");
+        let other = STANDARD.encode(
+            SigningKey::generate(&mut rand::rngs::OsRng)
+                .verifying_key()
+                .as_bytes(),
+        );
+        assert_eq!(
+            checkpoint.verify_signature(&other),
+            Err(CheckpointError::BadSignature)
+        );
+        let mut forged = checkpoint.clone();
+        forged.size = 4;
+        assert_eq!(
+            forged.verify_signature(&public),
+            Err(CheckpointError::BadSignature)
+        );
         // Rewrite entry 2 and recompute the whole chain after it: the chain
-        // verifies, the checkpoint does not.
-        let mut entries: Vec<AuditEntry> = lines
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        // parses, the checkpoint does not match.
         entries[1].actor = "mallory".into();
         let mut prev = GENESIS.to_owned();
         for e in &mut entries {
@@ -389,154 +467,44 @@ mod tests {
             e.hash = hash_of(e);
             prev = e.hash.clone();
         }
-        let text: String = entries
-            .iter()
-            .map(|e| serde_json::to_string(e).unwrap() + "\n")
-            .collect();
-        std::fs::write(&log.path, &text).unwrap();
-        assert_eq!(log.verify(), Ok(6));
+        assert_eq!(parse_chain(&lines(&entries)).map(|e| e.len()), Ok(6));
         assert_eq!(
-            log.verify_against(&checkpoint),
+            checkpoint.check_log(&entries),
             Err(CheckpointError::Rewritten { size: 5 })
         );
         // Dropping the tail, or emptying the log, is caught too.
-        std::fs::write(&log.path, lines[..3].join("\n") + "\n").unwrap();
+        let original = log_with(5);
+        let checkpoint = Checkpoint::sign(&original, &key);
         assert_eq!(
-            log.verify_against(&checkpoint),
+            checkpoint.check_log(&original[..3]),
             Err(CheckpointError::Truncated { size: 5, found: 3 })
         );
-        std::fs::write(&log.path, "").unwrap();
-        assert!(log.verify_against(&checkpoint).is_err());
+        assert!(checkpoint.check_log(&[]).is_err());
     }
 
     #[test]
-    fn a_torn_last_line_is_repaired_and_recorded_but_tampering_is_not() {
-        let (_dir, log) = log_with(3);
-        let whole = std::fs::read(&log.path).unwrap();
-        let mut torn = whole.clone();
-        torn.extend_from_slice(b"{\"seq\":4,\"at\":\"2026");
-        std::fs::write(&log.path, &torn).unwrap();
-        assert!(log.verify().is_err());
-        let dropped = log
-            .repair_torn_tail("olga", OffsetDateTime::UNIX_EPOCH)
-            .unwrap();
-        assert_eq!(dropped, Some(torn.len() - whole.len()));
-        assert_eq!(log.verify(), Ok(4));
-        assert_eq!(log.entries().unwrap()[3].event, "audit_repaired");
+    fn edited_removed_and_reordered_entries_are_located() {
+        let e = lines(&log_with(5));
+        let mut edited = e.clone();
+        edited[2] = edited[2].replace("\"i\":2", "\"i\":9");
+        assert_eq!(parse_chain(&edited), Err(ChainBreak::Edited { seq: 3 }));
+        let mut removed = e.clone();
+        removed.remove(1);
+        assert_eq!(parse_chain(&removed), Err(ChainBreak::Broken { seq: 3 }));
+        let mut swapped = e.clone();
+        swapped.swap(3, 4);
+        assert_eq!(parse_chain(&swapped), Err(ChainBreak::Broken { seq: 5 }));
+        let mut junk = e;
+        junk[1] = "{\"not\": \"an entry\"}".into();
         assert_eq!(
-            log.repair_torn_tail("olga", OffsetDateTime::UNIX_EPOCH)
-                .unwrap(),
-            None
-        );
-        // An edited entry is not a crash: refused, left as it is.
-        let edited = String::from_utf8(whole)
-            .unwrap()
-            .replacen("\"op\"", "\"mallory\"", 1);
-        std::fs::write(&log.path, &edited).unwrap();
-        assert!(log
-            .repair_torn_tail("olga", OffsetDateTime::UNIX_EPOCH)
-            .is_err());
-        assert_eq!(std::fs::read_to_string(&log.path).unwrap(), edited);
-    }
-
-    #[test]
-    fn parallel_writers_never_fork_the_chain() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let writers: Vec<_> = (0..8)
-            .map(|w| {
-                let path = path.clone();
-                std::thread::spawn(move || {
-                    // Each writer opens the log itself, as separate
-                    // processes would.
-                    let log = AuditLog::new(&path);
-                    for i in 0..20 {
-                        log.append(
-                            "intake",
-                            &format!("op{w}"),
-                            None,
-                            json!({ "i": i }),
-                            OffsetDateTime::UNIX_EPOCH,
-                        )
-                        .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for w in writers {
-            w.join().unwrap();
-        }
-        assert_eq!(AuditLog::new(&path).verify(), Ok(160));
-    }
-
-    #[test]
-    fn an_unreadable_log_is_an_error_not_an_empty_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        std::fs::write(&path, [0xFF]).unwrap();
-        assert!(matches!(
-            AuditLog::new(&path).verify(),
-            Err(ChainBreak::Io(_))
-        ));
-    }
-
-    fn log_with(n: usize) -> (tempfile::TempDir, AuditLog) {
-        let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::new(&dir.path().join("audit.jsonl"));
-        for i in 0..n {
-            log.append(
-                "intake",
-                "op",
-                Some(&format!("order-{i}")),
-                json!({ "i": i }),
-                OffsetDateTime::UNIX_EPOCH,
-            )
-            .unwrap();
-        }
-        (dir, log)
-    }
-
-    fn rewrite(log: &AuditLog, f: impl FnOnce(&mut Vec<String>)) {
-        let mut lines: Vec<String> = std::fs::read_to_string(&log.path)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        f(&mut lines);
-        std::fs::write(&log.path, lines.join("\n") + "\n").unwrap();
-    }
-
-    #[test]
-    fn an_intact_chain_verifies() {
-        let (_d, log) = log_with(5);
-        assert_eq!(log.verify(), Ok(5));
-        assert_eq!(log.entries().unwrap()[0].prev, GENESIS);
-    }
-
-    #[test]
-    fn an_edited_entry_is_located() {
-        let (_d, log) = log_with(5);
-        rewrite(&log, |l| l[2] = l[2].replace("order-2", "order-X"));
-        assert_eq!(log.verify(), Err(ChainBreak::Edited { line: 3, seq: 3 }));
-        assert!(
-            log.append("intake", "op", None, json!({}), OffsetDateTime::UNIX_EPOCH)
-                .is_err(),
-            "no appending to a broken chain"
+            parse_chain(&junk),
+            Err(ChainBreak::Unreadable { position: 2 })
         );
     }
 
     #[test]
-    fn removed_and_reordered_entries_are_located() {
-        let (_d, log) = log_with(5);
-        rewrite(&log, |l| {
-            l.remove(1);
-        });
-        assert_eq!(log.verify(), Err(ChainBreak::Broken { line: 2, seq: 3 }));
-        let (_d, log) = log_with(5);
-        rewrite(&log, |l| l.swap(3, 4));
-        assert_eq!(log.verify(), Err(ChainBreak::Broken { line: 4, seq: 5 }));
-        let (_d, log) = log_with(3);
-        rewrite(&log, |l| l[1] = "{\"not\": \"an entry\"}".into());
-        assert_eq!(log.verify(), Err(ChainBreak::Unreadable { line: 2 }));
+    fn an_unreadable_export_is_an_error_not_an_empty_log() {
+        assert!(matches!(read_export(&[0xFF]), Err(ChainBreak::Io(_))));
+        assert_eq!(read_export(b"").unwrap().len(), 0);
     }
 }

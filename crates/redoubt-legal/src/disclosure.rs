@@ -97,9 +97,22 @@ pub struct SignedPackage {
 }
 
 /// The service's signing key, for disclosure packages and reports.
+#[derive(Clone)]
 pub struct ServiceKey(SigningKey);
 
 impl ServiceKey {
+    /// The key itself, for the desk's own signatures (checkpoints, the
+    /// relay's chores in the audit log).
+    pub(crate) fn signing(&self) -> &SigningKey {
+        &self.0
+    }
+
+    /// A fresh key held only in memory (for tools and tests that never
+    /// publish what they sign).
+    pub fn generate() -> Self {
+        Self(SigningKey::generate(&mut rand::rngs::OsRng))
+    }
+
     /// Loads the key from `path`, creating it (mode 0600) on first use.
     pub fn load_or_create(path: &Path) -> Result<Self, LegalError> {
         if let Ok(text) = std::fs::read_to_string(path) {

@@ -1,8 +1,12 @@
 //! The Redoubt legal desk.
 //!
 //! It verifies court orders against the operator's authority trust store,
-//! records every step in a hash-chained audit log, and (in later work)
-//! produces signed disclosure packages and transparency reports.
+//! takes every decision on operators' signed actions (two operators for an
+//! approval or a trust change), records each step in a signed, hash-chained
+//! audit log with Merkle checkpoints, and produces signed disclosure
+//! packages and transparency reports. Its state is the replay of that log
+//! (`state`), kept in the relay's database behind `store::DeskStore`, so
+//! every writer, on any node, is serialised by the database.
 //!
 //! What it must never do: read, hold or disclose anything but an account's
 //! phone number and its IP-log records. It has no type for message content,
@@ -21,6 +25,8 @@ pub mod operators;
 pub mod order;
 pub mod records;
 pub mod report;
+pub mod state;
+pub mod store;
 pub mod trust;
 pub mod verify;
 
@@ -30,6 +36,9 @@ pub enum LegalError {
     /// A file could not be read or written.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The desk's database failed.
+    #[error("the desk's storage failed: {0}")]
+    Store(String),
     /// A file does not parse.
     #[error("{what} is malformed: {detail}")]
     Malformed {
@@ -38,4 +47,14 @@ pub enum LegalError {
         /// Why.
         detail: String,
     },
+}
+
+/// SHA-256 of `bytes`, lower-case hex: how the log names documents and
+/// packages it commits to.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

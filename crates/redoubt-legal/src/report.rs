@@ -156,7 +156,9 @@ pub struct SignedReport {
     pub signature: String,
 }
 
-fn target_key(target: &Target) -> String {
+/// The key under which a target is counted once (the E.164 number or the
+/// account id).
+pub fn target_key(target: &Target) -> String {
     match target {
         Target::Phone(p) => redoubt_proto::PhoneNumber::parse(p)
             .map(|p| p.to_string())
@@ -180,10 +182,12 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// Builds the report for `period` from the order records and the audit log.
+/// `targets` maps each filed document's hash to its [`target_key`].
 pub fn build(
     period_name: &str,
     period: Period,
     orders: &[OrderRecord],
+    targets: &BTreeMap<String, String>,
     audit: &[AuditEntry],
     market_exits: Vec<MarketExitLine>,
     now: OffsetDateTime,
@@ -197,12 +201,16 @@ pub fn build(
     }
     let mut groups: BTreeMap<(String, String), Acc> = BTreeMap::new();
     for record in orders.iter().filter(|r| period.contains(r.received_at)) {
-        let o = &record.order.order;
+        let o = &record.summary;
+        let target = targets
+            .get(&record.document_sha256)
+            .cloned()
+            .unwrap_or_else(|| record.document_sha256.clone());
         let acc = groups
             .entry((o.jurisdiction.clone(), o.legal_instrument.clone()))
             .or_default();
         acc.row.received += 1;
-        acc.specified.insert(target_key(&o.target));
+        acc.specified.insert(target.clone());
         if o.emergency {
             acc.row.emergency += 1;
         }
@@ -213,7 +221,7 @@ pub fn build(
             }
             OrderStatus::Fulfilled { disclosed_at, .. } => {
                 acc.row.fulfilled += 1;
-                acc.affected.insert(target_key(&o.target));
+                acc.affected.insert(target.clone());
                 for c in &o.categories {
                     if matches!(c, DataCategory::Subscriber | DataCategory::IpIdentification) {
                         let name = serde_json::to_value(c)
@@ -243,11 +251,10 @@ pub fn build(
             .and_then(|c| c.as_str())
             .unwrap_or("unknown")
             .to_owned();
-        let filed = entry.order_id.as_ref().is_some_and(|id| {
-            orders.iter().any(|r| {
-                &r.order.order.order_id == id
-                    && matches!(&r.status, OrderStatus::Rejected { code: c, .. } if *c == code)
-            })
+        let filed = orders.iter().any(|r| {
+            entry.issuer.as_ref() == Some(&r.issuer)
+                && entry.order_id.as_ref() == Some(&r.order_id)
+                && matches!(&r.status, OrderStatus::Rejected { code: c, .. } if *c == code)
         });
         if filed {
             continue;

@@ -1,14 +1,11 @@
 //! The authority trust store: the operator's list of authorities whose
 //! orders it will consider, per jurisdiction, with their public keys, kind
-//! and validity period. A JSON file the operator edits through
-//! `redoubtd legal authority add|list|revoke`.
-
-use std::path::Path;
+//! and validity period. It is the replay of the audit log's confirmed
+//! trust changes (`redoubtd legal authority add|revoke` proposes one, a
+//! second operator's `redoubtd legal confirm` makes it).
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-
-use crate::LegalError;
 
 /// What kind of body an authority is. Prosecutors and others need a court or
 /// judge to validate their orders (as under the EU e-Evidence Regulation).
@@ -90,31 +87,6 @@ pub enum TrustError {
 }
 
 impl TrustStore {
-    /// Reads a store; a missing file is an empty store.
-    pub fn load(path: &Path) -> Result<Self, LegalError> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| LegalError::Malformed {
-                what: "the trust store",
-                detail: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Writes the store atomically (a new file renamed over the old one), so
-    /// a crash never leaves half a trust store.
-    pub fn save(&self, path: &Path) -> Result<(), LegalError> {
-        let tmp = path.with_extension("tmp");
-        let text = serde_json::to_vec_pretty(self).map_err(|e| LegalError::Malformed {
-            what: "the trust store",
-            detail: e.to_string(),
-        })?;
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    }
-
     /// The authority with this id.
     pub fn find(&self, id: &str) -> Option<&Authority> {
         self.authorities.iter().find(|a| a.id == id)

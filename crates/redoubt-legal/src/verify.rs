@@ -50,8 +50,8 @@ pub enum Rejection {
     /// The order claims to be issued in the future.
     #[error("the order is dated in the future")]
     IssuedInFuture,
-    /// An order with this id was received before.
-    #[error("an order with this id was already received (replay)")]
+    /// This authority sent an order with this id before.
+    #[error("this authority already sent an order with this id (replay)")]
     Duplicate,
     /// No account matches the target.
     #[error("no account matches the target")]

@@ -1,149 +1,173 @@
 //! The legal desk's admin HTTP API: the operations of `redoubtd legal`, for
 //! operators' tools. It is served on its own listener (`admin.listen`),
-//! never on the public one, and every call needs an operator token issued
-//! by `redoubtd legal operator add NAME`. The operator a token names is what
-//! the audit log records and what the four-eyes rule compares.
+//! never on the public one. Every call carries the operator's signed action
+//! in `Authorization: Redoubt-Action <token>` (see
+//! `redoubt_legal::operators::SignedAction::to_header`): the key that signed
+//! it is what the four-eyes rule compares and what the audit log records.
+//! Reads are signed `read` actions naming the path; writes are the very
+//! actions the desk records (an intake names the document's hash, an
+//! approval the order), so the relay cannot take one operator's request for
+//! another act.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::Router;
 use redoubt_legal::desk::{DeskError, Intake};
+use redoubt_legal::operators::{ActionKind, SignedAction};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::http::extract::{ApiJson, ApiPath};
-use crate::storage::legal_view::RelayRecords;
 use crate::AppState;
 
-type Desk = redoubt_legal::desk::Desk<RelayRecords>;
+/// The operator's signed action from the request, signature checked. Which
+/// operator signed it is checked by the desk (writes) or [`reader`] (reads).
+pub struct Signed(pub SignedAction);
 
-/// An authenticated operator.
-pub struct Operator(pub String);
-
-impl FromRequestParts<AppState> for Operator {
+impl FromRequestParts<AppState> for Signed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
         let header = parts
             .headers
             .get(AUTHORIZATION)
             .ok_or(ApiError::MissingToken)?;
-        let token = header
+        let text = header
             .to_str()
             .ok()
-            .and_then(|t| t.strip_prefix("Bearer "))
+            .and_then(|t| t.strip_prefix("Redoubt-Action "))
             .ok_or(ApiError::MissingToken)?;
-        let operators = redoubt_legal::operators::Operators::load(&legal_dir(state))
-            .map_err(ApiError::internal)?;
-        let operator = operators
-            .authenticate(token.trim())
-            .ok_or(ApiError::InvalidToken)?;
-        Ok(Self(operator.name.clone()))
+        let action = SignedAction::from_header(text).map_err(|_| ApiError::InvalidToken)?;
+        action.signers().map_err(|_| ApiError::InvalidToken)?;
+        Ok(Self(action))
     }
-}
-
-fn legal_dir(state: &AppState) -> std::path::PathBuf {
-    state.config().data_dir.join("legal")
-}
-
-fn now() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
-}
-
-fn open_desk(state: &AppState) -> Result<Desk, ApiError> {
-    let retention =
-        time::Duration::try_from(state.config().ip_log.retention).map_err(ApiError::internal)?;
-    // Orders from markets the service has left are refused with that reason.
-    Desk::open(
-        &legal_dir(state),
-        state.legal_records(),
-        state
-            .config()
-            .markets
-            .policy(&state.markets().book(), now()),
-        retention,
-    )
-    .map_err(ApiError::internal)
 }
 
 fn desk_error(e: DeskError) -> ApiError {
     match e {
-        DeskError::FourEyes => ApiError::Forbidden(
-            "four-eyes rule: the operator who took an order in cannot approve it",
-        ),
-        DeskError::UnknownOrder(_) => ApiError::UnknownOrder,
-        DeskError::NotPending(_) => ApiError::InvalidRequest(
-            "the order is not pending (rejected or already answered)".into(),
-        ),
+        DeskError::FourEyes => {
+            ApiError::Forbidden("four-eyes rule: a second operator must approve or confirm")
+        }
+        DeskError::NotAnOperator
+        | DeskError::BadAction(_)
+        | DeskError::StaleAction
+        | DeskError::ReplayedAction => ApiError::InvalidToken,
+        DeskError::UnknownOrder(_) | DeskError::UnknownProposal(_) => ApiError::UnknownOrder,
+        DeskError::NotPending(_)
+        | DeskError::AmbiguousOrder(_)
+        | DeskError::ActionMismatch(_)
+        | DeskError::Bootstrap(_)
+        | DeskError::BadChange(_)
+        | DeskError::ProposalExpired
+        | DeskError::BadOperator => ApiError::InvalidRequest(e.to_string()),
         DeskError::Expired => ApiError::OrderRejected {
             code: "expired",
             reason: "the order's deadline passed before approval".into(),
+        },
+        DeskError::NoLongerValid(rejection) => ApiError::OrderRejected {
+            code: rejection.code(),
+            reason: rejection.to_string(),
+        },
+        DeskError::TargetChanged => ApiError::OrderRejected {
+            code: "target_changed",
+            reason: DeskError::TargetChanged.to_string(),
         },
         other => ApiError::internal(other),
     }
 }
 
+/// Checks a read: a `read` action for this very path, fresh, by an active
+/// operator. Reads are not recorded, so a read action may be reused within
+/// its few minutes.
+async fn reader(state: &AppState, signed: &SignedAction, path: &str) -> Result<(), ApiError> {
+    if !matches!(&signed.action.what, ActionKind::Read { path: p } if p == path) {
+        return Err(ApiError::InvalidToken);
+    }
+    let desk = state.legal_desk();
+    let now = state.clock().now_offset();
+    let desk_state = desk.state().await.map_err(desk_error)?;
+    let keys = signed.signers().map_err(|_| ApiError::InvalidToken)?;
+    let known = keys.len() == 1 && desk_state.active_operator(&keys[0]).is_some();
+    if !known || (signed.action.at - now).abs() > redoubt_legal::operators::ACTION_SKEW {
+        return Err(ApiError::InvalidToken);
+    }
+    Ok(())
+}
+
 async fn service_key(
     State(state): State<AppState>,
-    _op: Operator,
+    Signed(action): Signed,
 ) -> Result<ApiJson<Value>, ApiError> {
-    let desk = open_desk(&state)?;
-    Ok(ApiJson(json!({ "public_key": desk.public_key() })))
+    reader(&state, &action, "/admin/v1/service-key").await?;
+    Ok(ApiJson(
+        json!({ "public_key": state.service_key().public_key() }),
+    ))
 }
 
 async fn authorities(
     State(state): State<AppState>,
-    _op: Operator,
+    Signed(action): Signed,
 ) -> Result<ApiJson<Value>, ApiError> {
-    let desk = open_desk(&state)?;
+    reader(&state, &action, "/admin/v1/authorities").await?;
+    let desk_state = state.legal_desk().state().await.map_err(desk_error)?;
     Ok(ApiJson(
-        serde_json::to_value(&desk.trust).map_err(ApiError::internal)?,
+        serde_json::to_value(&desk_state.trust).map_err(ApiError::internal)?,
     ))
 }
 
-async fn add_authority(
+async fn proposals(
     State(state): State<AppState>,
-    Operator(op): Operator,
-    ApiJson(authority): ApiJson<redoubt_legal::trust::Authority>,
-) -> Result<StatusCode, ApiError> {
-    let _guard = state.legal_lock().lock().await;
-    let mut desk = open_desk(&state)?;
-    let id = authority.id.clone();
-    desk.trust
-        .add(authority)
-        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    desk.save_trust(&op, json!({ "added": id }), now())
-        .map_err(ApiError::internal)?;
-    Ok(StatusCode::CREATED)
+    Signed(action): Signed,
+) -> Result<ApiJson<Value>, ApiError> {
+    reader(&state, &action, "/admin/v1/proposals").await?;
+    let desk_state = state.legal_desk().state().await.map_err(desk_error)?;
+    Ok(ApiJson(
+        serde_json::to_value(&desk_state.proposals).map_err(ApiError::internal)?,
+    ))
 }
 
-async fn revoke_authority(
+async fn propose(
     State(state): State<AppState>,
-    Operator(op): Operator,
-    ApiPath(id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
-    let _guard = state.legal_lock().lock().await;
-    let mut desk = open_desk(&state)?;
-    desk.trust
-        .revoke(&id, now())
-        .map_err(|_| ApiError::NotFound)?;
-    desk.save_trust(&op, json!({ "revoked": id }), now())
-        .map_err(ApiError::internal)?;
-    Ok(StatusCode::NO_CONTENT)
+    Signed(action): Signed,
+) -> Result<(StatusCode, ApiJson<Value>), ApiError> {
+    let number = state
+        .legal_desk()
+        .propose(&action, state.clock().now_offset())
+        .await
+        .map_err(desk_error)?;
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(json!({ "proposal": number, "status": "waiting for a second operator" })),
+    ))
+}
+
+async fn confirm(
+    State(state): State<AppState>,
+    Signed(action): Signed,
+) -> Result<ApiJson<Value>, ApiError> {
+    let change = state
+        .legal_desk()
+        .confirm(&action, state.clock().now_offset())
+        .await
+        .map_err(desk_error)?;
+    Ok(ApiJson(json!({ "applied": change })))
 }
 
 async fn intake(
     State(state): State<AppState>,
-    Operator(op): Operator,
+    Signed(action): Signed,
     body: Bytes,
 ) -> Result<(StatusCode, ApiJson<Value>), ApiError> {
-    let _guard = state.legal_lock().lock().await;
-    let desk = open_desk(&state)?;
-    match desk.intake(&body, &op, now()).await.map_err(desk_error)? {
+    let desk = state.legal_desk();
+    match desk
+        .intake(&body, &action, state.clock().now_offset())
+        .await
+        .map_err(desk_error)?
+    {
         Intake::Pending { order_id } => Ok((
             StatusCode::CREATED,
             ApiJson(json!({ "order_id": order_id, "status": "pending" })),
@@ -155,25 +179,37 @@ async fn intake(
     }
 }
 
-async fn orders(State(state): State<AppState>, _op: Operator) -> Result<ApiJson<Value>, ApiError> {
-    let desk = open_desk(&state)?;
-    let list: Vec<Value> = desk
-        .orders()
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .map(|r| json!({ "order_id": r.order.order.order_id, "jurisdiction": r.order.order.jurisdiction, "intake_by": r.intake_by, "status": r.status }))
+async fn orders(
+    State(state): State<AppState>,
+    Signed(action): Signed,
+) -> Result<ApiJson<Value>, ApiError> {
+    reader(&state, &action, "/admin/v1/orders").await?;
+    let desk_state = state.legal_desk().state().await.map_err(desk_error)?;
+    let list: Vec<Value> = desk_state
+        .orders
+        .iter()
+        .map(|r| {
+            json!({
+                "issuer": r.issuer,
+                "order_id": r.order_id,
+                "jurisdiction": r.summary.jurisdiction,
+                "intake_by": r.intake_by,
+                "status": r.status,
+            })
+        })
         .collect();
     Ok(ApiJson(Value::Array(list)))
 }
 
 async fn approve(
     State(state): State<AppState>,
-    Operator(op): Operator,
-    ApiPath(id): ApiPath<String>,
+    Signed(action): Signed,
 ) -> Result<ApiJson<Value>, ApiError> {
-    let _guard = state.legal_lock().lock().await;
-    let desk = open_desk(&state)?;
-    let package = desk.approve(&id, &op, now()).await.map_err(desk_error)?;
+    let package = state
+        .legal_desk()
+        .approve(&action, state.clock().now_offset())
+        .await
+        .map_err(desk_error)?;
     Ok(ApiJson(
         serde_json::to_value(package).map_err(ApiError::internal)?,
     ))
@@ -181,25 +217,51 @@ async fn approve(
 
 async fn audit_verify(
     State(state): State<AppState>,
-    _op: Operator,
+    Signed(action): Signed,
 ) -> Result<ApiJson<Value>, ApiError> {
-    let desk = open_desk(&state)?;
-    Ok(ApiJson(match desk.audit().verify() {
-        Ok(entries) => json!({ "intact": true, "entries": entries }),
-        Err(problem) => json!({ "intact": false, "problem": problem.to_string() }),
+    reader(&state, &action, "/admin/v1/audit/verify").await?;
+    // The whole log, every entry checked again (not the cached replay).
+    Ok(ApiJson(match state.legal_desk().replay_all().await {
+        Ok(s) => json!({ "intact": true, "entries": s.entries.len() }),
+        Err(DeskError::Broken(problem)) => {
+            json!({ "intact": false, "problem": problem.to_string() })
+        }
+        Err(e) => return Err(desk_error(e)),
     }))
+}
+
+async fn checkpoint(
+    State(state): State<AppState>,
+    Signed(action): Signed,
+) -> Result<ApiJson<Value>, ApiError> {
+    reader(&state, &action, "/admin/v1/audit/checkpoint").await?;
+    let checkpoint = state.legal_desk().checkpoint().await.map_err(desk_error)?;
+    Ok(ApiJson(
+        serde_json::to_value(checkpoint).map_err(ApiError::internal)?,
+    ))
 }
 
 async fn report(
     State(state): State<AppState>,
-    _op: Operator,
+    Signed(action): Signed,
     ApiPath(period): ApiPath<String>,
 ) -> Result<ApiJson<Value>, ApiError> {
-    let desk = open_desk(&state)?;
+    reader(&state, &action, &format!("/admin/v1/reports/{period}")).await?;
+    let desk = state.legal_desk();
     let signed = desk
         // The same report as `redoubtd legal report`: market exits included.
-        .report(&period, state.markets().book().report_lines(), now())
-        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        .report(
+            &period,
+            state.markets().book().report_lines(),
+            state.clock().now_offset(),
+        )
+        .await
+        .map_err(|e| match e {
+            DeskError::Legal(redoubt_legal::LegalError::Malformed { .. }) => {
+                ApiError::InvalidRequest(e.to_string())
+            }
+            other => desk_error(other),
+        })?;
     Ok(ApiJson(
         serde_json::to_value(signed).map_err(ApiError::internal)?,
     ))
@@ -209,14 +271,13 @@ async fn report(
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/admin/v1/service-key", get(service_key))
-        .route(
-            "/admin/v1/authorities",
-            get(authorities).post(add_authority),
-        )
-        .route("/admin/v1/authorities/{id}", delete(revoke_authority))
+        .route("/admin/v1/authorities", get(authorities))
+        .route("/admin/v1/proposals", get(proposals).post(propose))
+        .route("/admin/v1/proposals/confirm", post(confirm))
         .route("/admin/v1/orders", get(orders).post(intake))
-        .route("/admin/v1/orders/{id}/approve", post(approve))
+        .route("/admin/v1/orders/approve", post(approve))
         .route("/admin/v1/audit/verify", get(audit_verify))
+        .route("/admin/v1/audit/checkpoint", get(checkpoint))
         .route("/admin/v1/reports/{period}", get(report))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

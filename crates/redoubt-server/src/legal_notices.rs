@@ -12,26 +12,22 @@ use crate::AppState;
 /// Why delivering notices failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NoticeError {
-    /// The desk's files could not be read.
-    #[error(transparent)]
-    Legal(#[from] redoubt_legal::LegalError),
     /// The desk's workflow failed.
     #[error(transparent)]
     Desk(#[from] redoubt_legal::desk::DeskError),
     /// The relay's storage failed.
     #[error(transparent)]
     Store(#[from] crate::storage::StoreError),
-    /// The configured retention does not fit the desk's time type.
-    #[error("ip_log.retention is out of range")]
-    Retention,
 }
 
-/// The envelope id of an order's notice: derived from the order id, so a
-/// retry after a crash is recognised by the relay's receipts and never
-/// delivered twice.
-fn notice_id(order_id: &str) -> EnvelopeId {
+/// The envelope id of an order's notice: derived from the issuer and order
+/// id, so a retry after a crash is recognised by the relay's receipts and
+/// never delivered twice.
+fn notice_id(issuer: &str, order_id: &str) -> EnvelopeId {
     let digest = Sha256::new()
-        .chain_update(b"redoubt/disclosure-notice/v1\0")
+        .chain_update(b"redoubt/disclosure-notice/v2\0")
+        .chain_update(issuer.as_bytes())
+        .chain_update(b"\0")
         .chain_update(order_id.as_bytes())
         .finalize();
     let mut bytes = [0u8; 16];
@@ -94,25 +90,10 @@ pub(crate) async fn queue_notice(
 }
 
 /// Queues every notice that is due to the affected account's devices.
-/// Returns how many orders' notices were delivered. Does nothing when the
-/// legal desk has never been used on this data directory.
+/// Returns how many orders' notices were delivered. The desk records each
+/// in its log (signed by the service), once, even with several nodes at it.
 pub async fn deliver_due(state: &AppState) -> Result<usize, NoticeError> {
-    let dir = state.config().data_dir.join("legal");
-    if !dir.join("orders").exists() {
-        return Ok(0);
-    }
-    let retention = time::Duration::try_from(state.config().ip_log.retention)
-        .map_err(|_| NoticeError::Retention)?;
-    // In this process the desk is used one operation at a time (the admin
-    // API takes the same lock); across processes its own file lock orders
-    // this writer with `redoubtd legal` commands.
-    let _guard = state.legal_lock().lock().await;
-    let desk = redoubt_legal::desk::Desk::open(
-        &dir,
-        state.legal_records(),
-        Default::default(),
-        retention,
-    )?;
+    let desk = state.legal_desk();
     // The relay's clock, so the gag's end is judged on the same time line as
     // everything else the relay does (and tests can move it).
     let now = state.clock().now_offset();
@@ -126,10 +107,12 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, NoticeError> {
                 order_id: notice.order_id.clone(),
             },
         };
-        if !queue_notice(state, notice_id(&notice.order_id), signed).await? {
+        let id = notice_id(&notice.issuer, &notice.order_id);
+        if !queue_notice(state, id, signed).await? {
             continue;
         }
-        desk.mark_notified(&notice.order_id, now)?;
+        desk.mark_notified(&notice.issuer, &notice.order_id, now)
+            .await?;
         delivered += 1;
     }
     if delivered > 0 {

@@ -68,11 +68,16 @@ struct Inner {
     ip_recorder: IpRecorder,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    legal_lock: tokio::sync::Mutex<()>,
     admin_addr: std::sync::OnceLock<SocketAddr>,
     markets: markets::Markets,
     service_key: redoubt_legal::disclosure::ServiceKey,
+    legal_cache: redoubt_legal::desk::DeskCache,
 }
+
+/// The legal desk as the relay runs it: its state in the relay's database,
+/// its only view of user data the read-only `legal_view` queries.
+pub type RelayDesk =
+    redoubt_legal::desk::Desk<storage::legal_view::RelayRecords, storage::legal_view::RelayRecords>;
 
 impl AppState {
     /// Opens storage as configured and assembles the state.
@@ -139,10 +144,10 @@ impl AppState {
             ip_recorder,
             shutdown,
             tasks,
-            legal_lock: tokio::sync::Mutex::new(()),
             admin_addr: std::sync::OnceLock::new(),
             markets,
             service_key,
+            legal_cache: Default::default(),
         })))
     }
 
@@ -187,9 +192,20 @@ impl AppState {
     pub fn tasks(&self) -> &TaskTracker {
         &self.0.tasks
     }
-    /// Serialises the legal desk's writes (its files and audit chain).
-    pub fn legal_lock(&self) -> &tokio::sync::Mutex<()> {
-        &self.0.legal_lock
+    /// The legal desk over this relay's database, with the market policy
+    /// and IP-log retention in force now. Its writes are serialised by the
+    /// database, across nodes and processes.
+    pub fn legal_desk(&self) -> RelayDesk {
+        let now = self.clock().now_offset();
+        RelayDesk::new(
+            self.legal_records(),
+            self.legal_records(),
+            self.service_key().clone(),
+            self.config().markets.policy(&self.markets().book(), now),
+            // A retention beyond time's range is no limit at all.
+            time::Duration::try_from(self.config().ip_log.retention).unwrap_or(time::Duration::MAX),
+        )
+        .with_cache(self.0.legal_cache.clone())
     }
 
     /// Where the admin API listens, once it does.

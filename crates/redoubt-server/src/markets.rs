@@ -49,9 +49,12 @@ pub enum MarketsError {
     /// The relay's storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The legal desk's files (market book, audit log) could not be used.
+    /// The market book could not be used.
     #[error(transparent)]
     Legal(#[from] redoubt_legal::LegalError),
+    /// The legal desk could not record the purge.
+    #[error(transparent)]
+    Desk(#[from] redoubt_legal::desk::DeskError),
 }
 
 struct Loaded {
@@ -442,20 +445,17 @@ async fn record_purge(
         devices = counts.devices,
         "market purged"
     );
-    let dir = state.config().data_dir.join("legal");
-    std::fs::create_dir_all(&dir).map_err(redoubt_legal::LegalError::from)?;
-    let _guard = state.legal_lock().lock().await;
-    redoubt_legal::audit::AuditLog::new(&dir.join("audit.jsonl")).append(
-        "market",
-        "redoubtd",
-        None,
-        serde_json::json!({
-            "purged_market": exit.jurisdiction,
-            "effective_at": rfc3339(exit.effective_at),
-            "counts": counts,
-        }),
-        now,
-    )?;
+    state
+        .legal_desk()
+        .record_purge(
+            serde_json::json!({
+                "purged_market": exit.jurisdiction,
+                "effective_at": rfc3339(exit.effective_at),
+                "counts": counts,
+            }),
+            now,
+        )
+        .await?;
     Ok(())
 }
 

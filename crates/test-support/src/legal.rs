@@ -70,3 +70,132 @@ pub fn order(
         reasons: "Needed for the investigation.".into(),
     }
 }
+
+/// The desk's staff in tests: operators with their own keys (olga and
+/// pierre are the first two; victor is known to nobody until added), who
+/// sign every action as `redoubtd legal` would.
+pub struct Staff {
+    keys: Vec<redoubt_legal::operators::OperatorKey>,
+}
+
+impl Default for Staff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Staff {
+    /// Fresh keys for olga, pierre and victor.
+    pub fn new() -> Self {
+        Self {
+            keys: ["olga", "pierre", "victor"]
+                .into_iter()
+                .map(|n| redoubt_legal::operators::OperatorKey::generate(n).unwrap())
+                .collect(),
+        }
+    }
+
+    /// The key of the operator called `name`.
+    pub fn key(&self, name: &str) -> &redoubt_legal::operators::OperatorKey {
+        self.keys
+            .iter()
+            .find(|k| k.name() == name)
+            .unwrap_or_else(|| panic!("no operator {name} in the staff"))
+    }
+
+    /// Makes olga and pierre the desk's first operators.
+    pub async fn bootstrap<R, S>(&self, desk: &redoubt_legal::desk::Desk<R, S>, now: OffsetDateTime)
+    where
+        R: redoubt_legal::records::SubscriberRecords,
+        S: redoubt_legal::store::DeskStore,
+    {
+        let action = redoubt_legal::operators::OperatorKey::bootstrap(
+            self.key("olga"),
+            self.key("pierre"),
+            now,
+        );
+        desk.bootstrap(&action, now).await.unwrap();
+    }
+
+    /// `by` proposes a change and `confirmer` confirms it.
+    pub async fn change<R, S>(
+        &self,
+        desk: &redoubt_legal::desk::Desk<R, S>,
+        change: redoubt_legal::operators::Change,
+        by: &str,
+        confirmer: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), redoubt_legal::desk::DeskError>
+    where
+        R: redoubt_legal::records::SubscriberRecords,
+        S: redoubt_legal::store::DeskStore,
+    {
+        use redoubt_legal::operators::ActionKind;
+        let proposal = desk
+            .propose(&self.key(by).sign(ActionKind::Propose { change }, now), now)
+            .await?;
+        desk.confirm(
+            &self
+                .key(confirmer)
+                .sign(ActionKind::Confirm { proposal }, now),
+            now,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Bootstraps the desk and has it trust `authority` (olga proposes,
+    /// pierre confirms).
+    pub async fn open_with<R, S>(
+        &self,
+        desk: &redoubt_legal::desk::Desk<R, S>,
+        authority: Authority,
+        now: OffsetDateTime,
+    ) where
+        R: redoubt_legal::records::SubscriberRecords,
+        S: redoubt_legal::store::DeskStore,
+    {
+        self.bootstrap(desk, now).await;
+        self.change(
+            desk,
+            redoubt_legal::operators::Change::AddAuthority { authority },
+            "olga",
+            "pierre",
+            now,
+        )
+        .await
+        .unwrap();
+    }
+
+    /// `name` takes in `document`.
+    pub async fn intake<R, S>(
+        &self,
+        desk: &redoubt_legal::desk::Desk<R, S>,
+        document: &[u8],
+        name: &str,
+        now: OffsetDateTime,
+    ) -> Result<redoubt_legal::desk::Intake, redoubt_legal::desk::DeskError>
+    where
+        R: redoubt_legal::records::SubscriberRecords,
+        S: redoubt_legal::store::DeskStore,
+    {
+        desk.intake(document, &self.key(name).intake(document, now), now)
+            .await
+    }
+
+    /// `name` approves the Paris court's order `order_id`.
+    pub async fn approve<R, S>(
+        &self,
+        desk: &redoubt_legal::desk::Desk<R, S>,
+        order_id: &str,
+        name: &str,
+        now: OffsetDateTime,
+    ) -> Result<redoubt_legal::disclosure::SignedPackage, redoubt_legal::desk::DeskError>
+    where
+        R: redoubt_legal::records::SubscriberRecords,
+        S: redoubt_legal::store::DeskStore,
+    {
+        desk.approve(&self.key(name).approve("fr-tj-paris", order_id, now), now)
+            .await
+    }
+}

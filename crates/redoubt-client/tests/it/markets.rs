@@ -283,22 +283,26 @@ async fn leaving_a_market_tells_refuses_closes_and_purges_only_that_market() {
     // Orders from the market the service left are refused with that reason,
     // and the transparency report lists the exit with its dates.
     let now = server.clock.now_offset();
-    let legal_dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&server.db_path(), &Default::default())
         .await
         .unwrap();
     let book = MarketBook::load(&book_path).unwrap();
-    let mut desk = redoubt_legal::desk::Desk::open(
-        legal_dir.path(),
+    let desk = redoubt_legal::desk::Desk::new(
+        store.clone(),
         store,
+        server.state.service_key().clone(),
         book.policy(now),
         time::Duration::days(30),
-    )
-    .unwrap();
+    );
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    desk.trust
-        .add(test_support::legal::court("Tribunal de Paris", &key, now))
-        .unwrap();
+    let staff = test_support::legal::Staff::new();
+    staff
+        .open_with(
+            &desk,
+            test_support::legal::court("Tribunal de Paris", &key, now),
+            now,
+        )
+        .await;
     let document = test_support::legal::signed_order(
         &key,
         test_support::legal::order(
@@ -308,14 +312,17 @@ async fn leaving_a_market_tells_refuses_closes_and_purges_only_that_market() {
             now,
         ),
     );
-    match desk.intake(&document, "olga", now).await.unwrap() {
+    match staff.intake(&desk, &document, "olga", now).await.unwrap() {
         Intake::Rejected { rejection, .. } => {
             assert_eq!(rejection.code(), "jurisdiction_exited", "{rejection}")
         }
         other => panic!("an order from an exited market must be refused: {other:?}"),
     }
     let period = format!("{}", now.year());
-    let report = desk.report(&period, book.report_lines(), now).unwrap();
+    let report = desk
+        .report(&period, book.report_lines(), now)
+        .await
+        .unwrap();
     let line = &report.report.market_exits[0];
     assert_eq!(line.jurisdiction, "FR");
     assert_eq!(line.effective, exit.effective_at.date().to_string());
@@ -406,9 +413,8 @@ async fn leaving_a_market_tells_refuses_closes_and_purges_only_that_market() {
         .await,
         1
     );
-    // The audit log keeps counts, not who.
-    let audit =
-        std::fs::read_to_string(server.data_dir().join("legal").join("audit.jsonl")).unwrap();
+    // The audit log keeps counts, not who, signed by the service.
+    let audit = server.state.legal_desk().export().await.unwrap().join("\n");
     assert!(audit.contains("purged_market"), "{audit}");
     assert!(!audit.contains(&fr_e164));
     assert_eq!(pass(&server.state).await.unwrap().purged.len(), 0);

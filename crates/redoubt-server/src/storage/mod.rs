@@ -17,6 +17,7 @@ use redoubt_proto::api::EnvelopeKind;
 use redoubt_proto::{AccountId, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber, Timestamp};
 
 pub(crate) mod codec;
+pub mod desk_store;
 pub mod legal_view;
 pub mod postgres;
 pub mod sqlite;

@@ -36,7 +36,7 @@ fn id_list<const N: usize>(ids: impl IntoIterator<Item = [u8; N]>) -> Vec<Vec<u8
 }
 
 /// A stable 64-bit advisory-lock key for a string in a namespace.
-fn lock_key(namespace: &str, value: &[u8]) -> i64 {
+pub(crate) fn lock_key(namespace: &str, value: &[u8]) -> i64 {
     let digest = Sha256::new()
         .chain_update(b"redoubt/lock/")
         .chain_update(namespace.as_bytes())

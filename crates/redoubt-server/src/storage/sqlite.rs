@@ -87,6 +87,12 @@ impl SqliteStore {
         &self.read
     }
 
+    /// The write pool (one connection), for the legal desk's own
+    /// transactions (`desk_store`).
+    pub(crate) fn write_pool(&self) -> &SqlitePool {
+        &self.write
+    }
+
     /// Closes both pools, checkpointing the WAL.
     pub async fn close(&self) {
         self.read.close().await;

@@ -254,6 +254,38 @@ async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
         )
     };
 
+    // Each operator makes a key file on their own machine; the first two
+    // register together.
+    let olga = dir.path().join("olga.key");
+    let pierre = dir.path().join("pierre.key");
+    for (name, path) in [("olga", &olga), ("pierre", &pierre)] {
+        let made = legal(&[
+            "operator",
+            "keygen",
+            "--name",
+            name,
+            "--out",
+            path.to_str().unwrap(),
+        ]);
+        assert!(made.status.success(), "{}", text(&made));
+    }
+    let (olga, pierre) = (olga.to_str().unwrap(), pierre.to_str().unwrap());
+    let again = legal(&["operator", "keygen", "--name", "olga", "--out", olga]);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "a key file is never overwritten"
+    );
+    let boot = legal(&["operator", "bootstrap", "--key", olga, "--key", pierre]);
+    assert!(boot.status.success(), "{}", text(&boot));
+    let twice = legal(&["operator", "bootstrap", "--key", olga, "--key", pierre]);
+    assert_eq!(twice.status.code(), Some(1));
+    assert!(
+        text(&twice).contains("has operators already"),
+        "{}",
+        text(&twice)
+    );
+
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
     let added = legal(&[
@@ -275,10 +307,24 @@ async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
         "2026-01-01T00:00:00Z",
         "--valid-until",
         "2099-01-01T00:00:00Z",
-        "--operator",
-        "olga",
+        "--operator-key",
+        olga,
     ]);
     assert!(added.status.success(), "{}", text(&added));
+    assert!(
+        text(&added).contains("redoubtd legal confirm 2"),
+        "{}",
+        text(&added)
+    );
+    assert!(
+        !text(&legal(&["authority", "list"])).contains("fr-tj-paris"),
+        "not before a second operator confirms"
+    );
+    let own = legal(&["confirm", "2", "--operator-key", olga]);
+    assert_eq!(own.status.code(), Some(1));
+    assert!(text(&own).contains("four-eyes"), "{}", text(&own));
+    let confirmed = legal(&["confirm", "2", "--operator-key", pierre]);
+    assert!(confirmed.status.success(), "{}", text(&confirmed));
     assert!(text(&legal(&["authority", "list"])).contains("fr-tj-paris"));
 
     let now = time::OffsetDateTime::now_utc();
@@ -322,18 +368,18 @@ async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
     std::fs::write(&order_file, serde_json::to_vec_pretty(&signed).unwrap()).unwrap();
     let order_path = order_file.to_str().unwrap().to_owned();
 
-    let intake = legal(&["intake", &order_path, "--operator", "olga"]);
+    let intake = legal(&["intake", &order_path, "--operator-key", olga]);
     assert!(intake.status.success(), "{}", text(&intake));
     assert!(text(&intake).contains("pending approval"));
-    let same = legal(&["approve", "FR-CLI-1", "--operator", "olga"]);
+    let same = legal(&["approve", "FR-CLI-1", "--operator-key", olga]);
     assert_eq!(same.status.code(), Some(1));
     assert!(text(&same).contains("four-eyes"), "{}", text(&same));
     let package_file = dir.path().join("package.json");
     let approved = legal(&[
         "approve",
         "FR-CLI-1",
-        "--operator",
-        "pierre",
+        "--operator-key",
+        pierre,
         "--out",
         package_file.to_str().unwrap(),
     ]);
@@ -351,7 +397,7 @@ async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
         Some(1)
     );
 
-    let replay = legal(&["intake", &order_path, "--operator", "olga"]);
+    let replay = legal(&["intake", &order_path, "--operator-key", olga]);
     assert_eq!(replay.status.code(), Some(1));
     assert!(
         text(&replay).contains("rejected (duplicate)"),
@@ -359,7 +405,7 @@ async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
         text(&replay)
     );
     std::fs::write(&order_file, b"{\"order\": 42").unwrap();
-    let broken = legal(&["intake", &order_path, "--operator", "olga"]);
+    let broken = legal(&["intake", &order_path, "--operator-key", olga]);
     assert!(
         text(&broken).contains("rejected (malformed)"),
         "{}",
@@ -370,7 +416,7 @@ async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
     let audit = legal(&["audit", "verify"]);
     assert!(audit.status.success(), "{}", text(&audit));
     assert!(
-        text(&audit).contains("intact: 7 entries"),
+        text(&audit).contains("intact: 10 entries"),
         "{}",
         text(&audit)
     );
@@ -390,39 +436,68 @@ async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
     let checked = legal(&["audit", "verify", "--checkpoint", &report_path]);
     assert!(checked.status.success(), "{}", text(&checked));
     assert!(
-        text(&checked).contains("extending the report's checkpoint"),
+        text(&checked).contains("extending the checkpoint's 10 entries"),
         "{}",
         text(&checked)
     );
+    // The package is kept with its approval.
+    let stored = legal(&["package", "FR-CLI-1"]);
+    assert!(
+        text(&stored).contains(suspect.phone.e164()),
+        "{}",
+        text(&stored)
+    );
 
-    let log = dir.path().join("legal/audit.jsonl");
-    let lines: Vec<String> = std::fs::read_to_string(&log)
+    // An auditor checks an export away from the relay, with the service key
+    // and the report; a cut export fails the report's checkpoint, and bytes
+    // that are not text are an error, never an empty log.
+    let export = dir.path().join("audit.jsonl");
+    let exported = legal(&["audit", "export", "--out", export.to_str().unwrap()]);
+    assert!(exported.status.success(), "{}", text(&exported));
+    let service_key = String::from_utf8(legal(&["service-key"]).stdout).unwrap();
+    let auditor = |log: &std::path::Path| {
+        Command::new(BIN)
+            .args(["legal", "audit", "verify", "--log"])
+            .arg(log)
+            .args([
+                "--service-key",
+                service_key.trim(),
+                "--checkpoint",
+                &report_path,
+            ])
+            .env("REDOUBTD_DATA_DIR", "/nonexistent/never-created")
+            .output()
+            .unwrap()
+    };
+    let ok = auditor(&export);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let lines: Vec<String> = std::fs::read_to_string(&export)
         .unwrap()
         .lines()
         .map(str::to_owned)
         .collect();
-    // Dropping the tail keeps the chain valid, but not the checkpoint.
-    std::fs::write(&log, lines[..5].join("\n") + "\n").unwrap();
-    assert!(legal(&["audit", "verify"]).status.success());
-    let truncated = legal(&["audit", "verify", "--checkpoint", &report_path]);
+    let cut = dir.path().join("cut.jsonl");
+    std::fs::write(&cut, lines[..5].join("\n") + "\n").unwrap();
+    let truncated = auditor(&cut);
     assert_eq!(truncated.status.code(), Some(1));
     assert!(
         text(&truncated).contains("entries were removed"),
         "{}",
         text(&truncated)
     );
-    std::fs::write(
-        &log,
-        [lines[0].clone(), lines[2].clone(), lines[3].clone()].join("\n") + "\n",
-    )
-    .unwrap();
-    let audit = legal(&["audit", "verify"]);
-    assert_eq!(audit.status.code(), Some(1));
+    std::fs::write(&cut, [lines[0].clone(), lines[2].clone()].join("\n") + "\n").unwrap();
+    let gap = auditor(&cut);
+    assert_eq!(gap.status.code(), Some(1));
     assert!(
-        text(&audit).contains("entry 3 (line 2)"),
+        text(&gap).contains("entry 3 does not follow"),
         "{}",
-        text(&audit)
+        text(&gap)
     );
+    std::fs::write(&cut, [0xFF]).unwrap();
+    let junk = auditor(&cut);
+    assert_eq!(junk.status.code(), Some(1));
+    assert!(text(&junk).contains("cannot be read"), "{}", text(&junk));
+    assert!(!std::path::Path::new("/nonexistent/never-created").exists());
     server.terminate();
 }
 
@@ -447,6 +522,34 @@ fn market_commands_announce_list_and_cancel_exits_and_refuse_bad_input() {
             ),
         )
     };
+    // Market decisions are signed by an operator of the desk.
+    let legal = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("legal")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let olga = dir.path().join("olga.key");
+    let pierre = dir.path().join("pierre.key");
+    let (olga, pierre) = (olga.to_str().unwrap(), pierre.to_str().unwrap());
+    assert!(
+        legal(&["operator", "keygen", "--name", "olga", "--out", olga])
+            .status
+            .success()
+    );
+    assert!(
+        legal(&["operator", "keygen", "--name", "pierre", "--out", pierre])
+            .status
+            .success()
+    );
+    assert!(
+        legal(&["operator", "bootstrap", "--key", olga, "--key", pierre])
+            .status
+            .success()
+    );
     let notice = dir.path().join("notice.txt");
     std::fs::write(
         &notice,
@@ -461,8 +564,8 @@ fn market_commands_announce_list_and_cancel_exits_and_refuse_bad_input() {
         "2099-01-15",
         "--notice",
         notice,
-        "--operator",
-        "olga",
+        "--operator-key",
+        olga,
     ]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
@@ -482,8 +585,8 @@ fn market_commands_announce_list_and_cancel_exits_and_refuse_bad_input() {
                 "2099-01-15",
                 "--notice",
                 notice,
-                "--operator",
-                "olga",
+                "--operator-key",
+                olga,
             ],
             "already announced",
         ),
@@ -495,8 +598,8 @@ fn market_commands_announce_list_and_cancel_exits_and_refuse_bad_input() {
                 "2099-01-15",
                 "--notice",
                 notice,
-                "--operator",
-                "olga",
+                "--operator-key",
+                olga,
             ],
             "not a known",
         ),
@@ -508,8 +611,8 @@ fn market_commands_announce_list_and_cancel_exits_and_refuse_bad_input() {
                 "2001-01-01",
                 "--notice",
                 notice,
-                "--operator",
-                "olga",
+                "--operator-key",
+                olga,
             ],
             "in the future",
         ),
@@ -521,13 +624,13 @@ fn market_commands_announce_list_and_cancel_exits_and_refuse_bad_input() {
                 "soon",
                 "--notice",
                 notice,
-                "--operator",
-                "olga",
+                "--operator-key",
+                olga,
             ],
             "RFC 3339",
         ),
         (
-            vec!["cancel-exit", "DE", "--operator", "olga"],
+            vec!["cancel-exit", "DE", "--operator-key", olga],
             "no exit from DE",
         ),
     ] {
@@ -541,17 +644,42 @@ fn market_commands_announce_list_and_cancel_exits_and_refuse_bad_input() {
         "failed commands changed nothing"
     );
 
-    let (code, text) = run(&["cancel-exit", "FR", "--operator", "olga"]);
+    let (code, text) = run(&["cancel-exit", "FR", "--operator-key", olga]);
     assert_eq!(code, Some(0), "{text}");
     assert!(run(&["status", "FR"]).1.contains("FR: active"));
-    let audit = std::fs::read_to_string(dir.path().join("legal/audit.jsonl")).unwrap();
+    let audit = String::from_utf8(legal(&["audit", "export"]).stdout).unwrap();
     assert_eq!(
         audit
             .lines()
-            .filter(|l| l.contains("\"event\":\"market\""))
+            .filter(|l| l.contains("\"event\":\"market\"") && l.contains("\"actor\":\"olga\""))
             .count(),
         2
     );
+    // A key the desk does not know decides nothing.
+    let stranger = dir.path().join("stranger.key");
+    assert!(legal(&[
+        "operator",
+        "keygen",
+        "--name",
+        "mallory",
+        "--out",
+        stranger.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let (code, text) = run(&[
+        "announce-exit",
+        "DE",
+        "--effective",
+        "2099-01-15",
+        "--notice",
+        notice,
+        "--operator-key",
+        stranger.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not signed by an active operator"), "{text}");
+    assert!(run(&["status", "DE"]).1.contains("DE: active"));
     let out = Command::new(BIN)
         .arg("--data-dir")
         .arg(dir.path())
@@ -559,4 +687,23 @@ fn market_commands_announce_list_and_cancel_exits_and_refuse_bad_input() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+#[test]
+fn a_file_based_desk_from_before_is_not_silently_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("legal/orders")).unwrap();
+    std::fs::write(dir.path().join("legal/audit.jsonl"), "").unwrap();
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["legal", "orders"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("file-based legal desk") && text.contains("audit.jsonl, orders"),
+        "{text}"
+    );
 }

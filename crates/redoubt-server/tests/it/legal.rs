@@ -7,11 +7,12 @@ use std::net::IpAddr;
 use ed25519_dalek::SigningKey;
 use redoubt_legal::desk::{DeskError, Intake};
 use redoubt_legal::disclosure::{verify_package, PackageError};
+use redoubt_legal::operators::{ActionKind, Change};
 use redoubt_legal::order::*;
 use redoubt_legal::verify::{MarketPolicy, Rejection};
 use redoubt_proto::PhoneNumber;
 use redoubt_server::storage::sqlite::SqliteStore;
-use test_support::legal::{court, order, signed_order};
+use test_support::legal::{court, order, signed_order, Staff};
 use test_support::{logs, TestDevice, TestServer};
 use time::{Duration, OffsetDateTime};
 
@@ -31,24 +32,39 @@ async fn register_from(server: &TestServer, ip: &str) -> TestDevice {
     .await
 }
 
-/// A desk in `dir` over its own connection to the relay's database, as the
-/// operator's commands open it, trusting the Paris court.
-async fn desk_for(
-    server: &TestServer,
-    dir: &std::path::Path,
-    key: &SigningKey,
-    now: OffsetDateTime,
-) -> redoubt_legal::desk::Desk<SqliteStore> {
+type TestDesk = redoubt_legal::desk::Desk<SqliteStore, SqliteStore>;
+
+/// A desk over its own connection to the relay's database, as the
+/// operator's commands open it, with the relay's service key.
+async fn open_desk(server: &TestServer, markets: MarketPolicy) -> TestDesk {
     let store = SqliteStore::open(&server.db_path(), &Default::default())
         .await
         .unwrap();
-    let mut desk =
-        redoubt_legal::desk::Desk::open(dir, store, MarketPolicy::default(), Duration::days(30))
-            .unwrap();
-    desk.trust
-        .add(court("Tribunal judiciaire de Paris", key, now))
-        .unwrap();
-    desk
+    redoubt_legal::desk::Desk::new(
+        store.clone(),
+        store,
+        server.state.service_key().clone(),
+        markets,
+        Duration::days(30),
+    )
+}
+
+/// Such a desk, with olga and pierre its operators, trusting the Paris
+/// court (olga proposed it, pierre confirmed).
+async fn desk_for(server: &TestServer, key: &SigningKey, now: OffsetDateTime) -> (TestDesk, Staff) {
+    let desk = open_desk(server, MarketPolicy::default()).await;
+    let staff = Staff::new();
+    staff
+        .open_with(&desk, court("Tribunal judiciaire de Paris", key, now), now)
+        .await;
+    (desk, staff)
+}
+
+/// The raw `legal_audit` table, as an insider with database access sees it.
+async fn raw_log(server: &TestServer) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", server.db_path().display()))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,10 +81,9 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
 
     // The desk runs as the operator's commands do: its own connection to the
     // relay's database, read-only queries only.
-    let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let now = OffsetDateTime::now_utc();
-    let desk = desk_for(&server, dir.path(), &key, now).await;
+    let (desk, staff) = desk_for(&server, &key, now).await;
 
     let phone = suspect.phone.e164().to_owned();
     let all = vec![
@@ -79,18 +94,18 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
     ];
     let document = signed_order(&key, order("FR-1", &phone, all, now));
     assert_eq!(
-        desk.intake(&document, "olga", now).await.unwrap(),
+        staff.intake(&desk, &document, "olga", now).await.unwrap(),
         Intake::Pending {
             order_id: "FR-1".into()
         }
     );
     assert!(matches!(
-        desk.approve("FR-1", "olga", now).await,
+        staff.approve(&desk, "FR-1", "olga", now).await,
         Err(DeskError::FourEyes)
     ));
-    let package = desk.approve("FR-1", "pierre", now).await.unwrap();
+    let package = staff.approve(&desk, "FR-1", "pierre", now).await.unwrap();
     assert!(matches!(
-        desk.approve("FR-1", "pierre", now).await,
+        staff.approve(&desk, "FR-1", "pierre", now).await,
         Err(DeskError::NotPending(_))
     ));
 
@@ -161,7 +176,7 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
     assert_eq!(package.package.signed_order.as_bytes(), &document[..]);
 
     // The desk-level rejections.
-    let replay = desk.intake(&document, "olga", now).await.unwrap();
+    let replay = staff.intake(&desk, &document, "olga", now).await.unwrap();
     assert!(matches!(
         replay,
         Intake::Rejected {
@@ -178,7 +193,7 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
             now,
         ),
     );
-    let outcome = desk.intake(&nobody, "olga", now).await.unwrap();
+    let outcome = staff.intake(&desk, &nobody, "olga", now).await.unwrap();
     assert!(matches!(
         outcome,
         Intake::Rejected {
@@ -191,8 +206,8 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
         from: now - Duration::days(90),
         to: now - Duration::days(60),
     };
-    let outcome = desk
-        .intake(&signed_order(&key, old), "olga", now)
+    let outcome = staff
+        .intake(&desk, &signed_order(&key, old), "olga", now)
         .await
         .unwrap();
     assert!(matches!(
@@ -202,7 +217,10 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
             ..
         }
     ));
-    let outcome = desk.intake(b"{\"order\": {", "olga", now).await.unwrap();
+    let outcome = staff
+        .intake(&desk, b"{\"order\": {", "olga", now)
+        .await
+        .unwrap();
     assert!(matches!(
         outcome,
         Intake::Rejected {
@@ -215,7 +233,7 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
     // key, and fails after a one-byte change.
     let half = if u8::from(now.month()) <= 6 { 1 } else { 2 };
     let period = format!("{}-H{half}", now.year());
-    let report = desk.report(&period, Vec::new(), now).unwrap();
+    let report = desk.report(&period, Vec::new(), now).await.unwrap();
     let total = &report.report.total;
     assert_eq!(total.received, 5, "{total:?}");
     assert_eq!(total.fulfilled, 1);
@@ -247,12 +265,15 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
     assert!(page.contains("Message content disclosed: 0 bytes"));
     assert!(!page.contains(&phone), "the report names no one");
 
-    // Every step is in the audit chain, which verifies; an edit is located.
-    let entries = desk.audit().entries().unwrap();
+    // Every step is in the audit log, which replays; an edit is located.
+    let entries = desk.state().await.unwrap().entries;
     let events: Vec<&str> = entries.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
         events,
         vec![
+            "bootstrap",
+            "proposal",
+            "trust_change",
             "intake",
             // Refused approvals are audited too: the four-eyes violation
             // before, the second answer after.
@@ -266,15 +287,16 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
             "rejection"
         ]
     );
-    assert_eq!(desk.audit().verify(), Ok(9));
-    let path = dir.path().join("audit.jsonl");
-    let edited = std::fs::read_to_string(&path)
-        .unwrap()
-        .replacen("\"pierre\"", "\"mallory\"", 1);
-    std::fs::write(&path, edited).unwrap();
+    let db = raw_log(&server).await;
+    sqlx::query("UPDATE legal_audit SET entry = replace(entry, '\"actor\":\"pierre\"', '\"actor\":\"mallory\"') WHERE seq = 6")
+        .execute(&db)
+        .await
+        .unwrap();
     assert!(matches!(
-        desk.audit().verify(),
-        Err(redoubt_legal::audit::ChainBreak::Edited { seq: 3, .. })
+        desk.state().await,
+        Err(DeskError::Broken(
+            redoubt_legal::audit::ChainBreak::Edited { seq: 6 }
+        ))
     ));
 }
 
@@ -284,10 +306,9 @@ async fn fuzzed_orders_are_rejected_with_a_reason_and_the_chain_stays_valid() {
 
     let server = TestServer::start().await;
     let suspect = register_from(&server, "127.0.0.2").await;
-    let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let now = OffsetDateTime::now_utc();
-    let desk = desk_for(&server, dir.path(), &key, now).await;
+    let (desk, staff) = desk_for(&server, &key, now).await;
     let original = signed_order(
         &key,
         order(
@@ -324,7 +345,7 @@ async fn fuzzed_orders_are_rejected_with_a_reason_and_the_chain_stays_valid() {
                 break;
             }
         }
-        match desk.intake(&doc, "olga", now).await.unwrap() {
+        match staff.intake(&desk, &doc, "olga", now).await.unwrap() {
             Intake::Rejected { rejection, .. } => assert!(!rejection.code().is_empty()),
             Intake::Pending { .. } => {
                 // Only a change the signature does not cover (whitespace
@@ -339,7 +360,8 @@ async fn fuzzed_orders_are_rejected_with_a_reason_and_the_chain_stays_valid() {
         }
     }
     assert!(accepted <= 1);
-    assert_eq!(desk.audit().verify(), Ok(rounds));
+    let entries = desk.state().await.unwrap().entries.len();
+    assert_eq!(entries, rounds + 3, "three entries set the desk up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,20 +370,20 @@ async fn users_are_told_once_the_gag_period_ends() {
     let suspect = register_from(&server, "127.0.0.2").await;
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let now = OffsetDateTime::now_utc();
-    // The desk lives where the relay looks for it: <data_dir>/legal.
-    let desk = desk_for(&server, &server.data_dir().join("legal"), &key, now).await;
-    desk.save_trust("olga", serde_json::json!({ "added": "fr-tj-paris" }), now)
-        .unwrap();
+    // The desk's state is in the relay's database, where the relay's
+    // notice writer finds it.
+    let (desk, staff) = desk_for(&server, &key, now).await;
     let phone = suspect.phone.e164().to_owned();
     let open_order = order("FR-N1", &phone, vec![DataCategory::Subscriber], now);
     let mut gagged = order("FR-N2", &phone, vec![DataCategory::IpIdentification], now);
     gagged.notify_user_after = Some(now + Duration::days(2));
     for o in [open_order, gagged] {
         let id = o.order_id.clone();
-        desk.intake(&signed_order(&key, o), "olga", now)
+        staff
+            .intake(&desk, &signed_order(&key, o), "olga", now)
             .await
             .unwrap();
-        desk.approve(&id, "pierre", now).await.unwrap();
+        staff.approve(&desk, &id, "pierre", now).await.unwrap();
     }
 
     // The ungagged order's notice goes out at once, exactly once.
@@ -411,29 +433,28 @@ async fn users_are_told_once_the_gag_period_ends() {
     let page = suspect.fetch().await;
     let body = signed_notice(&server, page.envelopes[0].payload.as_slice());
     assert!(body.text.contains("FR-N2"));
-    let events: Vec<String> = desk
-        .audit()
-        .entries()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event)
+    // Recorded once each, signed by the service, and the log replays.
+    let entries = desk.state().await.unwrap().entries;
+    let notices: Vec<_> = entries
+        .iter()
+        .filter(|e| e.event == "user_notice")
         .collect();
-    assert_eq!(events.iter().filter(|e| *e == "user_notice").count(), 2);
-    assert!(desk.audit().verify().is_ok());
+    assert_eq!(notices.len(), 2);
+    assert!(notices.iter().all(|e| e.actor == "redoubtd"
+        && e.action.signatures[0].public_key == server.state.service_key().public_key()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_api_runs_the_desk_with_operator_tokens() {
+async fn the_admin_api_runs_the_desk_on_operators_signed_actions() {
     let server = TestServer::builder()
         .configure(|c| c.admin.listen = Some("127.0.0.1:0".parse().unwrap()))
         .start()
         .await;
     let suspect = register_from(&server, "127.0.0.2").await;
     suspect.get("/v1/devices").await;
-    let legal_dir = server.data_dir().join("legal");
-    let now = OffsetDateTime::now_utc();
-    let olga = redoubt_legal::operators::Operators::issue(&legal_dir, "olga", now).unwrap();
-    let pierre = redoubt_legal::operators::Operators::issue(&legal_dir, "pierre", now).unwrap();
+    let now = server.clock.now_offset();
+    let staff = Staff::new();
+    staff.bootstrap(&server.state.legal_desk(), now).await;
     let mut admin = None;
     for _ in 0..100 {
         admin = server.state.admin_addr();
@@ -444,12 +465,24 @@ async fn the_admin_api_runs_the_desk_with_operator_tokens() {
     }
     let base = format!("http://{}", admin.expect("admin API listening"));
     let http = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: &str, token: &str| {
-        http.request(method, format!("{base}{path}"))
-            .bearer_auth(token)
+    let call = |method: reqwest::Method, path: &str, action: ActionKind, who: &str| {
+        let signed = staff.key(who).sign(action, now);
+        http.request(method, format!("{base}{path}")).header(
+            "authorization",
+            format!("Redoubt-Action {}", signed.to_header()),
+        )
+    };
+    let read = |path: &str, who: &str| {
+        call(
+            reqwest::Method::GET,
+            path,
+            ActionKind::Read { path: path.into() },
+            who,
+        )
     };
 
-    // No token, a wrong token, and the public port: all refused.
+    // No action, a key the desk does not know, a read signed for another
+    // path, and the public port: all refused.
     let missing = http
         .get(format!("{base}/admin/v1/orders"))
         .send()
@@ -459,11 +492,20 @@ async fn the_admin_api_runs_the_desk_with_operator_tokens() {
         test_support::api_error(missing).await.1.error.code,
         redoubt_proto::ErrorCode::MissingToken
     );
-    let wrong = call(reqwest::Method::GET, "/admin/v1/orders", "rdo_nope")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let stranger = read("/admin/v1/orders", "victor").send().await.unwrap();
+    assert_eq!(stranger.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let elsewhere = call(
+        reqwest::Method::GET,
+        "/admin/v1/orders",
+        ActionKind::Read {
+            path: "/admin/v1/service-key".into(),
+        },
+        "olga",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(elsewhere.status(), reqwest::StatusCode::UNAUTHORIZED);
     let public = reqwest::get(server.url("/admin/v1/orders")).await.unwrap();
     assert_eq!(
         public.status(),
@@ -471,14 +513,45 @@ async fn the_admin_api_runs_the_desk_with_operator_tokens() {
         "the admin API is not on the public port"
     );
 
+    // A trust change takes two operators: olga proposes, olga cannot
+    // confirm, pierre does.
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let authority = court("Tribunal", &key, now);
-    let added = call(reqwest::Method::POST, "/admin/v1/authorities", &olga)
-        .json(&authority)
-        .send()
-        .await
+    let proposed = call(
+        reqwest::Method::POST,
+        "/admin/v1/proposals",
+        ActionKind::Propose {
+            change: Change::AddAuthority { authority },
+        },
+        "olga",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(proposed.status(), reqwest::StatusCode::CREATED);
+    let number = proposed.json::<serde_json::Value>().await.unwrap()["proposal"]
+        .as_u64()
         .unwrap();
-    assert_eq!(added.status(), reqwest::StatusCode::CREATED);
+    let own = call(
+        reqwest::Method::POST,
+        "/admin/v1/proposals/confirm",
+        ActionKind::Confirm { proposal: number },
+        "olga",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(own.status(), reqwest::StatusCode::FORBIDDEN);
+    let confirmed = call(
+        reqwest::Method::POST,
+        "/admin/v1/proposals/confirm",
+        ActionKind::Confirm { proposal: number },
+        "pierre",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(confirmed.status(), reqwest::StatusCode::OK);
 
     let document = signed_order(
         &key,
@@ -489,17 +562,45 @@ async fn the_admin_api_runs_the_desk_with_operator_tokens() {
             now,
         ),
     );
-    let filed = call(reqwest::Method::POST, "/admin/v1/orders", &olga)
-        .body(document)
-        .send()
-        .await
-        .unwrap();
+    let intake_of = |doc: &[u8]| ActionKind::Intake {
+        document_sha256: redoubt_legal::sha256_hex(doc),
+    };
+    // An intake action signs the document's hash: another body is refused.
+    let swapped = call(
+        reqwest::Method::POST,
+        "/admin/v1/orders",
+        intake_of(b"something else"),
+        "olga",
+    )
+    .body(document.clone())
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(
+        test_support::api_error(swapped).await.1.error.code,
+        redoubt_proto::ErrorCode::InvalidRequest
+    );
+    let filed = call(
+        reqwest::Method::POST,
+        "/admin/v1/orders",
+        intake_of(&document),
+        "olga",
+    )
+    .body(document.clone())
+    .send()
+    .await
+    .unwrap();
     assert_eq!(filed.status(), reqwest::StatusCode::CREATED);
-    let junk = call(reqwest::Method::POST, "/admin/v1/orders", &olga)
-        .body("{\"order\": 1}")
-        .send()
-        .await
-        .unwrap();
+    let junk = call(
+        reqwest::Method::POST,
+        "/admin/v1/orders",
+        intake_of(b"{\"order\": 1}"),
+        "olga",
+    )
+    .body("{\"order\": 1}")
+    .send()
+    .await
+    .unwrap();
     let (status, body) = test_support::api_error(junk).await;
     assert_eq!(
         (status, body.error.code),
@@ -514,29 +615,38 @@ async fn the_admin_api_runs_the_desk_with_operator_tokens() {
         body.error.message
     );
 
-    let own = call(
-        reqwest::Method::POST,
-        "/admin/v1/orders/FR-API-1/approve",
-        &olga,
-    )
-    .send()
-    .await
-    .unwrap();
+    let approve = |who: &str, id: &str| {
+        call(
+            reqwest::Method::POST,
+            "/admin/v1/orders/approve",
+            ActionKind::Approve {
+                issuer: "fr-tj-paris".into(),
+                order_id: id.into(),
+            },
+            who,
+        )
+    };
+    let own = approve("olga", "FR-API-1").send().await.unwrap();
     assert_eq!(
         test_support::api_error(own).await.0,
         reqwest::StatusCode::FORBIDDEN
     );
-    let approved = call(
-        reqwest::Method::POST,
-        "/admin/v1/orders/FR-API-1/approve",
-        &pierre,
-    )
-    .send()
-    .await
-    .unwrap();
+    let signed = staff.key("pierre").approve("fr-tj-paris", "FR-API-1", now);
+    let send = |signed: &redoubt_legal::operators::SignedAction| {
+        http.post(format!("{base}/admin/v1/orders/approve"))
+            .header(
+                "authorization",
+                format!("Redoubt-Action {}", signed.to_header()),
+            )
+            .send()
+    };
+    let approved = send(&signed).await.unwrap();
     assert_eq!(approved.status(), reqwest::StatusCode::OK);
     let package = approved.bytes().await.unwrap();
-    let key_body: serde_json::Value = call(reqwest::Method::GET, "/admin/v1/service-key", &pierre)
+    // The same signed approval, sent again, is a replay.
+    let again = send(&signed).await.unwrap();
+    assert_eq!(again.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let key_body: serde_json::Value = read("/admin/v1/service-key", "pierre")
         .send()
         .await
         .unwrap()
@@ -550,17 +660,10 @@ async fn the_admin_api_runs_the_desk_with_operator_tokens() {
         verified.produced.subscriber.is_none(),
         "only what was asked for"
     );
-    let unknown = call(
-        reqwest::Method::POST,
-        "/admin/v1/orders/NOPE/approve",
-        &pierre,
-    )
-    .send()
-    .await
-    .unwrap();
+    let unknown = approve("pierre", "NOPE").send().await.unwrap();
     assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
 
-    let audit: serde_json::Value = call(reqwest::Method::GET, "/admin/v1/audit/verify", &olga)
+    let audit: serde_json::Value = read("/admin/v1/audit/verify", "olga")
         .send()
         .await
         .unwrap()
@@ -569,27 +672,38 @@ async fn the_admin_api_runs_the_desk_with_operator_tokens() {
         .unwrap();
     assert_eq!(audit["intact"], true);
     let half = if u8::from(now.month()) <= 6 { 1 } else { 2 };
-    let report: serde_json::Value = call(
-        reqwest::Method::GET,
-        &format!("/admin/v1/reports/{}-H{half}", now.year()),
-        &olga,
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(report["report"]["total"]["fulfilled"], 1);
-    let entries = redoubt_legal::audit::AuditLog::new(&legal_dir.join("audit.jsonl"))
-        .entries()
+    let path = format!("/admin/v1/reports/{}-H{half}", now.year());
+    let report = read(&path, "olga")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
         .unwrap();
+    let signed =
+        redoubt_legal::report::verify(&report, &server.state.service_key().public_key()).unwrap();
+    assert_eq!(signed.total.fulfilled, 1);
+    let checkpoint: redoubt_legal::audit::Checkpoint = read("/admin/v1/audit/checkpoint", "pierre")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        checkpoint.verify_signature(&server.state.service_key().public_key()),
+        Ok(())
+    );
+    let entries = server.state.legal_desk().state().await.unwrap().entries;
+    assert_eq!(checkpoint.size as usize, entries.len());
     let actors: Vec<(&str, &str)> = entries
         .iter()
         .map(|e| (e.event.as_str(), e.actor.as_str()))
         .collect();
     assert!(
-        actors.contains(&("intake", "olga")) && actors.contains(&("approval", "pierre")),
+        actors.contains(&("intake", "olga"))
+            && actors.contains(&("approval", "pierre"))
+            && actors.contains(&("trust_change", "pierre")),
         "{actors:?}"
     );
 }
@@ -632,13 +746,14 @@ async fn the_desk_rechecks_at_approval_clips_windows_and_audits_before_anything_
     server.clock.advance(std::time::Duration::from_secs(3600));
     suspect.get("/v1/devices").await;
     let now = server.clock.now_offset();
-    let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let mut desk = desk_for(&server, dir.path(), &key, now).await;
+    let (mut desk, staff) = desk_for(&server, &key, now).await;
     let ip_only = vec![DataCategory::IpIdentification];
 
-    // Finding 5: a name that differs only by padding, invisible characters
-    // or case is refused or counts as the same person.
+    // Finding 5: operators are keys. The one who took an order in cannot
+    // approve it under any name, a key the desk does not know approves
+    // nothing, and operator names that differ only by padding or invisible
+    // characters cannot even be made.
     let mut clipped = order("FR-W1", &phone, ip_only.clone(), now);
     clipped.window = redoubt_legal::order::TimeWindow {
         from: t0 + Duration::minutes(10),
@@ -647,23 +762,43 @@ async fn the_desk_rechecks_at_approval_clips_windows_and_audits_before_anything_
     for bad in ["", "olga ", " olga", "olga\u{200b}", "ol\u{202e}ga"] {
         assert!(
             matches!(
-                desk.intake(&signed_order(&key, clipped.clone()), bad, now)
-                    .await,
+                redoubt_legal::operators::OperatorKey::generate(bad),
                 Err(DeskError::BadOperator)
             ),
             "{bad:?}"
         );
     }
-    desk.intake(&signed_order(&key, clipped), "olga", now)
+    staff
+        .intake(&desk, &signed_order(&key, clipped), "olga", now)
         .await
         .unwrap();
     assert!(matches!(
-        desk.approve("FR-W1", "Olga", now).await,
+        staff.approve(&desk, "FR-W1", "olga", now).await,
         Err(DeskError::FourEyes)
+    ));
+    assert!(matches!(
+        staff.approve(&desk, "FR-W1", "victor", now).await,
+        Err(DeskError::NotAnOperator)
+    ));
+    // Olga alone cannot add a second key of her own: her proposal needs
+    // another operator's confirmation.
+    let add_victor = Change::AddOperator {
+        name: "victor".into(),
+        public_key: staff.key("victor").public_key(),
+    };
+    assert!(matches!(
+        staff
+            .change(&desk, add_victor.clone(), "olga", "olga", now)
+            .await,
+        Err(DeskError::FourEyes)
+    ));
+    assert!(matches!(
+        staff.approve(&desk, "FR-W1", "victor", now).await,
+        Err(DeskError::NotAnOperator)
     ));
 
     // Finding 6: what leaves is clipped to the window exactly.
-    let package = desk.approve("FR-W1", "pierre", now).await.unwrap();
+    let package = staff.approve(&desk, "FR-W1", "pierre", now).await.unwrap();
     let records = package.package.produced.ip_identification.unwrap();
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].first_seen, t0 + Duration::minutes(10));
@@ -671,8 +806,8 @@ async fn the_desk_rechecks_at_approval_clips_windows_and_audits_before_anything_
     // A window that ends in the future is collection, not production.
     let mut ahead = order("FR-W2", &phone, ip_only.clone(), now);
     ahead.window.to = now + Duration::hours(1);
-    match desk
-        .intake(&signed_order(&key, ahead), "olga", now)
+    match staff
+        .intake(&desk, &signed_order(&key, ahead), "olga", now)
         .await
         .unwrap()
     {
@@ -682,87 +817,382 @@ async fn the_desk_rechecks_at_approval_clips_windows_and_audits_before_anything_
 
     // Finding 4: approval checks the world again.
     for id in ["FR-R1", "FR-R2", "FR-R3"] {
-        desk.intake(
-            &signed_order(&key, order(id, &phone, ip_only.clone(), now)),
-            "olga",
-            now,
-        )
-        .await
-        .unwrap();
+        staff
+            .intake(
+                &desk,
+                &signed_order(&key, order(id, &phone, ip_only.clone(), now)),
+                "olga",
+                now,
+            )
+            .await
+            .unwrap();
     }
     desk.markets.exited = vec!["FR".into()];
-    match desk.approve("FR-R1", "pierre", now).await {
+    match staff.approve(&desk, "FR-R1", "pierre", now).await {
         Err(DeskError::NoLongerValid(r)) => assert_eq!(r.code(), "jurisdiction_exited"),
         other => panic!("an exited market discloses nothing: {other:?}"),
     }
     desk.markets.exited.clear();
-    desk.trust.revoke("fr-tj-paris", now).unwrap();
-    match desk.approve("FR-R2", "pierre", now).await {
-        Err(DeskError::NoLongerValid(r)) => assert_eq!(r.code(), "authority_revoked"),
-        other => panic!("a revoked authority gets nothing: {other:?}"),
-    }
-    desk.trust = redoubt_legal::trust::TrustStore::default();
-    desk.trust
-        .add(court("Tribunal judiciaire de Paris", &key, now))
-        .unwrap();
     // The number is recycled to someone else: the new holder is never
     // disclosed.
     let newcomer = register_from(&server, "127.0.0.3").await;
     test_support::hostile::move_number(&server, &suspect.phone, newcomer.account_id).await;
     assert!(matches!(
-        desk.approve("FR-R3", "pierre", now).await,
+        staff.approve(&desk, "FR-R3", "pierre", now).await,
         Err(DeskError::TargetChanged)
     ));
-    assert!(
-        std::fs::read_dir(dir.path().join("disclosures"))
-            .unwrap()
-            .count()
-            == 1
-    );
+    // The authority is revoked (by two operators) after intake.
+    staff
+        .change(
+            &desk,
+            Change::RevokeAuthority {
+                id: "fr-tj-paris".into(),
+            },
+            "pierre",
+            "olga",
+            now,
+        )
+        .await
+        .unwrap();
+    match staff.approve(&desk, "FR-R2", "pierre", now).await {
+        Err(DeskError::NoLongerValid(r)) => assert_eq!(r.code(), "authority_revoked"),
+        other => panic!("a revoked authority gets nothing: {other:?}"),
+    }
 
-    // Finding 1: with the log unextendable, nothing leaves and the order
-    // stays pending.
-    desk.intake(
-        &signed_order(&key, order("FR-A1", &phone, ip_only.clone(), now)),
-        "olga",
-        now,
-    )
-    .await
-    .unwrap();
-    let log = dir.path().join("audit.jsonl");
-    let good = std::fs::read(&log).unwrap();
-    let mut broken = good.clone();
-    let at = broken.len() / 2;
-    broken[at] = b'#';
-    std::fs::write(&log, &broken).unwrap();
-    assert!(desk.approve("FR-A1", "pierre", now).await.is_err());
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("disclosures"))
-            .unwrap()
-            .count(),
-        1,
-        "no package was written"
-    );
-    assert!(matches!(
-        desk.order("FR-A1").unwrap().unwrap().status,
-        redoubt_legal::desk::OrderStatus::Pending
-    ));
-    // Finding 3: a log that cannot be read is never "intact, 0 entries",
-    // and no report is signed over a broken log.
-    assert!(desk.report("2026", Vec::new(), now).is_err());
-    std::fs::write(&log, [0xFF]).unwrap();
-    assert!(desk.audit().verify().is_err());
-    std::fs::write(&log, &good).unwrap();
-    assert!(desk.audit().verify().is_ok());
-    // Every refusal above is in the log.
-    let refused = desk
-        .audit()
-        .entries()
-        .unwrap()
+    // Every refusal above is in the log: four-eyes, the unknown key's
+    // attempts are not (nobody signed them for this desk), market,
+    // recycled number, revocation.
+    let state = desk.state().await.unwrap();
+    let refused = state
+        .entries
         .iter()
         .filter(|e| e.event == "approval_refused")
         .count();
-    assert_eq!(refused, 4, "four-eyes, market, revocation, recycled number");
+    assert_eq!(refused, 4, "four-eyes, market, recycled number, revocation");
+    assert_eq!(
+        state
+            .entries
+            .iter()
+            .filter(|e| e.event == "confirmation_refused" && e.actor == "olga")
+            .count(),
+        1,
+        "olga confirming her own proposal"
+    );
+    let released = state
+        .orders
+        .iter()
+        .filter(|o| matches!(o.status, redoubt_legal::desk::OrderStatus::Fulfilled { .. }))
+        .count();
+    assert_eq!(released, 1);
+}
+
+/// Issue 12, findings 1, 3 and 9: the package is released only in the
+/// transaction that records it; nothing proceeds on a broken log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_leaves_unrecorded_and_nothing_proceeds_on_a_broken_log() {
+    let server = TestServer::start().await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    let phone = suspect.phone.e164().to_owned();
+    let now = OffsetDateTime::now_utc();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let (desk, staff) = desk_for(&server, &key, now).await;
+    let subscriber = vec![DataCategory::Subscriber];
+    for id in ["FR-A1", "FR-A2"] {
+        staff
+            .intake(
+                &desk,
+                &signed_order(&key, order(id, &phone, subscriber.clone(), now)),
+                "olga",
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    // The write of the package fails (a full disk, say) after the approval
+    // entries were written in the same transaction: the whole transaction
+    // is undone, so there is neither a package nor a record of one.
+    let db = raw_log(&server).await;
+    sqlx::query(
+        "CREATE TRIGGER full_disk BEFORE INSERT ON legal_blobs BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let before = desk.state().await.unwrap().entries.len();
+    assert!(staff.approve(&desk, "FR-A1", "pierre", now).await.is_err());
+    let state = desk.state().await.unwrap();
+    assert_eq!(
+        state.entries.len(),
+        before,
+        "no approval without its package"
+    );
+    assert_eq!(
+        state.order("fr-tj-paris", "FR-A1").unwrap().status,
+        redoubt_legal::desk::OrderStatus::Pending
+    );
+    let blobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM legal_blobs")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(blobs, 2, "the two documents, no package");
+    sqlx::query("DROP TRIGGER full_disk")
+        .execute(&db)
+        .await
+        .unwrap();
+    staff.approve(&desk, "FR-A1", "pierre", now).await.unwrap();
+
+    // An edited row: intake, approval and reports all refuse; the check
+    // names the entry.
+    let good: String = sqlx::query_scalar("SELECT entry FROM legal_audit WHERE seq = 2")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE legal_audit SET entry = replace(entry, 'Tribunal', 'Tribunak') WHERE seq = 2",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert!(matches!(
+        staff.approve(&desk, "FR-A2", "pierre", now).await,
+        Err(DeskError::Broken(
+            redoubt_legal::audit::ChainBreak::Edited { seq: 2 }
+        ))
+    ));
+    let doc = signed_order(&key, order("FR-A3", &phone, subscriber.clone(), now));
+    assert!(matches!(
+        staff.intake(&desk, &doc, "olga", now).await,
+        Err(DeskError::Broken(_))
+    ));
+    assert!(matches!(
+        desk.report("2026", Vec::new(), now).await,
+        Err(DeskError::Broken(_))
+    ));
+    // Bytes that are not text are an error, never an empty log.
+    sqlx::query("UPDATE legal_audit SET entry = CAST(X'FF' AS TEXT) WHERE seq = 2")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert!(desk.state().await.is_err());
+    sqlx::query("UPDATE legal_audit SET entry = ? WHERE seq = 2")
+        .bind(&good)
+        .execute(&db)
+        .await
+        .unwrap();
+    staff.approve(&desk, "FR-A2", "pierre", now).await.unwrap();
+}
+
+/// Issue 12, finding 3: an insider with the database can neither invent an
+/// entry (nobody's signature) nor rewrite or cut history that a published
+/// checkpoint saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insider_cannot_forge_rewrite_or_truncate_the_log() {
+    use redoubt_legal::audit::{AuditEntry, ChainBreak, CheckpointError, NewEntry};
+    let server = TestServer::start().await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    let phone = suspect.phone.e164().to_owned();
+    let now = OffsetDateTime::now_utc();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let (desk, staff) = desk_for(&server, &key, now).await;
+    let document = signed_order(
+        &key,
+        order("FR-I1", &phone, vec![DataCategory::Subscriber], now),
+    );
+    staff.intake(&desk, &document, "olga", now).await.unwrap();
+    let published = desk.checkpoint().await.unwrap();
+    let public = server.state.service_key().public_key();
+    let db = raw_log(&server).await;
+    let rows = || async {
+        sqlx::query_scalar::<_, String>("SELECT entry FROM legal_audit ORDER BY seq")
+            .fetch_all(&db)
+            .await
+            .unwrap()
+    };
+    let original = rows().await;
+    let write_all = |lines: Vec<String>| {
+        let db = db.clone();
+        async move {
+            sqlx::query("DELETE FROM legal_audit")
+                .execute(&db)
+                .await
+                .unwrap();
+            for (i, line) in lines.iter().enumerate() {
+                sqlx::query("INSERT INTO legal_audit (seq, entry) VALUES (?, ?)")
+                    .bind(i as i64 + 1)
+                    .bind(line)
+                    .execute(&db)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let entries: Vec<AuditEntry> = original
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    // A forged approval and disclosure, chained and hashed correctly, signed
+    // by a key of the insider's own: the replay refuses it.
+    let mallory = redoubt_legal::operators::OperatorKey::generate("pierre").unwrap();
+    let action = mallory.approve("fr-tj-paris", "FR-I1", now);
+    let forged = NewEntry {
+        event: "approval",
+        actor: "pierre".into(),
+        issuer: Some("fr-tj-paris".into()),
+        order_id: Some("FR-I1".into()),
+        detail: serde_json::json!({}),
+        action,
+    }
+    .seal(entries.len() as u64 + 1, &entries.last().unwrap().hash, now);
+    let mut with_forgery = original.clone();
+    with_forgery.push(serde_json::to_string(&forged).unwrap());
+    write_all(with_forgery).await;
+    assert!(matches!(
+        desk.state().await,
+        Err(DeskError::Broken(ChainBreak::Unauthorised { .. }))
+    ));
+    // Pierre's real signature from an earlier action, replayed into a new
+    // entry, is refused as a replay.
+    let pierre_confirm = entries.iter().find(|e| e.event == "trust_change").unwrap();
+    let replayed = NewEntry {
+        event: "approval",
+        actor: "pierre".into(),
+        issuer: Some("fr-tj-paris".into()),
+        order_id: Some("FR-I1".into()),
+        detail: serde_json::json!({}),
+        action: pierre_confirm.action.clone(),
+    }
+    .seal(entries.len() as u64 + 1, &entries.last().unwrap().hash, now);
+    let mut with_replay = original.clone();
+    with_replay.push(serde_json::to_string(&replayed).unwrap());
+    write_all(with_replay).await;
+    assert!(matches!(
+        desk.state().await,
+        Err(DeskError::Broken(ChainBreak::Unauthorised { .. }))
+    ));
+
+    // Rewriting an entry's detail and recomputing every hash after it
+    // passes the chain and the signatures (they cover the action, not the
+    // detail), but not the checkpoint the desk published.
+    let mut rewritten = entries.clone();
+    rewritten[3].detail["jurisdiction"] = serde_json::json!("DE");
+    let mut prev = redoubt_legal::audit::GENESIS.to_owned();
+    for e in &mut rewritten {
+        e.prev = prev.clone();
+        e.hash = redoubt_legal::audit::hash_of(e);
+        prev = e.hash.clone();
+    }
+    write_all(
+        rewritten
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect(),
+    )
+    .await;
+    let state = desk.state().await.unwrap();
+    assert_eq!(
+        published.check_log(&state.entries),
+        Err(CheckpointError::Rewritten {
+            size: published.size
+        })
+    );
+    // Truncating, or emptying the log, is caught too (and an empty log
+    // replays: only the checkpoint shows what was lost).
+    write_all(original[..2].to_vec()).await;
+    let state = desk.state().await.unwrap();
+    assert!(matches!(
+        published.check_log(&state.entries),
+        Err(CheckpointError::Truncated { .. })
+    ));
+    write_all(vec![]).await;
+    assert!(published
+        .check_log(&desk.state().await.unwrap().entries)
+        .is_err());
+    // The honest log passes, and the checkpoint is the service's.
+    write_all(original).await;
+    assert_eq!(
+        published.check_log(&desk.state().await.unwrap().entries),
+        Ok(())
+    );
+    assert_eq!(published.verify_signature(&public), Ok(()));
+}
+
+/// Issue 12, finding 8: order ids are unique per issuer, so one authority
+/// cannot burn another's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_detected_per_issuer() {
+    let server = TestServer::start().await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    let now = OffsetDateTime::now_utc();
+    let paris_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let (desk, staff) = desk_for(&server, &paris_key, now).await;
+    let lyon_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let mut lyon = court("Tribunal judiciaire de Lyon", &lyon_key, now);
+    lyon.id = "fr-tj-lyon".into();
+    lyon.keys[0].key_id = "fr-tj-lyon#1".into();
+    staff
+        .change(
+            &desk,
+            Change::AddAuthority { authority: lyon },
+            "pierre",
+            "olga",
+            now,
+        )
+        .await
+        .unwrap();
+    let phone = suspect.phone.e164().to_owned();
+    let lyon_order = {
+        let mut o = order("ORD-1", &phone, vec![DataCategory::Subscriber], now);
+        o.issuing_authority = "fr-tj-lyon".into();
+        let signature = {
+            use base64::Engine as _;
+            use ed25519_dalek::Signer as _;
+            base64::engine::general_purpose::STANDARD
+                .encode(lyon_key.sign(&canonical_json(&o)).to_bytes())
+        };
+        serde_json::to_vec(&SignedOrder {
+            order: o,
+            signature: OrderSignature {
+                alg: "Ed25519".into(),
+                key_id: "fr-tj-lyon#1".into(),
+                value: signature,
+            },
+            validation: None,
+        })
+        .unwrap()
+    };
+    // Lyon files ORD-1 first; Paris's ORD-1 is another order, filed too.
+    for doc in [
+        lyon_order.clone(),
+        signed_order(
+            &paris_key,
+            order("ORD-1", &phone, vec![DataCategory::Subscriber], now),
+        ),
+    ] {
+        assert!(matches!(
+            staff.intake(&desk, &doc, "olga", now).await.unwrap(),
+            Intake::Pending { .. }
+        ));
+    }
+    // Lyon sending it again is a replay.
+    assert!(matches!(
+        staff.intake(&desk, &lyon_order, "olga", now).await.unwrap(),
+        Intake::Rejected {
+            rejection: Rejection::Duplicate,
+            ..
+        }
+    ));
+    let state = desk.state().await.unwrap();
+    assert!(matches!(
+        TestDesk::resolve(&state, None, "ORD-1"),
+        Err(DeskError::AmbiguousOrder(_))
+    ));
+    assert_eq!(
+        TestDesk::resolve(&state, Some("fr-tj-lyon"), "ORD-1")
+            .unwrap()
+            .issuer,
+        "fr-tj-lyon"
+    );
 }
 
 /// Issue 12, finding 8: the served-markets setting reaches the desk, so
@@ -777,21 +1207,17 @@ async fn orders_from_markets_not_served_are_refused() {
         .await;
     let suspect = register_from(&server, "127.0.0.2").await;
     let now = OffsetDateTime::now_utc();
-    let store = SqliteStore::open(&server.db_path(), &Default::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let policy = server
         .state
         .config()
         .markets
         .policy(&server.state.markets().book(), now);
-    let mut desk =
-        redoubt_legal::desk::Desk::open(dir.path(), store, policy, Duration::days(30)).unwrap();
+    let desk = open_desk(&server, policy).await;
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    desk.trust
-        .add(court("Tribunal judiciaire de Paris", &key, now))
-        .unwrap();
+    let staff = Staff::new();
+    staff
+        .open_with(&desk, court("Tribunal judiciaire de Paris", &key, now), now)
+        .await;
     let document = signed_order(
         &key,
         order(
@@ -801,7 +1227,7 @@ async fn orders_from_markets_not_served_are_refused() {
             now,
         ),
     );
-    match desk.intake(&document, "olga", now).await.unwrap() {
+    match staff.intake(&desk, &document, "olga", now).await.unwrap() {
         Intake::Rejected { rejection, .. } => {
             assert_eq!(rejection.code(), "jurisdiction_not_served")
         }
@@ -809,21 +1235,17 @@ async fn orders_from_markets_not_served_are_refused() {
     }
 }
 
-/// Issue 12, finding 2: parallel intakes of one order (separate desks, as
-/// separate `redoubtd legal` processes would open) file it once and leave
-/// the audit chain intact.
+/// Issue 12, finding 2: parallel intakes of one order (separate desks on
+/// separate connections, as separate `redoubtd legal` processes or relay
+/// nodes would open) file it once and leave the log intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_intakes_file_an_order_once_and_keep_the_chain() {
     let server = TestServer::start().await;
     let suspect = register_from(&server, "127.0.0.2").await;
-    let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let now = OffsetDateTime::now_utc();
-    // The trust store is saved once, then every desk reads it.
-    let first = desk_for(&server, dir.path(), &key, now).await;
-    first
-        .save_trust("olga", serde_json::json!({ "added": "fr-tj-paris" }), now)
-        .unwrap();
+    let (first, staff) = desk_for(&server, &key, now).await;
+    let staff = std::sync::Arc::new(staff);
     let document = signed_order(
         &key,
         order(
@@ -835,18 +1257,10 @@ async fn parallel_intakes_file_an_order_once_and_keep_the_chain() {
     );
     let mut runs = Vec::new();
     for _ in 0..6 {
-        let (path, document) = (dir.path().to_owned(), document.clone());
-        let db = server.db_path();
+        let desk = open_desk(&server, MarketPolicy::default()).await;
+        let (staff, document) = (staff.clone(), document.clone());
         runs.push(tokio::spawn(async move {
-            let store = SqliteStore::open(&db, &Default::default()).await.unwrap();
-            let desk = redoubt_legal::desk::Desk::open(
-                &path,
-                store,
-                MarketPolicy::default(),
-                Duration::days(30),
-            )
-            .unwrap();
-            desk.intake(&document, "olga", now).await.unwrap()
+            staff.intake(&desk, &document, "olga", now).await.unwrap()
         }));
     }
     let mut pending = 0;
@@ -858,8 +1272,63 @@ async fn parallel_intakes_file_an_order_once_and_keep_the_chain() {
     }
     assert_eq!(pending, 1, "filed once");
     assert_eq!(
-        first.audit().verify(),
-        Ok(7),
-        "one trust entry, six intake decisions"
+        first.state().await.unwrap().entries.len(),
+        9,
+        "three entries set the desk up, then six intake decisions"
     );
+}
+
+/// The relay keeps its replay of the log between operations and reads only
+/// what was appended since; it still sees every new entry, and a tail that
+/// was rewritten or cut is replayed in full (and refused if broken).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_cached_replay_catches_up_and_never_hides_a_changed_tail() {
+    let server = TestServer::start().await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let now = OffsetDateTime::now_utc();
+    let (cli, staff) = desk_for(&server, &key, now).await;
+    assert_eq!(
+        server
+            .state
+            .legal_desk()
+            .state()
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        3
+    );
+    let document = signed_order(
+        &key,
+        order(
+            "FR-C1",
+            suspect.phone.e164(),
+            vec![DataCategory::Subscriber],
+            now,
+        ),
+    );
+    staff.intake(&cli, &document, "olga", now).await.unwrap();
+    let relay = server.state.legal_desk();
+    let state = relay.state().await.unwrap();
+    assert_eq!(state.entries.len(), 4);
+    assert!(state.order("fr-tj-paris", "FR-C1").is_some());
+    let db = raw_log(&server).await;
+    sqlx::query("UPDATE legal_audit SET entry = replace(entry, 'olga', 'olgb') WHERE seq = 4")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert!(matches!(
+        relay.state().await,
+        Err(DeskError::Broken(
+            redoubt_legal::audit::ChainBreak::Edited { seq: 4 }
+        ))
+    ));
+    sqlx::query("DELETE FROM legal_audit WHERE seq = 4")
+        .execute(&db)
+        .await
+        .unwrap();
+    let state = relay.state().await.unwrap();
+    assert_eq!(state.entries.len(), 3, "the cut log, replayed in full");
+    assert!(state.order("fr-tj-paris", "FR-C1").is_none());
 }

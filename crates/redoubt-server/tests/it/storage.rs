@@ -951,3 +951,86 @@ async fn postgres_store() -> Option<(Arc<dyn Store>, test_support::services::PgS
 
 storage_suite!(sqlite_backend, sqlite_store());
 storage_suite!(postgres_backend, postgres_store());
+
+/// The legal desk's storage on each backend: the conformance checks, then
+/// the desk's whole workflow with two desks (two nodes, or a node and the
+/// CLI) on the one database.
+mod desk_store {
+    use super::*;
+    use redoubt_legal::desk::{Desk, Intake};
+    use redoubt_legal::order::DataCategory;
+    use redoubt_legal::records::SubscriberRecords;
+    use redoubt_legal::store::DeskStore;
+    use test_support::legal::{court, order, signed_order, Staff};
+
+    async fn workflow<S>(store: S, other: S)
+    where
+        S: Store + DeskStore + SubscriberRecords + Clone + 'static,
+    {
+        let phone = phone();
+        device(&store, &phone).await;
+        let now = time::OffsetDateTime::now_utc();
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let service = redoubt_legal::disclosure::ServiceKey::generate();
+        let desk = |s: S| {
+            Desk::new(
+                s.clone(),
+                s,
+                service.clone(),
+                Default::default(),
+                time::Duration::days(30),
+            )
+        };
+        let (one, two) = (desk(store), desk(other));
+        let staff = Staff::new();
+        staff.open_with(&one, court("Paris", &key, now), now).await;
+        let document = signed_order(
+            &key,
+            order("FR-DB-1", phone.e164(), vec![DataCategory::Subscriber], now),
+        );
+        assert!(matches!(
+            staff.intake(&two, &document, "olga", now).await.unwrap(),
+            Intake::Pending { .. }
+        ));
+        let package = staff.approve(&one, "FR-DB-1", "pierre", now).await.unwrap();
+        assert_eq!(
+            package.package.produced.subscriber.unwrap().phone.e164(),
+            phone.e164()
+        );
+        // Both desks see one log, which replays.
+        let a = one.state().await.unwrap();
+        let b = two.state().await.unwrap();
+        assert_eq!(a.entries, b.entries);
+        assert_eq!(a.entries.len(), 6);
+        let record = a.order("fr-tj-paris", "FR-DB-1").unwrap();
+        assert!(two.package(record).await.unwrap().is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Default::default();
+        let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+        let store = sqlite::SqliteStore::open(&a, &config).await.unwrap();
+        redoubt_legal::store::conformance::check(&store).await;
+        workflow(
+            sqlite::SqliteStore::open(&b, &config).await.unwrap(),
+            sqlite::SqliteStore::open(&b, &config).await.unwrap(),
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_backend() {
+        let Some(schema) = test_support::services::pg_schema().await else {
+            return;
+        };
+        let store = postgres::PgStore::open(&schema.config).await.unwrap();
+        redoubt_legal::store::conformance::check(&store).await;
+        let Some(schema) = test_support::services::pg_schema().await else {
+            return;
+        };
+        let open = || postgres::PgStore::open(&schema.config);
+        workflow(open().await.unwrap(), open().await.unwrap()).await;
+    }
+}
