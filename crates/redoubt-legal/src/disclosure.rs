@@ -115,40 +115,10 @@ impl ServiceKey {
 
     /// Loads the key from `path`, creating it (mode 0600) on first use.
     pub fn load_or_create(path: &Path) -> Result<Self, LegalError> {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            let bytes: [u8; 32] = STANDARD
-                .decode(text.trim())
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or(LegalError::Malformed {
-                    what: "the service key",
-                    detail: "not 32 bytes of base64".into(),
-                })?;
-            return Ok(Self(SigningKey::from_bytes(&bytes)));
-        }
-        let mut seed = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut seed);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        // Written whole under a private name, then linked into place, which
-        // fails if the key exists: two relay nodes starting together on a
-        // shared directory end up with one key (the first), never two, and
-        // nobody ever reads a half-written file.
-        let tmp = path.with_extension(format!("new-{}", rand::rngs::OsRng.next_u64()));
-        std::fs::write(&tmp, STANDARD.encode(seed))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        }
-        let linked = std::fs::hard_link(&tmp, path);
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => Ok(Self(SigningKey::from_bytes(&seed))),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(path),
-            Err(e) => Err(e.into()),
-        }
+        Ok(Self(SigningKey::from_bytes(&load_or_create_seed(
+            path,
+            "the service key",
+        )?)))
     }
 
     /// The public key, standard base64, to publish for authorities.
@@ -185,6 +155,43 @@ impl ServiceKey {
             notice: text,
             signature: STANDARD.encode(signature.to_bytes()),
         }
+    }
+}
+
+/// A 32-byte secret kept in a file (base64, mode 0600), created on first
+/// use. Written whole under a private name, then linked into place, which
+/// fails if the file exists: nodes starting together on a shared directory
+/// end up with one secret (the first), never two, and nobody ever reads a
+/// half-written file.
+pub fn load_or_create_seed(path: &Path, what: &'static str) -> Result<[u8; 32], LegalError> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return STANDARD
+            .decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(LegalError::Malformed {
+                what,
+                detail: "not 32 bytes of base64".into(),
+            });
+    }
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension(format!("new-{}", rand::rngs::OsRng.next_u64()));
+    std::fs::write(&tmp, STANDARD.encode(seed))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(seed),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_seed(path, what),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod bytes;
 pub mod error;
 pub mod identity;
 pub mod ids;
+pub mod kt;
 pub mod notice;
 pub mod phone;
 pub mod time;

@@ -47,6 +47,29 @@ pub struct Config {
     pub markets: MarketsConfig,
     /// How nodes tell each other that a mailbox has something new.
     pub fanout: FanoutConfig,
+    /// The key-transparency directory.
+    pub kt: KtConfig,
+}
+
+/// The key-transparency directory: every account's number mapped to its
+/// identity key and newest device list, published in signed epochs that
+/// clients verify (see docs/key-transparency.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KtConfig {
+    /// How often a new epoch publishes the changes queued since the last
+    /// one. Shorter: a new key is visible sooner; each epoch adds a signed
+    /// root to keep.
+    #[serde(with = "humantime_serde")]
+    pub epoch_interval: Duration,
+}
+
+impl Default for KtConfig {
+    fn default() -> Self {
+        Self {
+            epoch_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Live delivery between nodes. One node needs nothing; several nodes
@@ -158,6 +181,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             markets: MarketsConfig::default(),
             fanout: FanoutConfig::default(),
+            kt: KtConfig::default(),
         }
     }
 }
@@ -205,6 +229,9 @@ impl Config {
         let bad = |msg: &str| Err(ServerError::ConfigInvalid(msg.to_owned()));
         if self.mailbox.max_envelope_bytes > self.http.max_body_bytes {
             return bad("mailbox.max_envelope_bytes must not exceed http.max_body_bytes");
+        }
+        if self.kt.epoch_interval < Duration::from_millis(100) {
+            return bad("kt.epoch_interval must be at least 100ms");
         }
         if self.mailbox.max_queued_per_device == 0 || self.mailbox.max_recipients == 0 {
             return bad("mailbox limits must be at least 1");

@@ -41,6 +41,9 @@ pub enum ServerError {
     /// Serving failed (the listener broke).
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The key-transparency directory could not be opened.
+    #[error(transparent)]
+    Kt(#[from] crate::kt::KtError),
 }
 
 /// Everything an HTTP call can fail with. Each variant maps to one stable

@@ -30,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod iplog;
+pub mod kt;
 pub mod legal_notices;
 pub mod maintenance;
 pub mod markets;
@@ -72,6 +73,7 @@ struct Inner {
     markets: markets::Markets,
     service_key: redoubt_legal::disclosure::ServiceKey,
     legal_cache: redoubt_legal::desk::DeskCache,
+    kt: Arc<kt::Transparency>,
 }
 
 /// The legal desk as the relay runs it: its state in the relay's database,
@@ -109,6 +111,19 @@ impl AppState {
                 (Arc::new(pg.clone()), None, Some(pg))
             }
         };
+        let records = match (&sqlite, &postgres) {
+            (Some(s), _) => storage::legal_view::RelayRecords::Sqlite(s.clone()),
+            (None, Some(p)) => storage::legal_view::RelayRecords::Postgres(p.clone()),
+            (None, None) => unreachable!("one backend is always opened"),
+        };
+        let kt = Arc::new(
+            kt::Transparency::open(
+                records,
+                &config.data_dir.join("kt"),
+                clock.now_offset().unix_timestamp(),
+            )
+            .await?,
+        );
         let code_sender = code_sender::from_config(&config.registration.code_sender);
         let sessions = Arc::new(Sessions::default());
         let shutdown = CancellationToken::new();
@@ -148,6 +163,7 @@ impl AppState {
             markets,
             service_key,
             legal_cache: Default::default(),
+            kt,
         })))
     }
 
@@ -206,6 +222,11 @@ impl AppState {
             time::Duration::try_from(self.config().ip_log.retention).unwrap_or(time::Duration::MAX),
         )
         .with_cache(self.0.legal_cache.clone())
+    }
+
+    /// The key-transparency directory.
+    pub fn kt(&self) -> &kt::Transparency {
+        &self.0.kt
     }
 
     /// Where the admin API listens, once it does.
@@ -285,6 +306,7 @@ pub async fn serve(
     state
         .tasks()
         .spawn(markets::run(state.clone(), token.clone()));
+    state.tasks().spawn(kt::run(state.clone(), token.clone()));
     if matches!(
         state.config().registration.code_sender,
         config::CodeSenderConfig::Log

@@ -59,6 +59,10 @@ pub struct Metrics {
     pub key_packages_claimed: Counter,
     /// Rows deleted by maintenance.
     pub purged: Family<PurgeLabels, Counter>,
+    /// The key-transparency directory's newest published epoch.
+    pub kt_epoch: Gauge,
+    /// How long publishing an epoch took.
+    pub kt_publish_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -109,6 +113,18 @@ impl Default for Metrics {
         );
         let purged = Family::<PurgeLabels, Counter>::default();
         registry.register("purged_rows", "Rows deleted by maintenance", purged.clone());
+        let kt_epoch = Gauge::default();
+        registry.register(
+            "kt_epoch",
+            "The key-transparency directory's newest published epoch",
+            kt_epoch.clone(),
+        );
+        let kt_publish_seconds = Histogram::new([0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0]);
+        registry.register(
+            "kt_publish_seconds",
+            "Time to publish one key-transparency epoch",
+            kt_publish_seconds.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             http_requests,
@@ -119,6 +135,8 @@ impl Default for Metrics {
             registrations,
             key_packages_claimed,
             purged,
+            kt_epoch,
+            kt_publish_seconds,
         }
     }
 }

@@ -66,16 +66,48 @@ pub async fn publish_device_list(
             "a device list must name the caller's account and a version from 1".into(),
         ));
     }
+    // The list names the account's own number: the directory publishes it
+    // under that number, for everyone who looks the number up.
+    if state.store().account_by_phone(&list.phone).await? != Some(auth.account_id) {
+        return Err(ApiError::InvalidRequest(
+            "a device list must name the account's own number".into(),
+        ));
+    }
     match state
         .store()
         .put_device_list(auth.account_id, list.version, bytes, state.clock().now())
         .await?
     {
-        DeviceListOutcome::Stored => Ok(ApiJson(PublishDeviceListResponse {
-            version: list.version,
-        })),
+        DeviceListOutcome::Stored => {
+            let value = redoubt_proto::kt::DirectoryValue {
+                account: list.account,
+                identity_key: list.identity_key.clone(),
+                list_sha256: sha256_hex(req.list.body.as_bytes()),
+                list_version: list.version,
+            };
+            state
+                .kt()
+                .queue(
+                    &list.phone,
+                    &value,
+                    state.clock().now_offset().unix_timestamp(),
+                )
+                .await
+                .map_err(ApiError::internal)?;
+            Ok(ApiJson(PublishDeviceListResponse {
+                version: list.version,
+            }))
+        }
         DeviceListOutcome::Conflict { latest } => Err(ApiError::DeviceListConflict { latest }),
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Query of `GET /v1/accounts/{account_id}/device-lists`.

@@ -20,6 +20,7 @@ pub mod devices;
 pub mod extract;
 pub mod identity;
 pub mod keypackages;
+pub mod kt;
 pub mod messages;
 pub mod ops;
 pub mod registration;
@@ -42,6 +43,7 @@ pub mod ws;
         identity::create_link,
         identity::put_link_message, identity::get_link_message, identity::approve_link,
         identity::claim_link,
+        kt::keys, kt::latest, kt::audit, kt::lookup, kt::history,
         ops::healthz, ops::service_key, ops::metrics, ops::openapi,
     ),
     components(schemas(
@@ -98,6 +100,11 @@ pub fn router(state: AppState) -> Router {
             put(identity::put_link_message).get(identity::get_link_message),
         )
         .route("/v1/service-key", get(ops::service_key))
+        .route("/v1/kt/keys", get(kt::keys))
+        .route("/v1/kt/epochs/latest", get(kt::latest))
+        .route("/v1/kt/audit", get(kt::audit))
+        .route("/v1/kt/lookup/{phone}", get(kt::lookup))
+        .route("/v1/kt/history/{phone}", get(kt::history))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))

@@ -18,6 +18,7 @@ use redoubt_proto::{AccountId, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber,
 
 pub(crate) mod codec;
 pub mod desk_store;
+pub mod kt_store;
 pub mod legal_view;
 pub mod postgres;
 pub mod sqlite;

@@ -7,6 +7,7 @@ mod bad_input;
 mod binary;
 mod delivery;
 mod keypackages;
+mod kt;
 mod legal;
 mod logs;
 mod ops;

@@ -1034,3 +1034,123 @@ mod desk_store {
         workflow(open().await.unwrap(), open().await.unwrap()).await;
     }
 }
+
+/// The key-transparency directory's storage on each backend: akd's own
+/// storage tests, then a real directory over it (two epochs, a lookup, a
+/// key history and an append-only proof, each verified as a client or an
+/// auditor would), reopened as after a restart.
+mod kt_store {
+    use super::*;
+    use akd::ecvrf::HardCodedAkdVRF;
+    use akd::storage::{Database, StorageManager};
+    use akd::{AkdLabel, AkdValue, Directory, HistoryParams, HistoryVerificationParams};
+
+    type Config = akd::WhatsAppV1Configuration;
+
+    async fn directory<S: Database + 'static>(db: S) -> Directory<Config, S, HardCodedAkdVRF> {
+        Directory::new(
+            StorageManager::new_no_cache(db),
+            HardCodedAkdVRF,
+            Default::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn a_directory_publishes_proves_and_persists<S: Database + Clone + 'static>(db: S) {
+        let akd = directory(db.clone()).await;
+        let alice = AkdLabel::from("+33612345678");
+        let bob = AkdLabel::from("+33698765432");
+        let first = akd
+            .publish(vec![
+                (alice.clone(), AkdValue::from("alice key 1")),
+                (bob.clone(), AkdValue::from("bob key 1")),
+            ])
+            .await
+            .unwrap();
+        let second = akd
+            .publish(vec![(alice.clone(), AkdValue::from("alice key 2"))])
+            .await
+            .unwrap();
+        assert_eq!((first.epoch(), second.epoch()), (1, 2));
+        let vrf = akd.get_public_key().await.unwrap();
+        let (proof, root) = akd.lookup(alice.clone()).await.unwrap();
+        assert_eq!(root, second);
+        let found = akd::client::lookup_verify::<Config>(
+            vrf.as_bytes(),
+            root.hash(),
+            root.epoch(),
+            alice.clone(),
+            proof,
+        )
+        .unwrap();
+        assert_eq!(found.value, AkdValue::from("alice key 2"));
+        // Bob's proof does not pass for Alice: a relay cannot hand out one
+        // account's keys as another's.
+        let (proof, root) = akd.lookup(bob.clone()).await.unwrap();
+        assert!(akd::client::lookup_verify::<Config>(
+            vrf.as_bytes(),
+            root.hash(),
+            root.epoch(),
+            alice.clone(),
+            proof,
+        )
+        .is_err());
+        let (history, root) = akd
+            .key_history(&alice, HistoryParams::default())
+            .await
+            .unwrap();
+        let versions = akd::client::key_history_verify::<Config>(
+            vrf.as_bytes(),
+            root.hash(),
+            root.epoch(),
+            alice.clone(),
+            history,
+            HistoryVerificationParams::Default {
+                history_params: HistoryParams::default(),
+            },
+        )
+        .unwrap();
+        let values: Vec<AkdValue> = versions.into_iter().map(|v| v.value).collect();
+        assert_eq!(
+            values,
+            vec![AkdValue::from("alice key 2"), AkdValue::from("alice key 1")]
+        );
+        let proof = akd.audit(first.epoch(), second.epoch()).await.unwrap();
+        akd::auditor::audit_verify::<Config>(vec![first.hash(), second.hash()], proof)
+            .await
+            .unwrap();
+        // A new directory over the same database (a restart, another node)
+        // is at the same epoch with the same root.
+        let reopened = directory(db).await;
+        assert_eq!(reopened.get_epoch_hash().await.unwrap(), second);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Default::default();
+        let store = sqlite::SqliteStore::open(&dir.path().join("a.db"), &config)
+            .await
+            .unwrap();
+        akd::storage::tests::run_test_cases_for_storage_impl(store).await;
+        let store = sqlite::SqliteStore::open(&dir.path().join("b.db"), &config)
+            .await
+            .unwrap();
+        a_directory_publishes_proves_and_persists(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_backend() {
+        let Some(schema) = test_support::services::pg_schema().await else {
+            return;
+        };
+        let store = postgres::PgStore::open(&schema.config).await.unwrap();
+        akd::storage::tests::run_test_cases_for_storage_impl(store).await;
+        let Some(schema) = test_support::services::pg_schema().await else {
+            return;
+        };
+        let store = postgres::PgStore::open(&schema.config).await.unwrap();
+        a_directory_publishes_proves_and_persists(store).await;
+    }
+}
