@@ -106,6 +106,51 @@ impl Api {
             .await
     }
 
+    /// The key-transparency directory's public keys.
+    pub async fn kt_keys(&self) -> Result<redoubt_proto::kt::KtKeysResponse> {
+        self.call::<(), _>(Method::GET, "/v1/kt/keys", None).await
+    }
+
+    /// A lookup proof for a number; `None` when the directory does not
+    /// hold it (yet).
+    pub async fn kt_lookup(
+        &self,
+        phone: &PhoneNumber,
+    ) -> Result<Option<redoubt_proto::kt::KtProofResponse>> {
+        match self
+            .call::<(), _>(
+                Method::GET,
+                &format!("/v1/kt/lookup/{}", phone.e164()),
+                None,
+            )
+            .await
+        {
+            Ok(answer) => Ok(Some(answer)),
+            Err(ClientError::Server { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// This account's own number's key history proof; `None` when the
+    /// directory does not hold it (yet).
+    pub async fn kt_history(
+        &self,
+        phone: &PhoneNumber,
+    ) -> Result<Option<redoubt_proto::kt::KtProofResponse>> {
+        match self
+            .call::<(), _>(
+                Method::GET,
+                &format!("/v1/kt/history/{}", phone.e164()),
+                None,
+            )
+            .await
+        {
+            Ok(answer) => Ok(Some(answer)),
+            Err(ClientError::Server { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Asks for a verification code.
     pub async fn request_code(&self, phone: &PhoneNumber) -> Result<RequestCodeResponse> {
         self.call(

@@ -8,6 +8,7 @@
 
 mod chats;
 mod incoming;
+mod kt;
 mod link;
 mod notices;
 mod outbox;
@@ -59,6 +60,9 @@ pub struct ClientConfig {
     pub service_key: Option<String>,
     /// How long an operation waits for another process using the profile.
     pub lock_wait: Duration,
+    /// How often this account's own number is checked in the
+    /// key-transparency directory (on sync).
+    pub kt_monitor_interval: Duration,
 }
 
 impl Default for ClientConfig {
@@ -69,6 +73,7 @@ impl Default for ClientConfig {
             local_address: None,
             service_key: None,
             lock_wait: Duration::from_secs(30),
+            kt_monitor_interval: Duration::from_secs(60),
         }
     }
 }
@@ -301,6 +306,7 @@ impl Client {
             own_list: Some(own_list),
         };
         let mut client = Self::create(dir, passphrase, api, identity, config).await?;
+        client.pin_directory().await?;
         if !registered.new_account {
             client.announcements.push(format!(
                 "{phone} already had an account: this registration reset its identity. \

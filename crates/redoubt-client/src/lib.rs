@@ -18,6 +18,7 @@ pub mod api;
 pub mod client;
 pub mod error;
 pub mod identity;
+pub mod kt;
 pub mod lock;
 pub mod mls;
 pub mod model;

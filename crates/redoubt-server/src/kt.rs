@@ -9,7 +9,10 @@
 //!
 //! Changes are queued (`kt_pending`) when a device list is stored and
 //! published together every `kt.epoch_interval` by one node (a lease on
-//! PostgreSQL); every node serves proofs from the shared database.
+//! PostgreSQL); every node serves proofs from the shared database, with
+//! the directory's keys from it too (`kt_keys`). They are the relay's keys,
+//! not a secret from the relay: the directory key makes the relay answer
+//! for what it shows, and the VRF key only hides which numbers are listed.
 
 use akd::ecvrf::{VRFKeyStorage, VrfError};
 use akd::storage::StorageManager;
@@ -53,8 +56,8 @@ impl From<akd::errors::StorageError> for KtError {
     }
 }
 
-/// The directory's VRF secret, kept in `DATA_DIR/kt/vrf_key`. It must
-/// never change: akd derives its commitments from it.
+/// The directory's VRF secret. It must never change: akd derives its
+/// commitments from it.
 #[derive(Clone)]
 pub struct Vrf([u8; 32]);
 
@@ -81,20 +84,17 @@ pub fn label(phone: &PhoneNumber) -> AkdLabel {
 }
 
 impl Transparency {
-    /// Opens the directory over the relay's database, with its keys from
-    /// `DATA_DIR/kt` (made on first start; several nodes must share them,
-    /// as they share the service key).
-    pub async fn open(
-        db: RelayRecords,
-        key_dir: &std::path::Path,
-        now: i64,
-    ) -> Result<Self, KtError> {
-        let keys = |name: &str, what| {
-            redoubt_legal::disclosure::load_or_create_seed(&key_dir.join(name), what)
-                .map_err(|e| KtError::Keys(e.to_string()))
+    /// Opens the directory over the relay's database. Its keys are in the
+    /// database too (made by the first node to start), so every node
+    /// sharing it publishes and proves with the same ones.
+    pub async fn open(db: RelayRecords, now: i64) -> Result<Self, KtError> {
+        let fresh = || {
+            let mut seed = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+            seed
         };
-        let vrf = Vrf(keys("vrf_key", "the directory's VRF key")?);
-        let signing = SigningKey::from_bytes(&keys("directory_key", "the directory key")?);
+        let vrf = Vrf(db.kt_secret("vrf", fresh()).await?);
+        let signing = SigningKey::from_bytes(&db.kt_secret("directory", fresh()).await?);
         let directory = Directory::new(
             StorageManager::new_no_cache(db.clone()),
             vrf.clone(),

@@ -116,14 +116,8 @@ impl AppState {
             (None, Some(p)) => storage::legal_view::RelayRecords::Postgres(p.clone()),
             (None, None) => unreachable!("one backend is always opened"),
         };
-        let kt = Arc::new(
-            kt::Transparency::open(
-                records,
-                &config.data_dir.join("kt"),
-                clock.now_offset().unix_timestamp(),
-            )
-            .await?,
-        );
+        let kt =
+            Arc::new(kt::Transparency::open(records, clock.now_offset().unix_timestamp()).await?);
         let code_sender = code_sender::from_config(&config.registration.code_sender);
         let sessions = Arc::new(Sessions::default());
         let shutdown = CancellationToken::new();

@@ -102,6 +102,9 @@ impl TestServer {
         let mut config = Config::default();
         config.registration.per_ip.max = 10_000;
         config.http.shutdown_grace = std::time::Duration::from_secs(5);
+        // Keys reach the key-transparency directory within a tenth of a
+        // second, so first contacts in tests rarely wait for an epoch.
+        config.kt.epoch_interval = std::time::Duration::from_millis(100);
         TestServerBuilder {
             config,
             clock: Clock::adjustable(),

@@ -49,6 +49,9 @@ impl Client {
         // Watch this account's own device list: a list this device's
         // identity did not sign (an SMS reset by someone else) is shown.
         self.own_trusted_devices().await?;
+        // And its own number in the key-transparency directory: a key put
+        // there by anyone else is shown here.
+        self.monitor_own_keys().await?;
         self.top_up_key_packages().await?;
         Ok(report)
     }

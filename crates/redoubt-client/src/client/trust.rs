@@ -157,6 +157,37 @@ impl Client {
                 other => other,
             })
         };
+        // A new identity is used (pinned, or offered for acceptance) only
+        // if the key-transparency directory lists it for this number: the
+        // relay cannot show this device a key it does not show everyone,
+        // the number's owner included.
+        let new_identity = match (&checked, &pinned) {
+            (Ok(ListUpdate::Advanced(new)), None) | (Ok(ListUpdate::IdentityChanged(new)), _) => {
+                Some(new.clone())
+            }
+            _ => None,
+        };
+        if let Some(new) = new_identity {
+            if let Err(why) = self.directory_agrees(phone, &new).await? {
+                let text = format!(
+                    "⚠ KEY DIRECTORY: the relay's keys for {phone} are not the ones the \
+                     key-transparency directory lists ({why}). They are refused: nothing is \
+                     sent with them."
+                );
+                self.announce(chat, text).await?;
+                return match pinned {
+                    Some(contact) => Ok(AccountDevices {
+                        phone: phone.clone(),
+                        account: contact.list.account,
+                        identity_key: contact.list.identity_key.clone(),
+                        devices: contact.list.devices,
+                    }),
+                    None => Err(ClientError::Untrusted(format!(
+                        "{phone}: the relay's keys are not in the key-transparency directory ({why})"
+                    ))),
+                };
+            }
+        }
         let list = match (checked, pinned) {
             (Ok(ListUpdate::Advanced(new)), None) => {
                 contacts.by_phone.insert(
@@ -338,7 +369,7 @@ impl Client {
 
     /// A warning about this account itself, in the notices chat and
     /// announced.
-    async fn alert(&mut self, text: String) -> Result<()> {
+    pub(super) async fn alert(&mut self, text: String) -> Result<()> {
         let mut changes = Changes::default();
         self.ensure_notices_chat(&mut changes).await?;
         let already = self

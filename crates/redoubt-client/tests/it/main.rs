@@ -5,6 +5,7 @@ mod chats;
 mod cli;
 mod groups;
 mod hostile;
+mod kt;
 mod markets;
 mod privacy;
 mod profile;

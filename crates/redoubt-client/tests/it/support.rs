@@ -15,6 +15,8 @@ pub fn config() -> ClientConfig {
             parallelism: 1,
         },
         key_packages: 10,
+        // Every sync watches the account's own keys in the directory.
+        kt_monitor_interval: std::time::Duration::ZERO,
         ..ClientConfig::default()
     }
 }

@@ -31,3 +31,10 @@ CREATE TABLE kt_epochs (
     published_at BIGINT NOT NULL,
     signature    BYTEA NOT NULL
 );
+
+-- The directory's VRF key and epoch-signing key, made once by the first
+-- node to start, so every node (sharing the database) uses the same ones.
+CREATE TABLE kt_keys (
+    name   TEXT PRIMARY KEY,
+    secret BYTEA NOT NULL
+);

@@ -327,6 +327,9 @@ pub trait KtTables: Send + Sync {
     async fn kt_epochs(&self, from: u64, to: u64) -> Result<Vec<StoredEpoch>, StorageError>;
     /// The newest signed epoch.
     async fn kt_latest(&self) -> Result<Option<StoredEpoch>, StorageError>;
+    /// The directory's secret called `name`: `fresh` if none was stored,
+    /// else the one the first node stored.
+    async fn kt_secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StorageError>;
 }
 
 fn stored_epoch(
@@ -429,6 +432,31 @@ macro_rules! kt_tables {
                         )
                     })
                     .collect()
+            }
+
+            async fn kt_secret(
+                &self,
+                name: &str,
+                fresh: [u8; 32],
+            ) -> Result<[u8; 32], StorageError> {
+                sqlx::query(&($sql)(
+                    "INSERT INTO kt_keys (name, secret) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                ))
+                .bind(name)
+                .bind(fresh.to_vec())
+                .execute(self.$write())
+                .await
+                .map_err(failed)?;
+                let secret: Vec<u8> = sqlx::query(&($sql)("SELECT secret FROM kt_keys WHERE name = ?"))
+                    .bind(name)
+                    .fetch_one(self.$write())
+                    .await
+                    .map_err(failed)?
+                    .try_get(0)
+                    .map_err(failed)?;
+                secret
+                    .try_into()
+                    .map_err(|_| StorageError::Other("a stored directory key is not 32 bytes".into()))
             }
 
             async fn kt_latest(&self) -> Result<Option<StoredEpoch>, StorageError> {
@@ -554,6 +582,12 @@ impl KtTables for RelayRecords {
         match self {
             Self::Sqlite(s) => s.kt_latest().await,
             Self::Postgres(p) => p.kt_latest().await,
+        }
+    }
+    async fn kt_secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StorageError> {
+        match self {
+            Self::Sqlite(s) => s.kt_secret(name, fresh).await,
+            Self::Postgres(p) => p.kt_secret(name, fresh).await,
         }
     }
 }
