@@ -111,6 +111,23 @@ impl Api {
         self.call::<(), _>(Method::GET, "/v1/kt/keys", None).await
     }
 
+    /// The directory's newest signed epoch.
+    pub async fn kt_latest(&self) -> Result<redoubt_proto::kt::SignedEpoch> {
+        self.call::<(), _>(Method::GET, "/v1/kt/epochs/latest", None)
+            .await
+    }
+
+    /// The append-only proof from epoch `from` to `to`, with the signed
+    /// epochs between.
+    pub async fn kt_audit(&self, from: u64, to: u64) -> Result<redoubt_proto::kt::KtAuditResponse> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/v1/kt/audit?from={from}&to={to}"),
+            None,
+        )
+        .await
+    }
+
     /// A lookup proof for a number; `None` when the directory does not
     /// hold it (yet).
     pub async fn kt_lookup(

@@ -19,6 +19,7 @@ pub mod client;
 pub mod error;
 pub mod identity;
 pub mod kt;
+pub mod kt_audit;
 pub mod lock;
 pub mod mls;
 pub mod model;

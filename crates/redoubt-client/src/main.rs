@@ -142,6 +142,29 @@ enum Command {
     },
     /// The interactive chat screen: chat list, live messages, input line.
     Chat,
+    /// The relay's key-transparency directory.
+    #[command(subcommand)]
+    Kt(KtCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KtCommand {
+    /// Audit the directory, with no account: every epoch from --from to
+    /// the newest must be signed by the directory key and only add to the
+    /// one before. Prints the newest verified epoch, or the first range
+    /// that fails (exit code 1).
+    Audit {
+        /// The relay's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// The first epoch to check.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// The directory key (base64) as published elsewhere than by the
+        /// relay; default: the one the relay presents.
+        #[arg(long)]
+        directory_key: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -532,6 +555,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             device_name,
         } => register(&cli, number, server, device_name).await?,
         Command::Reset { yes } => reset(&cli, *yes).await?,
+        Command::Kt(KtCommand::Audit {
+            server,
+            from,
+            directory_key,
+        }) => {
+            let audited =
+                redoubt_client::kt_audit::audit(server, directory_key.as_deref(), *from).await?;
+            out(
+                format!(
+                    "Key directory verified from epoch {} to {}: every epoch signed by the \
+                     directory key, each only adding to the one before. Newest root: {}",
+                    audited.from, audited.to, audited.root
+                ),
+                serde_json::json!({
+                    "from": audited.from,
+                    "to": audited.to,
+                    "root": audited.root,
+                }),
+            );
+        }
         Command::Link {
             server,
             device_name,

@@ -1009,6 +1009,7 @@ impl<R: SubscriberRecords, S: DeskStore> Desk<R, S> {
         &self,
         period: &str,
         market_exits: Vec<crate::report::MarketExitLine>,
+        key_directory: Option<redoubt_proto::kt::SignedEpoch>,
         now: OffsetDateTime,
     ) -> Result<crate::report::SignedReport, DeskError> {
         let range =
@@ -1041,6 +1042,7 @@ impl<R: SubscriberRecords, S: DeskStore> Desk<R, S> {
             now,
         );
         report.audit_checkpoint = Some(checkpoint);
+        report.key_directory = key_directory;
         Ok(crate::report::sign(report, &self.key))
     }
 }

@@ -145,6 +145,12 @@ pub struct TransparencyReport {
     /// (`redoubtd legal audit verify --checkpoint REPORT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_checkpoint: Option<crate::audit::Checkpoint>,
+    /// The key-transparency directory's newest signed epoch when the report
+    /// was made: the report and the directory vouch for each other, and a
+    /// directory later shown without this epoch and root was rewritten
+    /// (`redoubt kt audit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_directory: Option<redoubt_proto::kt::SignedEpoch>,
 }
 
 /// A report with the service's signature over its canonical encoding.
@@ -315,6 +321,7 @@ pub fn build(
         message_content_disclosed_bytes: 0,
         statement: CONTENT_STATEMENT.into(),
         audit_checkpoint: None,
+        key_directory: None,
     }
 }
 
@@ -416,6 +423,7 @@ tr:last-child{{font-weight:bold}}.statement{{font-size:1.2rem;border-left:4px so
 <p>This report is signed with the service key (Ed25519 over the canonical JSON of the report).
 Check it with <code>redoubtd legal verify-report</code> against the published key.</p>
 <p><code>signature: {signature}</code></p>
+{directory}
 </body></html>
 "#,
         period = escape(&r.period),
@@ -424,5 +432,11 @@ Check it with <code>redoubtd legal verify-report</code> against the published ke
         generated = r.generated_at.date(),
         statement = escape(&r.statement),
         signature = escape(&signed.signature),
+        directory = r.key_directory.as_ref().map_or(String::new(), |e| format!(
+            "<p>Key-transparency directory at this report: epoch {}, root <code>{}</code> \
+             (check with <code>redoubt kt audit</code>).</p>",
+            e.epoch,
+            escape(&e.root)
+        )),
     )
 }

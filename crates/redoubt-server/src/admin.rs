@@ -253,6 +253,7 @@ async fn report(
         .report(
             &period,
             state.markets().book().report_lines(),
+            state.kt().latest().await.ok(),
             state.clock().now_offset(),
         )
         .await

@@ -647,7 +647,13 @@ pub async fn legal(config: Config, command: &LegalCommand) -> anyhow::Result<()>
             let markets = redoubt_legal::markets::MarketBook::load(
                 &config.data_dir.join("legal").join("markets.json"),
             )?;
-            let signed = desk.report(period, markets.report_lines(), now).await?;
+            let directory = redoubt_server::kt::latest_in(
+                &redoubt_server::storage::legal_view::RelayRecords::open(&config).await?,
+            )
+            .await;
+            let signed = desk
+                .report(period, markets.report_lines(), directory, now)
+                .await?;
             std::fs::create_dir_all(out_dir)?;
             let json_path = out_dir.join(format!("transparency-{period}.json"));
             let html_path = out_dir.join(format!("transparency-{period}.html"));

@@ -142,3 +142,60 @@ async fn an_older_directory_is_refused() {
         other => panic!("an older directory must be refused: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auditor_verifies_the_directory_and_finds_a_rewritten_epoch() {
+    use ed25519_dalek::Signer as _;
+    let server = manual_server().await;
+    for _ in 0..3 {
+        let _someone = register(&server, &fresh_phone()).await;
+        publish(&server).await;
+    }
+    let audited = redoubt_client::kt_audit::audit(&server.base_url(), None, 0)
+        .await
+        .unwrap();
+    assert_eq!((audited.from, audited.to), (0, 3));
+    // From the command line too, as anyone would run it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redoubt"))
+        .args(["kt", "audit", "--server", &server.base_url()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verified from epoch 0 to 3"));
+    // The relay rewrites epoch 2's root, and signs the new one with its own
+    // directory key: the signatures hold, the append-only proofs do not.
+    let pool = db(&server).await;
+    let secret: Vec<u8> = sqlx::query_scalar("SELECT secret FROM kt_keys WHERE name = 'directory'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&secret.try_into().unwrap());
+    let published_at: i64 =
+        sqlx::query_scalar("SELECT published_at FROM kt_epochs WHERE epoch = 2")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let forged = [9u8; 32];
+    let signature = key.sign(&redoubt_proto::kt::SignedEpoch::signing_input(
+        2,
+        &forged,
+        published_at,
+    ));
+    sqlx::query("UPDATE kt_epochs SET root = ?, signature = ? WHERE epoch = 2")
+        .bind(forged.to_vec())
+        .bind(signature.to_bytes().to_vec())
+        .execute(&pool)
+        .await
+        .unwrap();
+    match redoubt_client::kt_audit::audit(&server.base_url(), None, 0).await {
+        Err(ClientError::Untrusted(why)) => {
+            assert!(why.contains("between epochs 0 and 3"), "{why}")
+        }
+        other => panic!("a rewritten epoch must fail the audit: {other:?}"),
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redoubt"))
+        .args(["kt", "audit", "--server", &server.base_url()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}

@@ -320,7 +320,7 @@ async fn leaving_a_market_tells_refuses_closes_and_purges_only_that_market() {
     }
     let period = format!("{}", now.year());
     let report = desk
-        .report(&period, book.report_lines(), now)
+        .report(&period, book.report_lines(), None, now)
         .await
         .unwrap();
     let line = &report.report.market_exits[0];

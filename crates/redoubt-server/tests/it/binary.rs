@@ -432,6 +432,12 @@ async fn the_legal_commands_take_an_order_through_four_eyes_to_a_package() {
     ]);
     assert!(report.status.success(), "{}", text(&report));
     let report_file = out.join("transparency-2026.json");
+    assert!(
+        std::fs::read_to_string(&report_file)
+            .unwrap()
+            .contains("\"key_directory\""),
+        "the report carries the key directory's root"
+    );
     let report_path = report_file.to_str().unwrap().to_owned();
     let checked = legal(&["audit", "verify", "--checkpoint", &report_path]);
     assert!(checked.status.success(), "{}", text(&checked));

@@ -233,7 +233,7 @@ async fn a_valid_order_yields_exactly_the_targets_number_and_addresses() {
     // key, and fails after a one-byte change.
     let half = if u8::from(now.month()) <= 6 { 1 } else { 2 };
     let period = format!("{}-H{half}", now.year());
-    let report = desk.report(&period, Vec::new(), now).await.unwrap();
+    let report = desk.report(&period, Vec::new(), None, now).await.unwrap();
     let total = &report.report.total;
     assert_eq!(total.received, 5, "{total:?}");
     assert_eq!(total.fulfilled, 1);
@@ -683,6 +683,9 @@ async fn the_admin_api_runs_the_desk_on_operators_signed_actions() {
     let signed =
         redoubt_legal::report::verify(&report, &server.state.service_key().public_key()).unwrap();
     assert_eq!(signed.total.fulfilled, 1);
+    // The report carries the key directory's newest signed root.
+    let directory = signed.key_directory.expect("the directory's root");
+    assert!(directory.epoch <= server.state.kt().latest().await.unwrap().epoch);
     let checkpoint: redoubt_legal::audit::Checkpoint = read("/admin/v1/audit/checkpoint", "pierre")
         .send()
         .await
@@ -965,7 +968,7 @@ async fn nothing_leaves_unrecorded_and_nothing_proceeds_on_a_broken_log() {
         Err(DeskError::Broken(_))
     ));
     assert!(matches!(
-        desk.report("2026", Vec::new(), now).await,
+        desk.report("2026", Vec::new(), None, now).await,
         Err(DeskError::Broken(_))
     ));
     // Bytes that are not text are an error, never an empty log.
