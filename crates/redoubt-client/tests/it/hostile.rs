@@ -365,13 +365,18 @@ async fn at_first_contact_a_substituted_identity_shows_in_the_safety_numbers() {
         "comparing numbers reveals the ghost"
     );
     bob.client.sync().await.unwrap();
-    assert!(bob
-        .client
-        .notices(10)
-        .await
-        .unwrap()
+    let notices = bob.client.notices(10).await.unwrap();
+    assert!(notices
         .iter()
         .any(|m| m.text.contains("YOUR ACCOUNT WAS RESET")));
+    // And, with nobody comparing anything, the key directory: the ghost's
+    // key is listed for Bob's number, which Bob's device did not make.
+    assert!(
+        notices
+            .iter()
+            .any(|m| m.text.contains("KEY DIRECTORY") && m.text.contains("did not make")),
+        "{notices:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
