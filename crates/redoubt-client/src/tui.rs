@@ -80,6 +80,10 @@ async fn refresh(app: &mut App, client: &mut Client) -> anyhow::Result<()> {
         }
     }
     app.selected = app.selected.min(app.chats.len().saturating_sub(1));
+    // A warning about this account itself (a key it did not make in the
+    // key directory, a reset it did not do) stands above everything, ahead
+    // of a market notice, for as long as it is among the recent notices.
+    let alert = security_alert(&client.notices(20).await?);
     app.banner = client.market_notice().await?.map(|m| {
         one_line(&format!(
             "Redoubt is leaving {}: service ends {}, data deleted {}. {}",
@@ -87,6 +91,9 @@ async fn refresh(app: &mut App, client: &mut Client) -> anyhow::Result<()> {
         ))
         .into_owned()
     });
+    if alert.is_some() {
+        app.banner = alert;
+    }
     app.messages = match app.chats.get(app.selected) {
         Some(chat) => client.messages(chat, 200).await?,
         None => Vec::new(),
@@ -273,6 +280,20 @@ fn message_lines(m: &MessageRecord) -> Vec<Line<'static>> {
     out
 }
 
+/// The newest warning about the account itself among `notices` (oldest
+/// first), as one line.
+fn security_alert(notices: &[MessageRecord]) -> Option<String> {
+    notices
+        .iter()
+        .rev()
+        .find(|m| {
+            m.author == Author::System
+                && (m.text.starts_with("⚠ KEY DIRECTORY")
+                    || m.text.starts_with("⚠ YOUR ACCOUNT WAS RESET"))
+        })
+        .map(|m| one_line(&m.text).into_owned())
+}
+
 fn draw(frame: &mut Frame, app: &App) {
     let mut body = frame.area();
     if let Some(banner) = &app.banner {
@@ -342,4 +363,47 @@ fn draw(frame: &mut Frame, app: &App) {
                 " Message — Enter sends, Alt+Enter new line, Tab switches chat, Esc quits ",
             ));
     frame.render_widget(input, input_area);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(author: Author, text: &str) -> MessageRecord {
+        MessageRecord {
+            message_id: uuid::Uuid::new_v4(),
+            group_id: b"n".to_vec(),
+            author,
+            text: text.into(),
+            sent_at: 0,
+            received_at: 0,
+            delivery: Delivery::Sent,
+        }
+    }
+
+    #[test]
+    fn warnings_about_the_account_itself_take_the_banner() {
+        let notices = vec![
+            notice(Author::System, "⚠ YOUR ACCOUNT WAS RESET: first"),
+            notice(Author::System, "Redoubt is leaving FR"),
+            notice(Author::System, "⚠ KEY DIRECTORY: newest"),
+            notice(Author::System, "something later"),
+        ];
+        assert_eq!(
+            security_alert(&notices).as_deref(),
+            Some("⚠ KEY DIRECTORY: newest")
+        );
+        assert_eq!(security_alert(&notices[1..2]), None);
+        // Only this device's own warnings: a member's text never passes.
+        let forged = vec![notice(
+            Author::Member {
+                account: redoubt_proto::AccountId::random(),
+                device: redoubt_proto::DeviceId::random(),
+                phone: "+33612345678".into(),
+                me: false,
+            },
+            "⚠ KEY DIRECTORY: forged",
+        )];
+        assert_eq!(security_alert(&forged), None);
+    }
 }
