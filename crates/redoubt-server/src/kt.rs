@@ -201,6 +201,11 @@ impl Transparency {
         }
     }
 
+    /// How many numbers the directory holds.
+    pub async fn size(&self) -> Result<u64, KtError> {
+        Ok(self.db.kt_size().await?)
+    }
+
     /// A signed epoch.
     pub async fn epoch(&self, epoch: u64) -> Result<Option<SignedEpoch>, KtError> {
         Ok(self
@@ -337,6 +342,12 @@ pub async fn run(state: crate::AppState, shutdown: tokio_util::sync::Cancellatio
                     .metrics()
                     .kt_publish_seconds
                     .observe(started.elapsed().as_secs_f64());
+                if let Ok(size) = state.kt().size().await {
+                    state
+                        .metrics()
+                        .kt_directory_size
+                        .set(i64::try_from(size).unwrap_or(i64::MAX));
+                }
                 tracing::debug!(epoch = epoch.epoch, "key-transparency epoch published");
             }
             Ok(None) => {}

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub kt_epoch: Gauge,
     /// How long publishing an epoch took.
     pub kt_publish_seconds: Histogram,
+    /// How many numbers the key-transparency directory holds.
+    pub kt_directory_size: Gauge,
 }
 
 impl Default for Metrics {
@@ -125,6 +127,12 @@ impl Default for Metrics {
             "Time to publish one key-transparency epoch",
             kt_publish_seconds.clone(),
         );
+        let kt_directory_size = Gauge::default();
+        registry.register(
+            "kt_directory_size",
+            "Numbers in the key-transparency directory",
+            kt_directory_size.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             http_requests,
@@ -137,6 +145,7 @@ impl Default for Metrics {
             purged,
             kt_epoch,
             kt_publish_seconds,
+            kt_directory_size,
         }
     }
 }

@@ -327,6 +327,8 @@ pub trait KtTables: Send + Sync {
     async fn kt_epochs(&self, from: u64, to: u64) -> Result<Vec<StoredEpoch>, StorageError>;
     /// The newest signed epoch.
     async fn kt_latest(&self) -> Result<Option<StoredEpoch>, StorageError>;
+    /// How many numbers the directory holds.
+    async fn kt_size(&self) -> Result<u64, StorageError>;
     /// The directory's secret called `name`: `fresh` if none was stored,
     /// else the one the first node stored.
     async fn kt_secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StorageError>;
@@ -432,6 +434,16 @@ macro_rules! kt_tables {
                         )
                     })
                     .collect()
+            }
+
+            async fn kt_size(&self) -> Result<u64, StorageError> {
+                let n: i64 = sqlx::query("SELECT COUNT(DISTINCT label) FROM kt_values")
+                    .fetch_one(self.$read())
+                    .await
+                    .map_err(failed)?
+                    .try_get(0)
+                    .map_err(failed)?;
+                Ok(u64::try_from(n).unwrap_or(0))
             }
 
             async fn kt_secret(
@@ -582,6 +594,12 @@ impl KtTables for RelayRecords {
         match self {
             Self::Sqlite(s) => s.kt_latest().await,
             Self::Postgres(p) => p.kt_latest().await,
+        }
+    }
+    async fn kt_size(&self) -> Result<u64, StorageError> {
+        match self {
+            Self::Sqlite(s) => s.kt_size().await,
+            Self::Postgres(p) => p.kt_size().await,
         }
     }
     async fn kt_secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StorageError> {

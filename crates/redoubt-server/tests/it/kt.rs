@@ -251,4 +251,28 @@ async fn published_lists_land_in_signed_epochs_and_every_proof_verifies() {
         .await
         .unwrap();
     assert_eq!(bad.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Operators see the directory's epoch, size and publication times.
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert!(
+        value("redoubt_kt_epoch").is_some_and(|e| e >= two.epoch),
+        "{metrics}"
+    );
+    assert_eq!(value("redoubt_kt_directory_size"), Some(1), "{metrics}");
+    assert!(
+        metrics.contains("redoubt_kt_publish_seconds_count"),
+        "{metrics}"
+    );
 }
