@@ -134,18 +134,7 @@ impl Api {
         &self,
         phone: &PhoneNumber,
     ) -> Result<Option<redoubt_proto::kt::KtProofResponse>> {
-        match self
-            .call::<(), _>(
-                Method::GET,
-                &format!("/v1/kt/lookup/{}", phone.e164()),
-                None,
-            )
-            .await
-        {
-            Ok(answer) => Ok(Some(answer)),
-            Err(ClientError::Server { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.kt_proof("lookup", phone).await
     }
 
     /// This account's own number's key history proof; `None` when the
@@ -154,10 +143,20 @@ impl Api {
         &self,
         phone: &PhoneNumber,
     ) -> Result<Option<redoubt_proto::kt::KtProofResponse>> {
+        self.kt_proof("history", phone).await
+    }
+
+    /// A directory proof of `kind` for a number, `None` on 404 (the
+    /// directory does not hold the number, or not yet).
+    async fn kt_proof(
+        &self,
+        kind: &str,
+        phone: &PhoneNumber,
+    ) -> Result<Option<redoubt_proto::kt::KtProofResponse>> {
         match self
             .call::<(), _>(
                 Method::GET,
-                &format!("/v1/kt/history/{}", phone.e164()),
+                &format!("/v1/kt/{kind}/{}", phone.e164()),
                 None,
             )
             .await

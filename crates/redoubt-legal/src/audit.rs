@@ -169,22 +169,29 @@ pub enum ChainBreak {
     },
 }
 
+/// Reads the entry stored at `position` (from 1) and checks that it
+/// carries its own hash and follows the entry whose hash is `prev`: the one
+/// chain check, for a whole log and for entries appended to a replay.
+pub fn next_entry(line: &str, position: usize, prev: &str) -> Result<AuditEntry, ChainBreak> {
+    let entry: AuditEntry =
+        serde_json::from_str(line).map_err(|_| ChainBreak::Unreadable { position })?;
+    if hash_of(&entry) != entry.hash {
+        return Err(ChainBreak::Edited { seq: entry.seq });
+    }
+    if entry.prev != prev || entry.seq != position as u64 {
+        return Err(ChainBreak::Broken { seq: entry.seq });
+    }
+    Ok(entry)
+}
+
 /// Parses the log's entries (stored JSON, in order) and checks the hash
 /// chain. The signatures and the desk's rules are checked by the replay
 /// ([`crate::state::DeskState::replay`]).
 pub fn parse_chain(lines: &[String]) -> Result<Vec<AuditEntry>, ChainBreak> {
-    let mut prev = GENESIS.to_owned();
-    let mut entries = Vec::with_capacity(lines.len());
+    let mut entries: Vec<AuditEntry> = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
-        let entry: AuditEntry =
-            serde_json::from_str(line).map_err(|_| ChainBreak::Unreadable { position: i + 1 })?;
-        if hash_of(&entry) != entry.hash {
-            return Err(ChainBreak::Edited { seq: entry.seq });
-        }
-        if entry.prev != prev || entry.seq != i as u64 + 1 {
-            return Err(ChainBreak::Broken { seq: entry.seq });
-        }
-        prev = entry.hash.clone();
+        let prev = entries.last().map_or(GENESIS, |e| e.hash.as_str());
+        let entry = next_entry(line, i + 1, prev)?;
         entries.push(entry);
     }
     Ok(entries)

@@ -188,15 +188,7 @@ impl DeskState {
     /// each must chain on, carry its own hash, and keep every rule.
     pub fn extend(&mut self, lines: &[String], service_key: &str) -> Result<(), ChainBreak> {
         for line in lines {
-            let position = self.entries.len() + 1;
-            let entry: AuditEntry =
-                serde_json::from_str(line).map_err(|_| ChainBreak::Unreadable { position })?;
-            if crate::audit::hash_of(&entry) != entry.hash {
-                return Err(ChainBreak::Edited { seq: entry.seq });
-            }
-            if entry.prev != self.head() || entry.seq != position as u64 {
-                return Err(ChainBreak::Broken { seq: entry.seq });
-            }
+            let entry = crate::audit::next_entry(line, self.entries.len() + 1, self.head())?;
             self.apply(&entry, service_key)
                 .map_err(|why| ChainBreak::Unauthorised {
                     seq: entry.seq,

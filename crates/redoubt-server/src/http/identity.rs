@@ -82,7 +82,7 @@ pub async fn publish_device_list(
             let value = redoubt_proto::kt::DirectoryValue {
                 account: list.account,
                 identity_key: list.identity_key.clone(),
-                list_sha256: sha256_hex(req.list.body.as_bytes()),
+                list_sha256: redoubt_legal::sha256_hex(req.list.body.as_bytes()),
                 list_version: list.version,
             };
             state
@@ -100,14 +100,6 @@ pub async fn publish_device_list(
         }
         DeviceListOutcome::Conflict { latest } => Err(ApiError::DeviceListConflict { latest }),
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Query of `GET /v1/accounts/{account_id}/device-lists`.

@@ -87,11 +87,7 @@ fn check_signature(e: &SignedEpoch, directory_key: &str) {
 }
 
 fn sha256_hex(text: &str) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    redoubt_legal::sha256_hex(text.as_bytes())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
