@@ -268,7 +268,11 @@ pub async fn open_desk(config: &Config) -> anyhow::Result<RelayDesk> {
             .markets
             .policy(&markets, time::OffsetDateTime::now_utc()),
         retention,
-    ))
+    )
+    // A command's first look at the log replays all of it; a second one in
+    // the same command (`approve` finds the issuer, then approves) only
+    // catches up on what was appended since.
+    .with_cache(Default::default()))
 }
 
 fn key(path: &Path) -> anyhow::Result<OperatorKey> {
