@@ -117,6 +117,18 @@ impl Api {
             .await
     }
 
+    /// One signed epoch; `None` when the relay has no such epoch.
+    pub async fn kt_epoch(&self, epoch: u64) -> Result<Option<redoubt_proto::kt::SignedEpoch>> {
+        match self
+            .call::<(), _>(Method::GET, &format!("/v1/kt/epochs/{epoch}"), None)
+            .await
+        {
+            Ok(answer) => Ok(Some(answer)),
+            Err(ClientError::Server { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The append-only proof from epoch `from` to `to`, with the signed
     /// epochs between.
     pub async fn kt_audit(&self, from: u64, to: u64) -> Result<redoubt_proto::kt::KtAuditResponse> {

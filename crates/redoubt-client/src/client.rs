@@ -163,6 +163,9 @@ pub struct Client {
     /// anything is sent (a contact linked a device, an identity changed, a
     /// list was refused). The CLI prints and clears them.
     announcements: Vec<String>,
+    /// Directory epochs other members' messages carried, compared with
+    /// this device's view once the mailbox is processed.
+    sightings: Vec<kt::Sighting>,
 }
 
 /// What a profile holds, as loaded from its store.
@@ -339,6 +342,7 @@ impl Client {
             lock,
             generation: AtomicI64::new(0),
             announcements: Vec::new(),
+            sightings: Vec::new(),
         };
         let _held = client.hold().await?;
         client
@@ -379,6 +383,7 @@ impl Client {
             lock,
             generation: AtomicI64::new(generation),
             announcements: Vec::new(),
+            sightings: Vec::new(),
         })
     }
 

@@ -6,11 +6,10 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use protobuf::Message as _;
 
 use crate::api::Api;
 use crate::error::{ClientError, Result};
-use crate::kt::DirectoryPins;
+use crate::kt::{verify_append_only, DirectoryPins};
 
 /// Epochs per request (the relay serves at most 1000 at a time).
 const STEP: u64 = 1000;
@@ -43,11 +42,7 @@ pub async fn audit(server: &str, directory_key: Option<&str>, from: u64) -> Resu
             "the relay presents another directory key than the one given".into(),
         ));
     }
-    let pins = DirectoryPins {
-        directory_key: keys.directory_key,
-        vrf_public_key: keys.vrf_public_key,
-        newest: None,
-    };
+    let pins = DirectoryPins::new(keys.directory_key, keys.vrf_public_key);
     let latest = api.kt_latest().await?;
     let newest_root = pins
         .clone()
@@ -66,27 +61,13 @@ pub async fn audit(server: &str, directory_key: Option<&str>, from: u64) -> Resu
     while a < latest.epoch {
         let b = (a + STEP).min(latest.epoch);
         let answer = api.kt_audit(a, b).await?;
-        let got: Vec<u64> = answer.epochs.iter().map(|e| e.epoch).collect();
-        if got != (a..=b).collect::<Vec<u64>>() {
-            return Err(broken(a, b, "the relay did not serve every epoch in order"));
-        }
-        let mut roots = Vec::with_capacity(answer.epochs.len());
-        for e in &answer.epochs {
-            roots.push(
-                walk.accept_epoch(e)
-                    .map_err(|failure| broken(a, b, failure))?,
-            );
-        }
-        let proof = STANDARD
-            .decode(&answer.proof)
-            .map_err(|e| broken(a, b, e))?;
-        let proof = akd::proto::specs::types::AppendOnlyProof::parse_from_bytes(&proof)
-            .map_err(|e| broken(a, b, e))?;
-        let proof =
-            akd::AppendOnlyProof::try_from(&proof).map_err(|e| broken(a, b, format!("{e:?}")))?;
-        akd::auditor::audit_verify::<akd::WhatsAppV1Configuration>(roots, proof)
+        let roots = walk
+            .link_roots(a, b, &answer)
+            .map_err(|failure| broken(a, b, failure))?;
+        verify_append_only(roots, &answer.proof)
             .await
             .map_err(|e| broken(a, b, e))?;
+        walk.linked(&answer);
         a = b;
     }
     // The walk must end at the newest epoch as first served.

@@ -1,6 +1,7 @@
 //! What the client stores and shows: chats, messages, contacts, and the
 //! application payloads that travel inside MLS messages.
 
+use redoubt_proto::kt::SignedEpoch;
 use redoubt_proto::{AccountId, DeviceId, EnvelopeId, PhoneNumber};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -154,6 +155,32 @@ pub enum AppMessage {
         /// The group's name (empty for direct chats).
         name: String,
     },
+    /// The sender's device found that the relay showed it another key
+    /// directory than a member's device: both epochs, signed, so every
+    /// member can check (two signatures on one epoch are proof).
+    DirectoryConflict {
+        /// The member whose message carried `theirs` (its number).
+        member: String,
+        /// The epoch that member's device was shown.
+        theirs: SignedEpoch,
+        /// The newest epoch the sender's device was shown, or its root for
+        /// the same epoch.
+        ours: SignedEpoch,
+    },
+}
+
+/// What an MLS application message carries: the payload, and beside it
+/// (inside the encryption, so the relay cannot strip it from one message
+/// without breaking the message) the newest key-directory epoch the
+/// sender's device has seen, which receivers compare with their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppEnvelope {
+    /// The payload.
+    #[serde(flatten)]
+    pub body: AppMessage,
+    /// The newest directory epoch the sender's device saw, as signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<SignedEpoch>,
 }
 
 /// The identity an MLS credential carries: who this leaf is.

@@ -1,7 +1,9 @@
 //! What key transparency costs: publishing an epoch of 1,000 and 10,000
 //! changes into the directory on SQLite and PostgreSQL (the real backends,
-//! a fresh database each time), and on the client side verifying a lookup
-//! proof and a key-history proof of 10 changes, with the proofs' sizes.
+//! a fresh database each time), and into a directory of 100,000 numbers;
+//! on the client side verifying a lookup proof and a key-history proof of
+//! 10 changes, and linking one epoch of 1,000 changes (the append-only
+//! proof a device checks as it moves forward), with the proofs' sizes.
 //! Run with `cargo bench -p redoubt-server --bench kt`; figures go to
 //! BENCHMARKS.md. PostgreSQL is skipped with a note when unreachable.
 
@@ -59,60 +61,181 @@ impl Drop for SchemaGuard {
     }
 }
 
+async fn directory<S: akd::storage::Database + 'static>(
+    store: S,
+) -> Directory<Config, S, HardCodedAkdVRF> {
+    Directory::new(
+        StorageManager::new_no_cache(store),
+        HardCodedAkdVRF,
+        Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Times publishing `n` changes into a fresh directory made by `fresh`
+/// (which returns the store and whatever must live as long).
+fn bench_fresh_publish<S, G, F, Fut>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: String,
+    n: usize,
+    fresh: F,
+) where
+    S: akd::storage::Database + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = (S, G)>,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (store, _keep) = fresh().await;
+                    let akd = directory(store).await;
+                    let start = Instant::now();
+                    akd.publish(updates(n, 0)).await.unwrap();
+                    total += start.elapsed();
+                }
+                total
+            })
+        })
+    });
+}
+
 fn publish(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut group = c.benchmark_group("kt_publish");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
+    let pg = rt.block_on(postgres()).is_some();
+    if !pg {
+        eprintln!("PostgreSQL unreachable: skipping kt_publish/postgres");
+    }
     for n in [1_000usize, 10_000] {
-        group.bench_function(format!("sqlite/{n}"), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let (store, _dir) = sqlite().await;
-                        let akd = Directory::<Config, _, _>::new(
-                            StorageManager::new_no_cache(store),
-                            HardCodedAkdVRF,
-                            Default::default(),
-                        )
-                        .await
-                        .unwrap();
-                        let start = Instant::now();
-                        akd.publish(updates(n, 0)).await.unwrap();
-                        total += start.elapsed();
-                    }
-                    total
-                })
-            })
-        });
-        if rt.block_on(postgres()).is_none() {
-            eprintln!("PostgreSQL unreachable: skipping kt_publish/postgres/{n}");
-            continue;
+        bench_fresh_publish(&mut group, &rt, format!("sqlite/{n}"), n, sqlite);
+        if pg {
+            bench_fresh_publish(&mut group, &rt, format!("postgres/{n}"), n, || async {
+                postgres().await.unwrap()
+            });
         }
-        group.bench_function(format!("postgres/{n}"), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let (store, _guard) = postgres().await.unwrap();
-                        let akd = Directory::<Config, _, _>::new(
-                            StorageManager::new_no_cache(store),
-                            HardCodedAkdVRF,
-                            Default::default(),
-                        )
-                        .await
-                        .unwrap();
-                        let start = Instant::now();
-                        akd.publish(updates(n, 0)).await.unwrap();
-                        total += start.elapsed();
-                    }
-                    total
-                })
-            })
-        });
     }
     group.finish();
+}
+
+/// The number of accounts in the large directory.
+const LARGE: usize = 100_000;
+
+/// A directory of 100,000 numbers on each backend: publishing an epoch of
+/// 1,000 changes into it, and on the client side a lookup in it and the
+/// link over one such epoch.
+fn large(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut group = c.benchmark_group("kt_large");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(30));
+    {
+        let (store, _dir) = rt.block_on(sqlite());
+        bench_large(&mut group, &rt, "sqlite", store);
+    }
+    match rt.block_on(postgres()) {
+        Some((store, _guard)) => bench_large(&mut group, &rt, "postgres", store),
+        None => eprintln!("PostgreSQL unreachable: skipping kt_large/postgres"),
+    }
+    group.finish();
+}
+
+fn bench_large<S: akd::storage::Database + 'static>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    backend: &str,
+    store: S,
+) {
+    let akd = rt.block_on(directory(store));
+    let start = Instant::now();
+    rt.block_on(akd.publish(updates(LARGE, 0))).unwrap();
+    eprintln!(
+        "{backend}: a directory of {LARGE} numbers published in one epoch in {:.1?}",
+        start.elapsed()
+    );
+    let mut round = 0;
+    group.bench_function(format!("{backend}/publish_1000_into_{LARGE}"), |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    round += 1;
+                    // A thousand numbers spread over the directory change.
+                    let changes: Vec<_> = updates(LARGE, round)
+                        .into_iter()
+                        .step_by(LARGE / 1_000)
+                        .collect();
+                    let start = Instant::now();
+                    akd.publish(changes).await.unwrap();
+                    total += start.elapsed();
+                }
+                total
+            })
+        })
+    });
+    if backend != "sqlite" {
+        return;
+    }
+    // The client's side is the same on either backend.
+    let vrf = rt
+        .block_on(akd.get_public_key())
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    // Two more epochs of 1,000 changes each: the link between them is
+    // what a device checks for every epoch it moves forward.
+    let spread = |round| -> Vec<_> {
+        updates(LARGE, round)
+            .into_iter()
+            .step_by(LARGE / 1_000)
+            .collect()
+    };
+    let first = rt.block_on(akd.publish(spread(round + 1))).unwrap();
+    let second = rt.block_on(akd.publish(spread(round + 2))).unwrap();
+    let previous = rt
+        .block_on(akd.audit(first.epoch(), second.epoch()))
+        .unwrap();
+    let hashes = vec![first.hash(), second.hash()];
+    let label = AkdLabel(b"+33600000007".to_vec());
+    let (lookup, root) = rt.block_on(akd.lookup(label.clone())).unwrap();
+    let epoch = root.epoch();
+    let lookup_bytes = akd::proto::specs::types::LookupProof::from(&lookup)
+        .write_to_bytes()
+        .unwrap();
+    let audit_bytes = akd::proto::specs::types::AppendOnlyProof::from(&previous)
+        .write_to_bytes()
+        .unwrap();
+    eprintln!(
+        "in a directory of {LARGE}: lookup proof {} bytes; append-only proof over one epoch of 1,000 changes {} bytes",
+        lookup_bytes.len(),
+        audit_bytes.len()
+    );
+    group.bench_function(format!("verify_lookup_in_{LARGE}"), |b| {
+        b.iter(|| {
+            akd::client::lookup_verify::<Config>(
+                &vrf,
+                root.hash(),
+                epoch,
+                label.clone(),
+                black_box(lookup.clone()),
+            )
+            .unwrap()
+        })
+    });
+    group.bench_function(format!("link_one_epoch_of_1000_in_{LARGE}"), |b| {
+        b.iter(|| {
+            rt.block_on(akd::auditor::audit_verify::<Config>(
+                hashes.clone(),
+                black_box(previous.clone()),
+            ))
+            .unwrap()
+        })
+    });
 }
 
 fn verify(c: &mut Criterion) {
@@ -187,5 +310,5 @@ fn verify(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verify, publish);
+criterion_group!(benches, verify, publish, large);
 criterion_main!(benches);

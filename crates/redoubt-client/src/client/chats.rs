@@ -117,20 +117,18 @@ impl Client {
         group
             .merge_pending_commit(&self.provider)
             .map_err(ClientError::mls)?;
-        let info = AppMessage::ChatInfo {
-            kind,
-            name: if kind == ChatKind::Group {
-                name.clone()
-            } else {
-                String::new()
-            },
-        };
+        let info = self
+            .app_bytes(AppMessage::ChatInfo {
+                kind,
+                name: if kind == ChatKind::Group {
+                    name.clone()
+                } else {
+                    String::new()
+                },
+            })
+            .await?;
         let info = group
-            .create_message(
-                &self.provider,
-                &self.identity.signer,
-                &serde_json::to_vec(&info).map_err(ClientError::mls)?,
-            )
+            .create_message(&self.provider, &self.identity.signer, &info)
             .map_err(ClientError::mls)?;
         // The Welcome goes first: the same mailbox order makes every new
         // device join before it reads the chat's name.
@@ -248,12 +246,13 @@ impl Client {
         }
         let id = Uuid::new_v4();
         let sent_at = now_ms();
-        let body = serde_json::to_vec(&AppMessage::Text {
-            id,
-            text: text.to_owned(),
-            sent_at,
-        })
-        .map_err(ClientError::mls)?;
+        let body = self
+            .app_bytes(AppMessage::Text {
+                id,
+                text: text.to_owned(),
+                sent_at,
+            })
+            .await?;
         let (provider, signer) = (&self.provider, &self.identity.signer);
         let group = self
             .groups
@@ -359,15 +358,16 @@ impl Client {
             welcome.tls_serialize_detached().map_err(ClientError::mls)?,
         )
         .await?;
-        let info = serde_json::to_vec(&AppMessage::ChatInfo {
-            kind: chat.kind,
-            name: if chat.kind == ChatKind::Group {
-                chat.name.clone()
-            } else {
-                String::new()
-            },
-        })
-        .map_err(ClientError::mls)?;
+        let info = self
+            .app_bytes(AppMessage::ChatInfo {
+                kind: chat.kind,
+                name: if chat.kind == ChatKind::Group {
+                    chat.name.clone()
+                } else {
+                    String::new()
+                },
+            })
+            .await?;
         let (provider, signer) = (&self.provider, &self.identity.signer);
         let group = self
             .groups

@@ -46,6 +46,8 @@ impl Client {
                 break;
             }
         }
+        // Members' directory epochs against this device's.
+        self.compare_sightings().await?;
         // Watch this account's own device list: a list this device's
         // identity did not sign (an SMS reset by someone else) is shown.
         self.own_trusted_devices().await?;
@@ -229,14 +231,25 @@ impl Client {
         let sender = mls::identity_of(processed.credential())?;
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
-                let Ok(body) = serde_json::from_slice::<AppMessage>(&app.into_bytes()) else {
+                let Ok(envelope) = serde_json::from_slice::<AppEnvelope>(&app.into_bytes()) else {
                     changes.messages.push(system_message(
                         &group_id,
                         "A message in an unknown format was dropped.".into(),
                     ));
                     return Ok(());
                 };
-                self.apply_app_message(&group_id, sender, body, changes)
+                // The directory epoch the sender saw is compared with this
+                // device's once the mailbox is in (it may need the relay).
+                if let Some(epoch) = envelope.directory {
+                    if sender.device != self.identity.device {
+                        self.sightings.push(kt::Sighting {
+                            group_id: group_id.clone(),
+                            member: sender.phone.to_string(),
+                            epoch,
+                        });
+                    }
+                }
+                self.apply_app_message(&group_id, sender, envelope.body, changes)
                     .await?;
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
@@ -280,6 +293,23 @@ impl Client {
                 received_at: now_ms(),
                 delivery: Delivery::Sent,
             }),
+            AppMessage::DirectoryConflict {
+                member,
+                theirs,
+                ours,
+            } => {
+                let text = self
+                    .conflict_report(sender.phone.e164(), &member, &theirs, &ours)
+                    .await?;
+                changes
+                    .messages
+                    .push(system_message(group_id, text.clone()));
+                self.ensure_notices_chat(changes).await?;
+                changes
+                    .messages
+                    .push(system_message(NOTICES_CHAT, text.clone()));
+                self.announcements.push(text);
+            }
             AppMessage::ChatInfo { kind, name } => {
                 if let Some(mut chat) = self.chat_record(group_id, changes).await? {
                     chat.kind = kind;

@@ -1,17 +1,38 @@
 //! The key-transparency checks a client runs: a contact's keys against the
 //! directory before they are pinned or changed, and this account's own
 //! number's history, so a key put behind it by anyone else is shown here
-//! without anyone comparing safety numbers. The verification itself is
-//! `crate::kt` (no I/O).
+//! without anyone comparing safety numbers. Each newer epoch is linked to
+//! the last one seen by an append-only proof, and every application message
+//! carries the newest epoch its sender saw, which receivers compare with
+//! their own: a relay showing two members two directories is caught by
+//! both. The verification itself is `crate::kt` (no I/O).
 
-use redoubt_proto::PhoneNumber;
+use std::collections::BTreeSet;
+
+use redoubt_proto::kt::SignedEpoch;
+use redoubt_proto::{EnvelopeId, PhoneNumber};
 use serde::{Deserialize, Serialize};
 
 use super::{now_ms, Client};
 use crate::error::{ClientError, Result};
 use crate::identity::TrustedList;
-use crate::kt::{compare, Agreement, DirectoryPins};
+use crate::kt::{
+    compare, verify_append_only, Agreement, DirectoryPins, KtFailure, PeerEpoch, LINK_WINDOW,
+};
+use crate::model::{AppEnvelope, AppMessage};
 use crate::store::Changes;
+
+/// A directory epoch another member's message carried, to compare once
+/// the mailbox is processed.
+#[derive(Debug, Clone)]
+pub(super) struct Sighting {
+    /// The chat it came in.
+    pub group_id: Vec<u8>,
+    /// The member's number.
+    pub member: String,
+    /// The epoch the member's device saw.
+    pub epoch: SignedEpoch,
+}
 
 const DIRECTORY: &str = "directory";
 
@@ -27,6 +48,10 @@ struct DirectoryDoc {
     pins: DirectoryPins,
     #[serde(default)]
     monitored_at_ms: Option<i64>,
+    /// Members' epochs found to conflict with this device's view, so each
+    /// is reported once, not at every message.
+    #[serde(default)]
+    reported: BTreeSet<(u64, String)>,
 }
 
 impl Client {
@@ -38,12 +63,9 @@ impl Client {
         // pins them; a profile made before the directory pins them now.
         let keys = self.api.kt_keys().await?;
         let doc = DirectoryDoc {
-            pins: DirectoryPins {
-                directory_key: keys.directory_key,
-                vrf_public_key: keys.vrf_public_key,
-                newest: None,
-            },
+            pins: DirectoryPins::new(keys.directory_key, keys.vrf_public_key),
             monitored_at_ms: None,
+            reported: BTreeSet::new(),
         };
         self.save_directory(&doc).await?;
         Ok(doc)
@@ -82,7 +104,10 @@ impl Client {
                 why = "the number is not in the key-transparency directory".into();
                 continue;
             };
-            let checked = doc.pins.verify_lookup(phone, &answer);
+            let checked = match self.link_forward(&mut doc.pins, answer.epoch.epoch).await? {
+                Ok(()) => doc.pins.verify_lookup(phone, &answer),
+                Err(failure) => Err(failure),
+            };
             self.save_directory(&doc).await?;
             match checked {
                 // A proof or epoch that fails is the relay's lie, not lag.
@@ -127,7 +152,11 @@ impl Client {
                 ));
                 continue;
             };
-            let history = match doc.pins.verify_history(&phone, &answer) {
+            let checked = match self.link_forward(&mut doc.pins, answer.epoch.epoch).await? {
+                Ok(()) => doc.pins.verify_history(&phone, &answer),
+                Err(failure) => Err(failure),
+            };
+            let history = match checked {
                 Ok(history) => history,
                 Err(failure) => {
                     problem = Some(failure.to_string());
@@ -175,5 +204,227 @@ impl Client {
             .await?;
         }
         Ok(())
+    }
+
+    /// Links the newest epoch seen to `to` with the directory's
+    /// append-only proof, when `to` is newer and within [`LINK_WINDOW`]:
+    /// a relay that rewrote or forked its directory since cannot produce
+    /// one.
+    async fn link_forward(
+        &self,
+        pins: &mut DirectoryPins,
+        to: u64,
+    ) -> Result<std::result::Result<(), KtFailure>> {
+        match pins.newest {
+            Some((from, _)) if to > from && to - from <= LINK_WINDOW => {
+                self.link(pins, from, to).await
+            }
+            _ => Ok(Ok(())),
+        }
+    }
+
+    /// Fetches, checks and keeps the epochs `from` to `to` and the
+    /// append-only proof between them.
+    async fn link(
+        &self,
+        pins: &mut DirectoryPins,
+        from: u64,
+        to: u64,
+    ) -> Result<std::result::Result<(), KtFailure>> {
+        let answer = match self.api.kt_audit(from, to).await {
+            Ok(answer) => answer,
+            Err(ClientError::Server { status, .. }) if (400..500).contains(&status) => {
+                return Ok(Err(KtFailure::NotLinked {
+                    from,
+                    to,
+                    why: "the relay does not serve these epochs".into(),
+                }))
+            }
+            Err(e) => return Err(e),
+        };
+        let roots = match pins.link_roots(from, to, &answer) {
+            Ok(roots) => roots,
+            Err(failure) => return Ok(Err(failure)),
+        };
+        if let Err(why) = verify_append_only(roots, &answer.proof).await {
+            return Ok(Err(KtFailure::NotLinked { from, to, why }));
+        }
+        pins.linked(&answer);
+        Ok(Ok(()))
+    }
+
+    /// The bytes of an application message: `body`, and the newest
+    /// directory epoch this device saw, for the other members to compare.
+    pub(super) async fn app_bytes(&mut self, body: AppMessage) -> Result<Vec<u8>> {
+        let directory = self.directory_doc().await?.pins.newest_signed;
+        serde_json::to_vec(&AppEnvelope { body, directory }).map_err(ClientError::mls)
+    }
+
+    /// This device's root for epoch `n`, linked to the epochs it saw by an
+    /// append-only proof when `n` is within [`LINK_WINDOW`] of them, else
+    /// as the relay signs it. `Err(why)` when the relay cannot show it.
+    async fn own_root(
+        &self,
+        pins: &mut DirectoryPins,
+        n: u64,
+    ) -> Result<std::result::Result<String, String>> {
+        if pins.newest.is_none() {
+            let latest = self.api.kt_latest().await?;
+            if let Err(failure) = pins.accept_epoch(&latest) {
+                return Ok(Err(failure.to_string()));
+            }
+        }
+        let (newest, _) = pins.newest.clone().unwrap_or_default();
+        let (from, to) = (n.min(newest), n.max(newest));
+        if to - from <= LINK_WINDOW {
+            if let Err(failure) = self.link(pins, from, to).await? {
+                return Ok(Err(match failure {
+                    KtFailure::NotLinked { why, .. } if why.contains("does not serve") => {
+                        format!("the relay does not show this device epoch {n}")
+                    }
+                    other => other.to_string(),
+                }));
+            }
+        }
+        if let Some(root) = pins.seen.get(&n) {
+            return Ok(Ok(root.clone()));
+        }
+        match self.api.kt_epoch(n).await? {
+            Some(epoch) if pins.check_signature(&epoch).is_ok() => Ok(Ok(epoch.root)),
+            Some(_) => Ok(Err(format!(
+                "the relay's epoch {n} is not signed by the directory key"
+            ))),
+            None => Ok(Err(format!(
+                "the relay does not show this device epoch {n}"
+            ))),
+        }
+    }
+
+    /// Compares the directory epochs other members' messages carried with
+    /// this device's view. A member shown another root for an epoch, or an
+    /// epoch this device's directory does not link to, was shown another
+    /// directory: the relay is showing people different keys. It is said
+    /// in the chat, in the notices and to the user at once, and told to
+    /// the chat's members with both signed epochs.
+    pub(super) async fn compare_sightings(&mut self) -> Result<()> {
+        let sightings = std::mem::take(&mut self.sightings);
+        if sightings.is_empty() {
+            return Ok(());
+        }
+        let mut doc = self.directory_doc().await?;
+        for sighting in sightings {
+            let theirs = &sighting.epoch;
+            let key = (theirs.epoch, theirs.root.clone());
+            if doc.reported.contains(&key) {
+                continue;
+            }
+            let problem = match doc.pins.compare_peer(theirs) {
+                PeerEpoch::Same => None,
+                PeerEpoch::Differs => Some(format!(
+                    "the relay signed another directory for epoch {} for this device",
+                    theirs.epoch
+                )),
+                PeerEpoch::Unsigned => {
+                    Some("its epoch is not signed by the directory key this device pinned".into())
+                }
+                PeerEpoch::Unknown => match self.own_root(&mut doc.pins, theirs.epoch).await? {
+                    Ok(root) if root == theirs.root => None,
+                    Ok(_) => Some(format!(
+                        "the relay signed another directory for epoch {} for this device",
+                        theirs.epoch
+                    )),
+                    Err(why) => Some(why),
+                },
+            };
+            let Some(problem) = problem else {
+                continue;
+            };
+            doc.reported.insert(key);
+            self.save_directory(&doc).await?;
+            let member = &sighting.member;
+            let text = format!(
+                "⚠ KEY DIRECTORY: {member}'s device was shown another key directory than this                  device ({problem}). The relay is showing people different keys: neither of                  you can rely on what it says about anyone's keys."
+            );
+            self.note(&sighting.group_id, text.clone()).await?;
+            self.alert(text).await?;
+            let ours = match doc.pins.seen.get(&theirs.epoch) {
+                Some(root) if *root != theirs.root => self
+                    .api
+                    .kt_epoch(theirs.epoch)
+                    .await?
+                    .filter(|e| e.root == *root),
+                _ => None,
+            }
+            .or_else(|| doc.pins.newest_signed.clone());
+            if let Some(ours) = ours {
+                self.tell_members(
+                    &sighting.group_id,
+                    AppMessage::DirectoryConflict {
+                        member: member.clone(),
+                        theirs: theirs.clone(),
+                        ours,
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `body` to a chat's other devices, best effort: a conflict
+    /// report that the relay drops is found again by each member from the
+    /// epochs in the messages themselves.
+    async fn tell_members(&mut self, group_id: &[u8], body: AppMessage) -> Result<()> {
+        let bytes = self.app_bytes(body).await?;
+        let (provider, signer) = (&self.provider, &self.identity.signer);
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return Ok(());
+        };
+        let out = group
+            .create_message(provider, signer, &bytes)
+            .map_err(ClientError::mls)?;
+        let recipients = match self.groups.get(group_id) {
+            Some(group) => self.recipients(group)?,
+            None => return Ok(()),
+        };
+        self.persist(Changes::default()).await?;
+        use openmls::prelude::tls_codec::Serialize as _;
+        let payload = out.tls_serialize_detached().map_err(ClientError::mls)?;
+        match self
+            .send_envelope(EnvelopeId::random(), recipients, payload)
+            .await
+        {
+            Ok(()) | Err(ClientError::Server { .. }) | Err(ClientError::Unreachable { .. }) => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What a member's device reports of a conflict, as shown here: proof
+    /// when the two epochs are one epoch with two signed roots.
+    pub(super) async fn conflict_report(
+        &mut self,
+        reporter: &str,
+        member: &str,
+        theirs: &SignedEpoch,
+        ours: &SignedEpoch,
+    ) -> Result<String> {
+        let doc = self.directory_doc().await?;
+        let signed =
+            doc.pins.check_signature(theirs).is_ok() && doc.pins.check_signature(ours).is_ok();
+        Ok(
+            if signed && theirs.epoch == ours.epoch && theirs.root != ours.root {
+                format!(
+                "⚠ KEY DIRECTORY: {reporter}'s device and {member}'s device were shown two                  different key directories, both signed by the relay for epoch {}. This is                  proof that the relay shows people different keys.",
+                theirs.epoch
+            )
+            } else {
+                format!(
+                "⚠ KEY DIRECTORY: {reporter}'s device reports that the relay showed it another                  key directory than {member}'s device (epochs {} and {}).",
+                ours.epoch, theirs.epoch
+            )
+            },
+        )
     }
 }

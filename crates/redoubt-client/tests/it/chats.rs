@@ -31,6 +31,15 @@ async fn a_direct_chat_works_both_ways() {
         texts(&alice.client, &chat).await,
         vec!["hello bob", "hi alice"]
     );
+    // Each message carried its sender's directory epoch (the relay
+    // publishes every 100 ms here, so they differ): no false alarm.
+    for who in [&alice, &bob] {
+        let notices = who.client.notices(20).await.unwrap();
+        assert!(
+            !notices.iter().any(|m| m.text.contains("KEY DIRECTORY")),
+            "{notices:?}"
+        );
+    }
     // Starting the chat again returns the same one.
     assert_eq!(
         alice

@@ -1,8 +1,10 @@
 //! Key transparency, against a hostile relay: keys the directory does not
 //! list are refused at first contact, a key put behind a number is seen by
-//! the number's owner, and an older directory is refused. Each check, off,
-//! lets its attack through (these are part of the malicious-relay suite;
-//! see docs/threat-model.md).
+//! the number's owner, an older directory is refused, so is a newer one
+//! that does not extend the one seen, and two people shown two directories
+//! find out from each other's messages. Each check, off, lets its attack
+//! through (these are part of the malicious-relay suite; see
+//! docs/threat-model.md).
 
 use redoubt_client::ClientError;
 use test_support::hostile::db;
@@ -16,6 +18,39 @@ async fn manual_server() -> TestServer {
         .configure(|c| c.kt.epoch_interval = std::time::Duration::from_secs(3600))
         .start()
         .await
+}
+
+/// The directory's tables, which a forking relay keeps two versions of.
+const DIRECTORY_TABLES: [&str; 4] = ["kt_nodes", "kt_values", "kt_epochs", "kt_pending"];
+
+/// Keeps a copy of the directory as it is now, under `name`.
+async fn save_directory(pool: &sqlx::SqlitePool, name: &str) {
+    for table in DIRECTORY_TABLES {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {name}_{table}"))
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!(
+            "CREATE TABLE {name}_{table} AS SELECT * FROM {table}"
+        ))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// Serves the copy kept under `name` from now on.
+async fn serve_directory(pool: &sqlx::SqlitePool, name: &str) {
+    for table in DIRECTORY_TABLES {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!("INSERT INTO {table} SELECT * FROM {name}_{table}"))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
 }
 
 async fn publish(server: &TestServer) -> u64 {
@@ -109,14 +144,7 @@ async fn an_older_directory_is_refused() {
     publish(&server).await;
     // The relay keeps a copy of its directory as it is now.
     let pool = db(&server).await;
-    for table in ["kt_nodes", "kt_values", "kt_epochs"] {
-        sqlx::query(&format!(
-            "CREATE TABLE snap_{table} AS SELECT * FROM {table}"
-        ))
-        .execute(&pool)
-        .await
-        .unwrap();
-    }
+    save_directory(&pool, "old").await;
     alice.client.start_direct(bob.client.phone()).await.unwrap();
     let dave = register(&server, &fresh_phone()).await;
     publish(&server).await;
@@ -127,16 +155,7 @@ async fn an_older_directory_is_refused() {
         .unwrap();
     // Then it serves the old directory again (where Carol's keys are the
     // same, so only the epoch gives it away).
-    for table in ["kt_nodes", "kt_values", "kt_epochs"] {
-        sqlx::query(&format!("DELETE FROM {table}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query(&format!("INSERT INTO {table} SELECT * FROM snap_{table}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
+    serve_directory(&pool, "old").await;
     match alice.client.start_direct(carol.client.phone()).await {
         Err(ClientError::Untrusted(why)) => assert!(why.contains("rollback"), "{why}"),
         other => panic!("an older directory must be refused: {other:?}"),
@@ -198,4 +217,144 @@ async fn the_auditor_verifies_the_directory_and_finds_a_rewritten_epoch() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_directory_that_does_not_extend_the_one_seen_is_refused() {
+    let server = manual_server().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let bob = register(&server, &fresh_phone()).await;
+    assert_eq!(publish(&server).await, 1);
+    alice.client.start_direct(bob.client.phone()).await.unwrap();
+    let pool = db(&server).await;
+    save_directory(&pool, "base").await;
+    // Alice is shown epoch 2 with Carol in it.
+    let _carol = register(&server, &fresh_phone()).await;
+    assert_eq!(publish(&server).await, 2);
+    alice.client.sync().await.unwrap();
+    let (epoch_2_root, epoch_2_signature, epoch_2_at): (Vec<u8>, Vec<u8>, i64) =
+        sqlx::query_as("SELECT root, signature, published_at FROM kt_epochs WHERE epoch = 2")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    // Then the relay builds another history from epoch 1 (Dave at 2, Erin
+    // at 3) and, to hide the fork, puts Alice's epoch 2 back in its list:
+    // every epoch is signed and the one Alice saw is where she saw it, but
+    // epoch 3 does not grow out of it.
+    serve_directory(&pool, "base").await;
+    let dave = register(&server, &fresh_phone()).await;
+    assert_eq!(publish(&server).await, 2);
+    let _erin = register(&server, &fresh_phone()).await;
+    assert_eq!(publish(&server).await, 3);
+    sqlx::query("UPDATE kt_epochs SET root = ?, signature = ?, published_at = ? WHERE epoch = 2")
+        .bind(epoch_2_root)
+        .bind(epoch_2_signature)
+        .bind(epoch_2_at)
+        .execute(&pool)
+        .await
+        .unwrap();
+    match alice.client.start_direct(dave.client.phone()).await {
+        Err(ClientError::Untrusted(why)) => {
+            assert!(why.contains("do not extend"), "{why}")
+        }
+        other => panic!("a directory that does not extend the one seen must be refused: {other:?}"),
+    }
+    assert!(alice
+        .client
+        .pinned(dave.client.phone())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_shown_two_directories_find_out_from_each_others_messages() {
+    let server = manual_server().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let mut bob = register(&server, &fresh_phone()).await;
+    let (alice_phone, bob_phone) = (alice.client.phone().clone(), bob.client.phone().clone());
+    assert_eq!(publish(&server).await, 1);
+    let chat = alice.client.start_direct(&bob_phone).await.unwrap();
+    bob.client.sync().await.unwrap();
+    let pool = db(&server).await;
+    save_directory(&pool, "base").await;
+    // The relay forks its directory after epoch 1: Alice is shown one
+    // history (Carol joins at 2), Bob another (Dave at 2, Erin at 3), each
+    // consistent in itself, every epoch signed with the directory key.
+    let _carol = register(&server, &fresh_phone()).await;
+    assert_eq!(publish(&server).await, 2);
+    alice.client.sync().await.unwrap();
+    save_directory(&pool, "alices").await;
+    serve_directory(&pool, "base").await;
+    let _dave = register(&server, &fresh_phone()).await;
+    assert_eq!(publish(&server).await, 2);
+    let _erin = register(&server, &fresh_phone()).await;
+    assert_eq!(publish(&server).await, 3);
+    bob.client.sync().await.unwrap();
+    save_directory(&pool, "bobs").await;
+    for who in [&alice, &bob] {
+        assert!(
+            !who.client
+                .notices(20)
+                .await
+                .unwrap()
+                .iter()
+                .any(|m| m.text.contains("KEY DIRECTORY")),
+            "each fork holds up on its own"
+        );
+    }
+    // Each is only ever shown their own fork; they talk.
+    serve_directory(&pool, "alices").await;
+    alice.client.send_text(&chat, "hello").await.unwrap();
+    serve_directory(&pool, "bobs").await;
+    bob.client.sync().await.unwrap();
+    let bobs_chat = bob
+        .client
+        .chats()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.group_id == chat.group_id)
+        .unwrap();
+    assert!(texts(&bob.client, &bobs_chat)
+        .await
+        .contains(&"hello".to_string()));
+    // Alice's message carried her epoch 2; Bob has another root for it.
+    let warned = system_texts(&bob.client, &bobs_chat).await;
+    assert!(
+        warned
+            .iter()
+            .any(|t| t.contains("KEY DIRECTORY") && t.contains(alice_phone.e164())),
+        "{warned:?}"
+    );
+    assert!(bob
+        .client
+        .take_announcements()
+        .iter()
+        .any(|t| t.contains("KEY DIRECTORY")));
+    // Alice learns it too: from Bob's report (two signed roots for epoch
+    // 2 are proof), and from the epoch 3 in his message, which her
+    // directory cannot link to.
+    serve_directory(&pool, "alices").await;
+    alice.client.sync().await.unwrap();
+    let warned = system_texts(&alice.client, &chat).await;
+    assert!(
+        warned
+            .iter()
+            .any(|t| t.contains("proof that the relay shows people different keys")),
+        "{warned:?}"
+    );
+    assert!(
+        warned.iter().any(|t| t.contains("KEY DIRECTORY")
+            && t.contains(bob_phone.e164())
+            && t.contains("epoch 3")),
+        "{warned:?}"
+    );
+    assert!(alice
+        .client
+        .notices(20)
+        .await
+        .unwrap()
+        .iter()
+        .any(|m| m.text.contains("KEY DIRECTORY")));
 }

@@ -47,6 +47,29 @@ pub async fn latest(State(state): State<AppState>) -> Result<ApiJson<SignedEpoch
     Ok(ApiJson(state.kt().latest().await.map_err(kt_error)?))
 }
 
+/// One signed epoch, by number: how a client checks an epoch another
+/// member's device was shown against the directory it is shown itself.
+#[utoipa::path(
+    get, path = "/v1/kt/epochs/{epoch}", tag = "key transparency",
+    params(("epoch" = u64, Path, description = "The epoch")),
+    responses(
+        (status = 200, body = SignedEpoch),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub async fn epoch(
+    State(state): State<AppState>,
+    ApiPath(epoch): ApiPath<u64>,
+) -> Result<ApiJson<SignedEpoch>, ApiError> {
+    state
+        .kt()
+        .epoch(epoch)
+        .await
+        .map_err(kt_error)?
+        .map(ApiJson)
+        .ok_or(ApiError::NotFound)
+}
+
 /// Query of `GET /v1/kt/audit`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
