@@ -117,6 +117,27 @@ impl Api {
             .await
     }
 
+    /// The proof that the log of epoch roots up to `to` extends the log up
+    /// to `from`; `None` when the relay has no such epochs.
+    pub async fn kt_consistency(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<redoubt_proto::kt::KtConsistencyResponse>> {
+        match self
+            .call::<(), _>(
+                Method::GET,
+                &format!("/v1/kt/consistency?from={from}&to={to}"),
+                None,
+            )
+            .await
+        {
+            Ok(answer) => Ok(Some(answer)),
+            Err(ClientError::Server { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One signed epoch; `None` when the relay has no such epoch.
     pub async fn kt_epoch(&self, epoch: u64) -> Result<Option<redoubt_proto::kt::SignedEpoch>> {
         match self

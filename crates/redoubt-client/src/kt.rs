@@ -8,16 +8,22 @@
 //! same directory (a history proof), so a key put behind a number is seen
 //! by its owner. Epochs only move forward: an older epoch than one already
 //! seen is a rollback, and two roots for one epoch are a split view. A
-//! newer epoch is taken only with akd's append-only proof from the one
-//! before (within [`LINK_WINDOW`]), and members compare the epochs they
-//! were shown inside their messages, so a relay that forks its directory
-//! to show two people two different ones is caught by either of them.
+//! newer epoch is taken only with a consistency proof that the log of
+//! epoch roots it signs extends the one signed by the epoch seen before
+//! ([`DirectoryPins::link`]), and members compare the epochs they were
+//! shown inside their messages the same way, so a relay that forks its
+//! directory to show two people two different ones is caught by either of
+//! them. akd's own append-only proofs (most of a megabyte per busy epoch)
+//! are left to auditors, who check every epoch grows out of the last.
 
 use akd_core::{AkdLabel, WhatsAppV1Configuration as Config};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use protobuf::Message as _;
-use redoubt_proto::kt::{DirectoryValue, KtAuditResponse, KtProofResponse, SignedEpoch};
+use redoubt_proto::kt::{
+    epoch_leaf, DirectoryValue, KtConsistencyResponse, KtProofResponse, SignedEpoch,
+};
+use redoubt_proto::merkle;
 use redoubt_proto::PhoneNumber;
 use serde::{Deserialize, Serialize};
 
@@ -35,23 +41,11 @@ pub struct DirectoryPins {
     #[serde(default)]
     pub newest: Option<(u64, String)>,
     /// The newest epoch seen, as signed: what this device's messages
-    /// carry for other members to compare.
+    /// carry for other members to compare, and what a newer epoch's log
+    /// must extend.
     #[serde(default)]
     pub newest_signed: Option<SignedEpoch>,
-    /// Roots of the epochs seen lately (at most [`SEEN_KEPT`]), to compare
-    /// with the epochs other members were shown.
-    #[serde(default)]
-    pub seen: std::collections::BTreeMap<u64, String>,
 }
-
-/// How many recent epochs' roots a device keeps.
-pub const SEEN_KEPT: usize = 1024;
-
-/// The most epochs a device links with one append-only proof. Further
-/// jumps (a device offline for long on a busy directory) are taken on the
-/// directory key's signature, as the proof would be large; the public
-/// auditors check those stretches (docs/key-transparency.md).
-pub const LINK_WINDOW: u64 = 1000;
 
 /// Why the directory's answer is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,7 +99,6 @@ impl DirectoryPins {
             vrf_public_key,
             newest: None,
             newest_signed: None,
-            seen: Default::default(),
         }
     }
 
@@ -121,8 +114,9 @@ impl DirectoryPins {
             .ok()
             .and_then(|s| s.try_into().ok())
             .ok_or(KtFailure::BadSignature)?;
+        let log_root = decode32(&epoch.log_root).ok_or(KtFailure::BadSignature)?;
         key.verify_strict(
-            &SignedEpoch::signing_input(epoch.epoch, &root, epoch.published_at),
+            &SignedEpoch::signing_input(epoch.epoch, &root, epoch.published_at, &log_root),
             &ed25519_dalek::Signature::from_bytes(&signature),
         )
         .map_err(|_| KtFailure::BadSignature)?;
@@ -144,73 +138,139 @@ impl DirectoryPins {
             Some((seen, seen_root)) if epoch.epoch == *seen && *seen_root != epoch.root => {
                 return Err(KtFailure::SplitView(epoch.epoch))
             }
+            Some((seen, _)) if epoch.epoch > *seen && self.logged() => {
+                return Err(KtFailure::NotLinked {
+                    from: *seen,
+                    to: epoch.epoch,
+                    why: "no consistency proof was checked".into(),
+                })
+            }
             _ => {}
         }
         self.remember(epoch);
         Ok(root)
     }
 
+    /// Whether the newest epoch seen carries a log root (epochs signed
+    /// before the log existed do not; the next one is taken on its
+    /// signature).
+    fn logged(&self) -> bool {
+        self.newest_signed
+            .as_ref()
+            .is_some_and(|e| !e.log_root.is_empty())
+    }
+
     /// Keeps a checked epoch's root, and it as the newest if it is.
     fn remember(&mut self, epoch: &SignedEpoch) {
-        self.seen.insert(epoch.epoch, epoch.root.clone());
-        while self.seen.len() > SEEN_KEPT {
-            self.seen.pop_first();
-        }
         if self.newest.as_ref().is_none_or(|(n, _)| epoch.epoch >= *n) {
             self.newest = Some((epoch.epoch, epoch.root.clone()));
             self.newest_signed = Some(epoch.clone());
         }
     }
 
-    /// The epochs an append-only proof from `from` to `to` must link:
-    /// each signed by the pinned key, consecutive, and agreeing with every
-    /// root this device already saw. Returns the roots, in order, for
-    /// [`verify_append_only`]; once that holds, [`DirectoryPins::linked`]
-    /// keeps them.
-    pub fn link_roots(
+    /// Checks that `later`'s log of epoch roots extends `earlier`'s, and
+    /// that each epoch is the last leaf of its own log, with the relay's
+    /// proof for `from = earlier.epoch, to = later.epoch`. Both must be
+    /// signed by the pinned key; the relay's `to` must be `later` itself
+    /// (another root for it is a split view). An `earlier` from before the
+    /// log existed (no log root) is not compared.
+    pub fn check_extends(
         &self,
-        from: u64,
-        to: u64,
-        answer: &KtAuditResponse,
-    ) -> Result<Vec<[u8; 32]>, KtFailure> {
+        earlier: Option<&SignedEpoch>,
+        later: &SignedEpoch,
+        proof: &KtConsistencyResponse,
+    ) -> Result<(), KtFailure> {
+        let later_root = self.check_signature(later)?;
+        let from = earlier.map_or(later.epoch, |e| e.epoch);
         let not_linked = |why: &str| KtFailure::NotLinked {
             from,
-            to,
+            to: later.epoch,
             why: why.into(),
         };
-        if !answer.epochs.iter().map(|e| e.epoch).eq(from..=to) {
-            return Err(not_linked("the relay did not serve every epoch in order"));
+        if proof.to != *later {
+            return Err(if proof.to.epoch == later.epoch {
+                KtFailure::SplitView(later.epoch)
+            } else {
+                not_linked("the relay answered for another epoch")
+            });
         }
-        answer
-            .epochs
-            .iter()
-            .map(|e| {
-                let root = self.check_signature(e)?;
-                match self.seen.get(&e.epoch) {
-                    Some(seen) if *seen != e.root => Err(KtFailure::SplitView(e.epoch)),
-                    _ => Ok(root),
-                }
-            })
-            .collect()
+        let hashes = |list: &[String]| -> Result<Vec<merkle::Hash>, KtFailure> {
+            list.iter()
+                .map(|h| decode32(h).ok_or_else(|| not_linked("a proof hash is malformed")))
+                .collect()
+        };
+        let later_log = decode32(&later.log_root).ok_or_else(|| not_linked("no log root"))?;
+        if !merkle::verify_inclusion(
+            later.epoch,
+            later.epoch + 1,
+            &epoch_leaf(later.epoch, &later_root),
+            &hashes(&proof.to_inclusion)?,
+            &later_log,
+        ) {
+            return Err(not_linked("the epoch is not the last entry of its own log"));
+        }
+        let Some(earlier) = earlier.filter(|e| !e.log_root.is_empty()) else {
+            return Ok(());
+        };
+        let earlier_root = self.check_signature(earlier)?;
+        let earlier_log = decode32(&earlier.log_root).ok_or_else(|| not_linked("no log root"))?;
+        if earlier.epoch > later.epoch {
+            return Err(not_linked("the epochs are the wrong way round"));
+        }
+        if !merkle::verify_inclusion(
+            earlier.epoch,
+            earlier.epoch + 1,
+            &epoch_leaf(earlier.epoch, &earlier_root),
+            &hashes(&proof.from_inclusion)?,
+            &earlier_log,
+        ) {
+            return Err(not_linked(
+                "the earlier epoch is not the last entry of its own log",
+            ));
+        }
+        if !merkle::verify_consistency(
+            earlier.epoch + 1,
+            later.epoch + 1,
+            &earlier_log,
+            &later_log,
+            &hashes(&proof.consistency)?,
+        ) {
+            return Err(not_linked("the later log does not contain the earlier one"));
+        }
+        Ok(())
     }
 
-    /// Keeps the epochs of an append-only proof that verified.
-    pub fn linked(&mut self, answer: &KtAuditResponse) {
-        for e in &answer.epochs {
-            self.remember(e);
+    /// Moves to `later`, a newer epoch, once [`DirectoryPins::check_extends`]
+    /// from the newest seen holds for it.
+    pub fn link(
+        &mut self,
+        later: &SignedEpoch,
+        proof: &KtConsistencyResponse,
+    ) -> Result<(), KtFailure> {
+        let earlier = self.newest_signed.clone();
+        if let Some(e) = &earlier {
+            if later.epoch < e.epoch {
+                return Err(KtFailure::Rollback {
+                    seen: e.epoch,
+                    served: later.epoch,
+                });
+            }
         }
+        self.check_extends(earlier.as_ref(), later, proof)?;
+        self.remember(later);
+        Ok(())
     }
 
     /// What this device's view of the directory says of an epoch another
-    /// member's device was shown.
+    /// member's device was shown, before asking the relay anything.
     pub fn compare_peer(&self, theirs: &SignedEpoch) -> PeerEpoch {
         if self.check_signature(theirs).is_err() {
             return PeerEpoch::Unsigned;
         }
-        match self.seen.get(&theirs.epoch) {
-            Some(root) if *root == theirs.root => PeerEpoch::Same,
-            Some(_) => PeerEpoch::Differs,
-            None => PeerEpoch::Unknown,
+        match &self.newest_signed {
+            Some(ours) if ours.epoch == theirs.epoch && ours == theirs => PeerEpoch::Same,
+            Some(ours) if ours.epoch == theirs.epoch => PeerEpoch::Differs,
+            _ => PeerEpoch::Unknown,
         }
     }
 
@@ -287,19 +347,19 @@ impl DirectoryPins {
 pub enum PeerEpoch {
     /// The same root for that epoch.
     Same,
-    /// Another root for an epoch this device saw: the relay signed two
-    /// directories for one epoch (the two signed epochs prove it).
+    /// Another root (or log) for the epoch this device is at: the relay
+    /// signed two directories for one epoch (the two signed epochs prove
+    /// it).
     Differs,
     /// Not signed by the directory key this device pinned: the relay gave
     /// the two devices different directories from the start.
     Unsigned,
-    /// An epoch this device has not seen (or no longer keeps): it must be
-    /// linked to this device's view first.
+    /// Another epoch: the relay must prove one log extends the other.
     Unknown,
 }
 
-/// Verifies akd's append-only proof (protobuf, base64) over `roots`, the
-/// consecutive epochs' roots [`DirectoryPins::link_roots`] returned.
+/// Verifies akd's append-only proof (protobuf, base64) over `roots`,
+/// consecutive epochs' roots: what an auditor checks.
 pub async fn verify_append_only(roots: Vec<[u8; 32]>, proof: &str) -> Result<(), String> {
     let bytes = STANDARD.decode(proof).map_err(|e| e.to_string())?;
     let proof = akd::proto::specs::types::AppendOnlyProof::parse_from_bytes(&bytes)
@@ -358,41 +418,98 @@ mod tests {
         )
     }
 
-    fn epoch(key: &ed25519_dalek::SigningKey, n: u64, root: [u8; 32]) -> SignedEpoch {
-        SignedEpoch {
-            epoch: n,
-            root: STANDARD.encode(root),
-            published_at: 1,
-            signature: STANDARD.encode(
-                key.sign(&SignedEpoch::signing_input(n, &root, 1))
-                    .to_bytes(),
-            ),
+    /// A directory's signed epochs: epoch i has root [i; 32], or
+    /// [100 + i; 32] from `fork_at` on (another history).
+    struct History {
+        key: ed25519_dalek::SigningKey,
+        log: merkle::MerkleLog,
+        epochs: Vec<SignedEpoch>,
+    }
+
+    impl History {
+        fn new(key: &ed25519_dalek::SigningKey, n: u64, fork_at: u64) -> Self {
+            let mut h = History {
+                key: key.clone(),
+                log: merkle::MerkleLog::new(),
+                epochs: Vec::new(),
+            };
+            for i in 0..n {
+                let root = [if i >= fork_at { 100 + i as u8 } else { i as u8 }; 32];
+                h.log.push(epoch_leaf(i, &root));
+                let log_root = h.log.root(i + 1).unwrap();
+                h.epochs.push(SignedEpoch {
+                    epoch: i,
+                    root: STANDARD.encode(root),
+                    published_at: 1,
+                    log_root: STANDARD.encode(log_root),
+                    signature: STANDARD.encode(
+                        h.key
+                            .sign(&SignedEpoch::signing_input(i, &root, 1, &log_root))
+                            .to_bytes(),
+                    ),
+                });
+            }
+            h
+        }
+
+        fn proof(&self, from: u64, to: u64) -> KtConsistencyResponse {
+            let encode = |p: Vec<merkle::Hash>| p.iter().map(|h| STANDARD.encode(h)).collect();
+            KtConsistencyResponse {
+                to: self.epochs[to as usize].clone(),
+                consistency: encode(self.log.consistency_proof(from + 1, to + 1).unwrap()),
+                from_inclusion: encode(self.log.inclusion_proof(from, from + 1).unwrap()),
+                to_inclusion: encode(self.log.inclusion_proof(to, to + 1).unwrap()),
+            }
         }
     }
 
     #[test]
-    fn epochs_only_move_forward_and_one_epoch_has_one_root() {
+    fn epochs_only_move_forward_along_one_log_and_one_epoch_has_one_root() {
         let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let honest = History::new(&key, 10, u64::MAX);
+        let forked = History::new(&key, 10, 4);
         let mut p = pins(&key);
-        assert!(p.accept_epoch(&epoch(&key, 5, [1; 32])).is_ok());
-        assert!(p.accept_epoch(&epoch(&key, 5, [1; 32])).is_ok());
+        let e = |h: &History, i: usize| h.epochs[i].clone();
+        assert!(p.link(&e(&honest, 5), &honest.proof(5, 5)).is_ok());
+        assert!(p.accept_epoch(&e(&honest, 5)).is_ok());
+        assert_eq!(p.accept_epoch(&e(&forked, 5)), Err(KtFailure::SplitView(5)));
         assert_eq!(
-            p.accept_epoch(&epoch(&key, 5, [2; 32])),
-            Err(KtFailure::SplitView(5))
-        );
-        assert_eq!(
-            p.accept_epoch(&epoch(&key, 4, [1; 32])),
+            p.accept_epoch(&e(&honest, 4)),
             Err(KtFailure::Rollback { seen: 5, served: 4 })
         );
-        assert!(p.accept_epoch(&epoch(&key, 6, [3; 32])).is_ok());
+        // A newer epoch needs the proof that its log extends the one seen.
+        assert!(matches!(
+            p.accept_epoch(&e(&honest, 6)),
+            Err(KtFailure::NotLinked { .. })
+        ));
+        assert!(matches!(
+            p.link(&e(&forked, 7), &forked.proof(5, 7)),
+            Err(KtFailure::NotLinked { .. })
+        ));
+        assert!(p.link(&e(&honest, 7), &honest.proof(5, 7)).is_ok());
+        assert!(p.accept_epoch(&e(&honest, 7)).is_ok());
+        assert_eq!(p.compare_peer(&e(&honest, 7)), PeerEpoch::Same);
+        assert_eq!(p.compare_peer(&e(&forked, 7)), PeerEpoch::Differs);
+        assert_eq!(p.compare_peer(&e(&forked, 3)), PeerEpoch::Unknown);
+        // An older epoch another member saw: the relay proves it is in
+        // this device's history, or cannot.
+        let ours = e(&honest, 7);
+        assert!(p
+            .check_extends(Some(&e(&honest, 2)), &ours, &honest.proof(2, 7))
+            .is_ok());
+        assert!(p
+            .check_extends(Some(&e(&forked, 5)), &ours, &honest.proof(5, 7))
+            .is_err());
         let other = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let stranger = History::new(&other, 10, u64::MAX);
         assert_eq!(
-            p.accept_epoch(&epoch(&other, 7, [4; 32])),
+            p.accept_epoch(&e(&stranger, 7)),
             Err(KtFailure::BadSignature)
         );
-        let mut forged = epoch(&key, 8, [5; 32]);
+        assert_eq!(p.compare_peer(&e(&stranger, 7)), PeerEpoch::Unsigned);
+        let mut forged = e(&honest, 8);
         forged.published_at = 2;
         assert_eq!(p.accept_epoch(&forged), Err(KtFailure::BadSignature));
-        assert_eq!(p.newest, Some((6, STANDARD.encode([3u8; 32]))));
+        assert_eq!(p.newest, Some((7, STANDARD.encode([7u8; 32]))));
     }
 }

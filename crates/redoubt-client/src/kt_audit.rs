@@ -1,8 +1,10 @@
 //! `redoubt kt audit`: anyone, with no account, checks a relay's key
 //! directory from one epoch to the newest: every epoch signed by the
-//! directory key, consecutive, and each only adding to the one before
-//! (akd's append-only proofs). A relay that rewrote, dropped or forked any
-//! epoch fails here, at the first range that shows it.
+//! directory key, consecutive, each only adding to the one before (akd's
+//! append-only proofs), and each signing the right root of the log of epoch
+//! roots (recomputed from epoch 0; with `--from`, checked by consistency
+//! proofs at each range's ends). A relay that rewrote, dropped or forked
+//! any epoch fails here, at the first range that shows it.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -10,6 +12,8 @@ use base64::Engine as _;
 use crate::api::Api;
 use crate::error::{ClientError, Result};
 use crate::kt::{verify_append_only, DirectoryPins};
+use redoubt_proto::kt::{epoch_leaf, SignedEpoch};
+use redoubt_proto::merkle::MerkleLog;
 
 /// Epochs per request (the relay serves at most 1000 at a time).
 const STEP: u64 = 1000;
@@ -45,8 +49,7 @@ pub async fn audit(server: &str, directory_key: Option<&str>, from: u64) -> Resu
     let pins = DirectoryPins::new(keys.directory_key, keys.vrf_public_key);
     let latest = api.kt_latest().await?;
     let newest_root = pins
-        .clone()
-        .accept_epoch(&latest)
+        .check_signature(&latest)
         .map_err(|failure| broken(latest.epoch, latest.epoch, failure))?;
     if from > latest.epoch {
         return Err(ClientError::Untrusted(format!(
@@ -54,25 +57,75 @@ pub async fn audit(server: &str, directory_key: Option<&str>, from: u64) -> Resu
             latest.epoch
         )));
     }
-    // Walking forward, every epoch must be signed, and an epoch met twice
-    // (the end of one range is the start of the next) must keep its root.
-    let mut walk = pins;
+    // From epoch 0 the log of epoch roots is rebuilt here and every
+    // epoch's log root compared with it.
+    let mut log = (from == 0).then(MerkleLog::new);
+    let check_log = |log: &mut Option<MerkleLog>, e: &SignedEpoch| -> Result<()> {
+        let Some(log) = log else { return Ok(()) };
+        if e.epoch != log.len() {
+            return Ok(());
+        }
+        let root = pins
+            .check_signature(e)
+            .map_err(|failure| broken(e.epoch, e.epoch, failure))?;
+        log.push(epoch_leaf(e.epoch, &root));
+        match log.root(log.len()) {
+            Some(r) if STANDARD.encode(r) == e.log_root => Ok(()),
+            _ => Err(broken(
+                e.epoch,
+                e.epoch,
+                "its log root is not the log of the epochs before it",
+            )),
+        }
+    };
+    if from == latest.epoch {
+        check_log(&mut log, &latest)?;
+    }
+    // Walking forward, every epoch must be signed, consecutive, and an
+    // epoch met twice (the end of one range is the start of the next) must
+    // be the same.
+    let mut last: Option<SignedEpoch> = None;
     let mut a = from;
     while a < latest.epoch {
         let b = (a + STEP).min(latest.epoch);
         let answer = api.kt_audit(a, b).await?;
-        let roots = walk
-            .link_roots(a, b, &answer)
-            .map_err(|failure| broken(a, b, failure))?;
+        if !answer.epochs.iter().map(|e| e.epoch).eq(a..=b) {
+            return Err(broken(a, b, "the relay did not serve every epoch in order"));
+        }
+        if last.as_ref().is_some_and(|l| *l != answer.epochs[0]) {
+            return Err(broken(a, b, "an epoch changed between two answers"));
+        }
+        let mut roots = Vec::with_capacity(answer.epochs.len());
+        for e in &answer.epochs {
+            roots.push(
+                pins.check_signature(e)
+                    .map_err(|failure| broken(a, b, failure))?,
+            );
+            check_log(&mut log, e)?;
+        }
         verify_append_only(roots, &answer.proof)
             .await
             .map_err(|e| broken(a, b, e))?;
-        walk.linked(&answer);
+        let (first, end) = (&answer.epochs[0], &answer.epochs[answer.epochs.len() - 1]);
+        if log.is_none() {
+            let proof = api
+                .kt_consistency(a, b)
+                .await?
+                .ok_or_else(|| broken(a, b, "the relay serves no consistency proof"))?;
+            pins.check_extends(Some(first), end, &proof)
+                .map_err(|failure| broken(a, b, failure))?;
+        }
+        last = Some(end.clone());
         a = b;
     }
     // The walk must end at the newest epoch as first served.
-    walk.accept_epoch(&latest)
-        .map_err(|failure| broken(latest.epoch, latest.epoch, failure))?;
+    if last.as_ref().is_some_and(|l| *l != latest) {
+        return Err(broken(
+            latest.epoch,
+            latest.epoch,
+            "the newest epoch changed during the audit",
+        ));
+    }
     Ok(Audited {
         from,
         to: latest.epoch,

@@ -19,6 +19,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey};
+use redoubt_proto::merkle;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -213,34 +214,11 @@ pub fn read_export(bytes: &[u8]) -> Result<Vec<String>, ChainBreak> {
 /// leaves are the entries' hashes. Hashes are domain-separated (0x00 for
 /// leaves, 0x01 for nodes), so no leaf can pass for a node.
 pub fn merkle_root(entries: &[AuditEntry]) -> [u8; 32] {
-    let leaves: Vec<[u8; 32]> = entries
+    let leaves: Vec<merkle::Hash> = entries
         .iter()
-        .map(|e| {
-            Sha256::new()
-                .chain_update([0u8])
-                .chain_update(e.hash.as_bytes())
-                .finalize()
-                .into()
-        })
+        .map(|e| merkle::leaf_hash(e.hash.as_bytes()))
         .collect();
-    tree_hash(&leaves)
-}
-
-fn tree_hash(leaves: &[[u8; 32]]) -> [u8; 32] {
-    match leaves.len() {
-        0 => Sha256::digest([]).into(),
-        1 => leaves[0],
-        n => {
-            // The largest power of two smaller than n.
-            let k = 1 << (usize::BITS - 1 - (n - 1).leading_zeros());
-            Sha256::new()
-                .chain_update([1u8])
-                .chain_update(tree_hash(&leaves[..k]))
-                .chain_update(tree_hash(&leaves[k..]))
-                .finalize()
-                .into()
-        }
-    }
+    merkle::tree_hash(&leaves)
 }
 
 /// A signed statement of the log at one moment: its size and Merkle root,

@@ -39,10 +39,14 @@ impl DirectoryValue {
 }
 
 /// The context a directory epoch's signature covers.
-pub const EPOCH_CONTEXT: &[u8] = b"redoubt/kt-epoch/v1\0";
+pub const EPOCH_CONTEXT: &[u8] = b"redoubt/kt-epoch/v2\0";
 
-/// One published epoch of the directory: its number and root hash, signed
-/// with the directory key clients pin.
+/// One published epoch of the directory: its number and root hash, and
+/// the root of the log of every epoch's root up to it, signed with the
+/// directory key clients pin. The log (RFC 9162, one leaf per epoch, see
+/// [`epoch_leaf`]) is what lets a device check cheaply that a newer epoch
+/// continues the history it saw, and two devices that they saw one
+/// history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -53,6 +57,9 @@ pub struct SignedEpoch {
     pub root: String,
     /// When it was published, seconds since the Unix epoch.
     pub published_at: i64,
+    /// The Merkle root of the log of epochs 0 to this one, standard base64
+    /// of 32 bytes.
+    pub log_root: String,
     /// Ed25519 by the directory key over [`SignedEpoch::signing_input`],
     /// standard base64.
     pub signature: String,
@@ -60,15 +67,46 @@ pub struct SignedEpoch {
 
 impl SignedEpoch {
     /// What the signature covers: the context, the epoch (8 bytes, big
-    /// endian), the root's 32 bytes and the publication time (8 bytes, big
-    /// endian).
-    pub fn signing_input(epoch: u64, root: &[u8; 32], published_at: i64) -> Vec<u8> {
+    /// endian), the root's 32 bytes, the publication time (8 bytes, big
+    /// endian) and the log root's 32 bytes.
+    pub fn signing_input(
+        epoch: u64,
+        root: &[u8; 32],
+        published_at: i64,
+        log_root: &[u8; 32],
+    ) -> Vec<u8> {
         let mut input = EPOCH_CONTEXT.to_vec();
         input.extend_from_slice(&epoch.to_be_bytes());
         input.extend_from_slice(root);
         input.extend_from_slice(&published_at.to_be_bytes());
+        input.extend_from_slice(log_root);
         input
     }
+}
+
+/// The leaf hash an epoch has in the log of epoch roots: the epoch (8
+/// bytes, big endian) and its root.
+pub fn epoch_leaf(epoch: u64, root: &[u8; 32]) -> crate::merkle::Hash {
+    let mut data = epoch.to_be_bytes().to_vec();
+    data.extend_from_slice(root);
+    crate::merkle::leaf_hash(&data)
+}
+
+/// `GET /v1/kt/consistency?from=A&to=B`: that the log of epochs up to B
+/// extends the log up to A, and where A's and B's roots sit in them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct KtConsistencyResponse {
+    /// Epoch B, as signed.
+    pub to: SignedEpoch,
+    /// RFC 9162 consistency proof from the log of A+1 leaves to the log of
+    /// B+1 leaves, standard base64 hashes.
+    pub consistency: Vec<String>,
+    /// Inclusion proof of epoch A's leaf in the log of A+1 leaves.
+    pub from_inclusion: Vec<String>,
+    /// Inclusion proof of epoch B's leaf in the log of B+1 leaves.
+    pub to_inclusion: Vec<String>,
 }
 
 /// `GET /v1/kt/keys`: the directory's public keys.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod identity;
 pub mod ids;
 pub mod kt;
+pub mod merkle;
 pub mod notice;
 pub mod phone;
 pub mod time;

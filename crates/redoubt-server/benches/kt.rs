@@ -310,5 +310,56 @@ fn verify(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verify, publish, large);
+/// What a device checks instead of akd's append-only proof: that the log
+/// of epoch roots of a newer epoch extends the one it saw, in a log of a
+/// million epochs (a year and more of two-second epochs).
+fn link(c: &mut Criterion) {
+    use redoubt_proto::merkle::{self, MerkleLog};
+    const EPOCHS: u64 = 1_000_000;
+    let mut log = MerkleLog::new();
+    for i in 0..EPOCHS {
+        log.push(redoubt_proto::kt::epoch_leaf(i, &[(i % 251) as u8; 32]));
+    }
+    let (old, new) = (EPOCHS - 1_000, EPOCHS);
+    let (old_root, new_root) = (log.root(old).unwrap(), log.root(new).unwrap());
+    let consistency = log.consistency_proof(old, new).unwrap();
+    let inclusion = log.inclusion_proof(new - 1, new).unwrap();
+    let leaf = log.leaf(new - 1).unwrap();
+    eprintln!(
+        "log of {EPOCHS} epochs: consistency proof over 1,000 epochs {} hashes, inclusion proof {} hashes ({} bytes together)",
+        consistency.len(),
+        inclusion.len(),
+        32 * (consistency.len() + inclusion.len())
+    );
+    let mut group = c.benchmark_group("kt_link");
+    group.bench_function("serve_proofs_in_1000000", |b| {
+        b.iter(|| {
+            (
+                log.consistency_proof(black_box(old), new).unwrap(),
+                log.inclusion_proof(new - 1, new).unwrap(),
+            )
+        })
+    });
+    group.bench_function("verify_in_1000000", |b| {
+        b.iter(|| {
+            assert!(merkle::verify_consistency(
+                old,
+                new,
+                &old_root,
+                &new_root,
+                black_box(&consistency)
+            ));
+            assert!(merkle::verify_inclusion(
+                new - 1,
+                new,
+                &leaf,
+                black_box(&inclusion),
+                &new_root
+            ));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, verify, link, publish, large);
 criterion_main!(benches);

@@ -13,6 +13,13 @@
 //! the directory's keys from it too (`kt_keys`). They are the relay's keys,
 //! not a secret from the relay: the directory key makes the relay answer
 //! for what it shows, and the VRF key only hides which numbers are listed.
+//!
+//! Every epoch's signature also covers the root of the log of all epoch
+//! roots so far (RFC 9162, `redoubt_proto::merkle`). Each node keeps that
+//! log in memory, caught up from `kt_epochs` (and rebuilt if the table's
+//! tail no longer matches it), to serve consistency proofs: how a device
+//! checks in a few hundred bytes that a newer epoch continues the history
+//! it saw.
 
 use akd::ecvrf::{VRFKeyStorage, VrfError};
 use akd::storage::StorageManager;
@@ -20,7 +27,8 @@ use akd::{AkdLabel, AkdValue, Directory, EpochHash};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
-use redoubt_proto::kt::{DirectoryValue, SignedEpoch};
+use redoubt_proto::kt::{epoch_leaf, DirectoryValue, KtConsistencyResponse, SignedEpoch};
+use redoubt_proto::merkle::MerkleLog;
 use redoubt_proto::PhoneNumber;
 
 use crate::storage::kt_store::{KtTables, StoredEpoch};
@@ -42,6 +50,9 @@ pub enum KtError {
     /// The number is not in the directory.
     #[error("the number is not in the directory")]
     NotFound,
+    /// The signed epochs are not numbered 0, 1, 2, … in the database.
+    #[error("key-transparency epochs are not contiguous (epoch {0} missing)")]
+    Gap(u64),
 }
 
 impl From<akd::errors::AkdError> for KtError {
@@ -76,6 +87,8 @@ pub struct Transparency {
     vrf_public: Vec<u8>,
     /// One publication at a time in this process (the lease orders nodes).
     publishing: tokio::sync::Mutex<()>,
+    /// The log of epoch roots, as far as this node has read it.
+    log: tokio::sync::Mutex<MerkleLog>,
 }
 
 /// The label a number is kept under: its E.164 form.
@@ -108,7 +121,9 @@ impl Transparency {
             signing,
             vrf_public,
             publishing: tokio::sync::Mutex::new(()),
+            log: tokio::sync::Mutex::new(MerkleLog::new()),
         };
+        kt.sign_log_roots().await?;
         // Epoch 0 (or an epoch published just before a crash) gets its
         // signature now, so there is always a signed root to check against.
         let current = kt.directory.get_epoch_hash().await?;
@@ -126,26 +141,126 @@ impl Transparency {
         STANDARD.encode(&self.vrf_public)
     }
 
-    async fn ensure_signed(&self, hash: &EpochHash, now: i64) -> Result<(), KtError> {
-        if self
-            .db
-            .kt_epochs(hash.epoch(), hash.epoch())
-            .await?
-            .is_empty()
-        {
-            let signature =
-                self.signing
-                    .sign(&SignedEpoch::signing_input(hash.epoch(), &hash.hash(), now));
-            self.db
-                .kt_put_epoch(&StoredEpoch {
-                    epoch: hash.epoch(),
-                    root: hash.hash(),
-                    published_at: now,
-                    signature: signature.to_bytes().to_vec(),
-                })
-                .await?;
+    /// The log of epoch roots, caught up with the database. If the last
+    /// leaf it holds is no longer the database's (a restored backup, or
+    /// another writer), it is read again from the start.
+    async fn synced_log(&self) -> Result<tokio::sync::MutexGuard<'_, MerkleLog>, KtError> {
+        let mut log = self.log.lock().await;
+        if let Some(last) = log.len().checked_sub(1) {
+            let same = self
+                .db
+                .kt_epochs(last, last)
+                .await?
+                .first()
+                .is_some_and(|e| Some(epoch_leaf(e.epoch, &e.root)) == log.leaf(last));
+            if !same {
+                *log = MerkleLog::new();
+            }
+        }
+        let Some(latest) = self.db.kt_latest().await? else {
+            return Ok(log);
+        };
+        while log.len() <= latest.epoch {
+            let from = log.len();
+            let to = latest.epoch.min(from + 9_999);
+            let rows = self.db.kt_epochs(from, to).await?;
+            for row in rows {
+                if row.epoch != log.len() {
+                    return Err(KtError::Gap(log.len()));
+                }
+                log.push(epoch_leaf(row.epoch, &row.root));
+            }
+            if log.len() == from {
+                return Err(KtError::Gap(from));
+            }
+        }
+        Ok(log)
+    }
+
+    /// Gives epochs signed before the log existed their log roots, and
+    /// signs them again.
+    async fn sign_log_roots(&self) -> Result<(), KtError> {
+        let log = self.synced_log().await?;
+        let mut from = 0;
+        while from < log.len() {
+            let to = (from + 9_999).min(log.len() - 1);
+            for row in self.db.kt_epochs(from, to).await? {
+                if row.log_root.is_some() {
+                    continue;
+                }
+                let log_root = log.root(row.epoch + 1).ok_or(KtError::Gap(row.epoch))?;
+                let signature = self.signing.sign(&SignedEpoch::signing_input(
+                    row.epoch,
+                    &row.root,
+                    row.published_at,
+                    &log_root,
+                ));
+                self.db
+                    .kt_resign_epoch(row.epoch, log_root, &signature.to_bytes())
+                    .await?;
+            }
+            from = to + 1;
         }
         Ok(())
+    }
+
+    async fn ensure_signed(&self, hash: &EpochHash, now: i64) -> Result<(), KtError> {
+        let mut log = self.synced_log().await?;
+        if log.len() > hash.epoch() {
+            // Signed already (by this node before a restart, or another).
+            return Ok(());
+        }
+        if log.len() != hash.epoch() {
+            return Err(KtError::Gap(log.len()));
+        }
+        log.push(epoch_leaf(hash.epoch(), &hash.hash()));
+        let log_root = log.root(log.len()).ok_or(KtError::Gap(hash.epoch()))?;
+        let signature = self.signing.sign(&SignedEpoch::signing_input(
+            hash.epoch(),
+            &hash.hash(),
+            now,
+            &log_root,
+        ));
+        self.db
+            .kt_put_epoch(&StoredEpoch {
+                epoch: hash.epoch(),
+                root: hash.hash(),
+                published_at: now,
+                log_root: Some(log_root),
+                signature: signature.to_bytes().to_vec(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// That the log up to epoch `to` extends the log up to `from`, with
+    /// both epochs' places in them; `None` when `to` is past the newest.
+    pub async fn consistency(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<KtConsistencyResponse>, KtError> {
+        let log = self.synced_log().await?;
+        if from > to || to >= log.len() {
+            return Ok(None);
+        }
+        let encode = |proof: Option<Vec<[u8; 32]>>| -> Vec<String> {
+            proof
+                .unwrap_or_default()
+                .iter()
+                .map(|h| STANDARD.encode(h))
+                .collect()
+        };
+        let response = KtConsistencyResponse {
+            consistency: encode(log.consistency_proof(from + 1, to + 1)),
+            from_inclusion: encode(log.inclusion_proof(from, from + 1)),
+            to_inclusion: encode(log.inclusion_proof(to, to + 1)),
+            to: match self.epoch(to).await? {
+                Some(epoch) => epoch,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(response))
     }
 
     /// Queues a number's new value for the next epoch.
@@ -302,6 +417,7 @@ fn wire(e: StoredEpoch) -> SignedEpoch {
         epoch: e.epoch,
         root: STANDARD.encode(e.root),
         published_at: e.published_at,
+        log_root: e.log_root.map(|r| STANDARD.encode(r)).unwrap_or_default(),
         signature: STANDARD.encode(e.signature),
     }
 }

@@ -2,7 +2,8 @@
 //! directory before they are pinned or changed, and this account's own
 //! number's history, so a key put behind it by anyone else is shown here
 //! without anyone comparing safety numbers. Each newer epoch is linked to
-//! the last one seen by an append-only proof, and every application message
+//! the last one seen by a consistency proof of the log of epoch roots, and
+//! every application message
 //! carries the newest epoch its sender saw, which receivers compare with
 //! their own: a relay showing two members two directories is caught by
 //! both. The verification itself is `crate::kt` (no I/O).
@@ -16,9 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{now_ms, Client};
 use crate::error::{ClientError, Result};
 use crate::identity::TrustedList;
-use crate::kt::{
-    compare, verify_append_only, Agreement, DirectoryPins, KtFailure, PeerEpoch, LINK_WINDOW,
-};
+use crate::kt::{compare, Agreement, DirectoryPins, KtFailure, PeerEpoch};
 use crate::model::{AppEnvelope, AppMessage};
 use crate::store::Changes;
 
@@ -104,7 +103,7 @@ impl Client {
                 why = "the number is not in the key-transparency directory".into();
                 continue;
             };
-            let checked = match self.link_forward(&mut doc.pins, answer.epoch.epoch).await? {
+            let checked = match self.link_forward(&mut doc.pins, &answer.epoch).await? {
                 Ok(()) => doc.pins.verify_lookup(phone, &answer),
                 Err(failure) => Err(failure),
             };
@@ -152,7 +151,7 @@ impl Client {
                 ));
                 continue;
             };
-            let checked = match self.link_forward(&mut doc.pins, answer.epoch.epoch).await? {
+            let checked = match self.link_forward(&mut doc.pins, &answer.epoch).await? {
                 Ok(()) => doc.pins.verify_history(&phone, &answer),
                 Err(failure) => Err(failure),
             };
@@ -206,51 +205,31 @@ impl Client {
         Ok(())
     }
 
-    /// Links the newest epoch seen to `to` with the directory's
-    /// append-only proof, when `to` is newer and within [`LINK_WINDOW`]:
-    /// a relay that rewrote or forked its directory since cannot produce
-    /// one.
+    /// Moves this device's newest epoch to `later` when it is newer, with
+    /// the relay's proof that its log of epoch roots extends the one the
+    /// newest seen signs: a relay that rewrote or forked its directory
+    /// since cannot produce one.
     async fn link_forward(
         &self,
         pins: &mut DirectoryPins,
-        to: u64,
+        later: &SignedEpoch,
     ) -> Result<std::result::Result<(), KtFailure>> {
-        match pins.newest {
-            Some((from, _)) if to > from && to - from <= LINK_WINDOW => {
-                self.link(pins, from, to).await
-            }
-            _ => Ok(Ok(())),
+        if pins.newest.as_ref().is_some_and(|(n, _)| later.epoch <= *n) {
+            return Ok(Ok(()));
         }
-    }
-
-    /// Fetches, checks and keeps the epochs `from` to `to` and the
-    /// append-only proof between them.
-    async fn link(
-        &self,
-        pins: &mut DirectoryPins,
-        from: u64,
-        to: u64,
-    ) -> Result<std::result::Result<(), KtFailure>> {
-        let answer = match self.api.kt_audit(from, to).await {
-            Ok(answer) => answer,
-            Err(ClientError::Server { status, .. }) if (400..500).contains(&status) => {
-                return Ok(Err(KtFailure::NotLinked {
-                    from,
-                    to,
-                    why: "the relay does not serve these epochs".into(),
-                }))
-            }
-            Err(e) => return Err(e),
-        };
-        let roots = match pins.link_roots(from, to, &answer) {
-            Ok(roots) => roots,
-            Err(failure) => return Ok(Err(failure)),
-        };
-        if let Err(why) = verify_append_only(roots, &answer.proof).await {
-            return Ok(Err(KtFailure::NotLinked { from, to, why }));
+        let from = pins
+            .newest_signed
+            .as_ref()
+            .filter(|e| !e.log_root.is_empty())
+            .map_or(later.epoch, |e| e.epoch);
+        match self.api.kt_consistency(from, later.epoch).await? {
+            Some(proof) => Ok(pins.link(later, &proof)),
+            None => Ok(Err(KtFailure::NotLinked {
+                from,
+                to: later.epoch,
+                why: "the relay does not show this device that epoch".into(),
+            })),
         }
-        pins.linked(&answer);
-        Ok(Ok(()))
     }
 
     /// The bytes of an application message: `body`, and the newest
@@ -260,44 +239,44 @@ impl Client {
         serde_json::to_vec(&AppEnvelope { body, directory }).map_err(ClientError::mls)
     }
 
-    /// This device's root for epoch `n`, linked to the epochs it saw by an
-    /// append-only proof when `n` is within [`LINK_WINDOW`] of them, else
-    /// as the relay signs it. `Err(why)` when the relay cannot show it.
-    async fn own_root(
+    /// Whether `theirs`, an epoch another member's device was shown, is in
+    /// the history this device was shown: the relay must prove that one's
+    /// log of epoch roots extends the other's. `Some(why)` when it cannot.
+    async fn in_our_history(
         &self,
         pins: &mut DirectoryPins,
-        n: u64,
-    ) -> Result<std::result::Result<String, String>> {
-        if pins.newest.is_none() {
+        theirs: &SignedEpoch,
+    ) -> Result<Option<String>> {
+        if pins.newest_signed.is_none() {
             let latest = self.api.kt_latest().await?;
-            if let Err(failure) = pins.accept_epoch(&latest) {
-                return Ok(Err(failure.to_string()));
+            if let Err(failure) = self.link_forward(pins, &latest).await? {
+                return Ok(Some(failure.to_string()));
             }
         }
-        let (newest, _) = pins.newest.clone().unwrap_or_default();
-        let (from, to) = (n.min(newest), n.max(newest));
-        if to - from <= LINK_WINDOW {
-            if let Err(failure) = self.link(pins, from, to).await? {
-                return Ok(Err(match failure {
-                    KtFailure::NotLinked { why, .. } if why.contains("does not serve") => {
-                        format!("the relay does not show this device epoch {n}")
-                    }
-                    other => other.to_string(),
-                }));
-            }
+        let Some(ours) = pins.newest_signed.clone() else {
+            return Ok(Some("this device was shown no directory".into()));
+        };
+        if theirs.epoch > ours.epoch {
+            // Their newer epoch must continue this device's history; if it
+            // does, it is this device's newest now.
+            return Ok(self
+                .link_forward(pins, theirs)
+                .await?
+                .err()
+                .map(|failure| failure.to_string()));
         }
-        if let Some(root) = pins.seen.get(&n) {
-            return Ok(Ok(root.clone()));
-        }
-        match self.api.kt_epoch(n).await? {
-            Some(epoch) if pins.check_signature(&epoch).is_ok() => Ok(Ok(epoch.root)),
-            Some(_) => Ok(Err(format!(
-                "the relay's epoch {n} is not signed by the directory key"
-            ))),
-            None => Ok(Err(format!(
-                "the relay does not show this device epoch {n}"
-            ))),
-        }
+        Ok(
+            match self.api.kt_consistency(theirs.epoch, ours.epoch).await? {
+                None => Some(format!(
+                    "the relay does not show this device epoch {}",
+                    ours.epoch
+                )),
+                Some(proof) => pins
+                    .check_extends(Some(theirs), &ours, &proof)
+                    .err()
+                    .map(|failure| failure.to_string()),
+            },
+        )
     }
 
     /// Compares the directory epochs other members' messages carried with
@@ -327,14 +306,7 @@ impl Client {
                 PeerEpoch::Unsigned => {
                     Some("its epoch is not signed by the directory key this device pinned".into())
                 }
-                PeerEpoch::Unknown => match self.own_root(&mut doc.pins, theirs.epoch).await? {
-                    Ok(root) if root == theirs.root => None,
-                    Ok(_) => Some(format!(
-                        "the relay signed another directory for epoch {} for this device",
-                        theirs.epoch
-                    )),
-                    Err(why) => Some(why),
-                },
+                PeerEpoch::Unknown => self.in_our_history(&mut doc.pins, theirs).await?,
             };
             let Some(problem) = problem else {
                 continue;
@@ -343,16 +315,16 @@ impl Client {
             self.save_directory(&doc).await?;
             let member = &sighting.member;
             let text = format!(
-                "⚠ KEY DIRECTORY: {member}'s device was shown another key directory than this                  device ({problem}). The relay is showing people different keys: neither of                  you can rely on what it says about anyone's keys."
+                "⚠ KEY DIRECTORY: {member}'s device was shown another key directory than this \
+                 device ({problem}). The relay is showing people different keys: neither of \
+                 you can rely on what it says about anyone's keys."
             );
             self.note(&sighting.group_id, text.clone()).await?;
             self.alert(text).await?;
-            let ours = match doc.pins.seen.get(&theirs.epoch) {
-                Some(root) if *root != theirs.root => self
-                    .api
-                    .kt_epoch(theirs.epoch)
-                    .await?
-                    .filter(|e| e.root == *root),
+            // This device's own epoch of the same number, when the relay
+            // signed one: two signed roots for one epoch are proof.
+            let ours = match self.api.kt_epoch(theirs.epoch).await {
+                Ok(Some(e)) if e != *theirs && doc.pins.check_signature(&e).is_ok() => Some(e),
                 _ => None,
             }
             .or_else(|| doc.pins.newest_signed.clone());
@@ -416,12 +388,15 @@ impl Client {
         Ok(
             if signed && theirs.epoch == ours.epoch && theirs.root != ours.root {
                 format!(
-                "⚠ KEY DIRECTORY: {reporter}'s device and {member}'s device were shown two                  different key directories, both signed by the relay for epoch {}. This is                  proof that the relay shows people different keys.",
-                theirs.epoch
-            )
+                    "⚠ KEY DIRECTORY: {reporter}'s device and {member}'s device were shown two \
+                 different key directories, both signed by the relay for epoch {}. This is \
+                 proof that the relay shows people different keys.",
+                    theirs.epoch
+                )
             } else {
                 format!(
-                "⚠ KEY DIRECTORY: {reporter}'s device reports that the relay showed it another                  key directory than {member}'s device (epochs {} and {}).",
+ "⚠ KEY DIRECTORY: {reporter}'s device reports that the relay showed it another \
+                 key directory than {member}'s device (epochs {} and {}).",
                 ours.epoch, theirs.epoch
             )
             },

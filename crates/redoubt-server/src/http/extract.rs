@@ -68,6 +68,23 @@ where
     }
 }
 
+/// A query string whose rejection uses the API's error format.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
 /// The client's address: the TCP peer, or, when the peer is a trusted proxy,
 /// the address the proxy reports in `X-Forwarded-For`.
 #[derive(Debug, Clone, Copy)]

@@ -6,7 +6,7 @@
 //! it without the password, so it can neither read the account's secrets
 //! nor put its own key in place of the new device's.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use rand::Rng as _;
 use redoubt_proto::api::{
@@ -18,7 +18,7 @@ use redoubt_proto::identity::{base32, base32_decode};
 use redoubt_proto::{AccountId, AuthToken, DeviceId, DeviceList, ErrorBody, SignedDocument};
 use serde::Deserialize;
 
-use super::extract::{token_hash, ApiJson, ApiPath, Authed};
+use super::extract::{token_hash, ApiJson, ApiPath, ApiQuery, Authed};
 use super::registration::{device_name, verify_possession};
 use crate::error::ApiError;
 use crate::storage::{DeviceListOutcome, LinkPut, LinkSlot, NewDevice};
@@ -126,9 +126,8 @@ pub async fn device_lists(
     State(state): State<AppState>,
     _auth: Authed,
     ApiPath(account): ApiPath<AccountId>,
-    query: Result<Query<ListsQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<ListsQuery>,
 ) -> Result<ApiJson<DeviceListsResponse>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     if !state.store().account_exists(account).await? {
         return Err(ApiError::UnknownAccount);
     }

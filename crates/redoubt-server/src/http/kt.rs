@@ -3,14 +3,16 @@
 //! lookups need an account, and a key history is served for one's own
 //! number only.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use redoubt_proto::kt::{KtAuditResponse, KtKeysResponse, KtProofResponse, SignedEpoch};
+use redoubt_proto::kt::{
+    KtAuditResponse, KtConsistencyResponse, KtKeysResponse, KtProofResponse, SignedEpoch,
+};
 use redoubt_proto::{ErrorBody, PhoneNumber};
 use serde::Deserialize;
 
-use super::extract::{ApiJson, ApiPath, Authed};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Authed};
 use crate::error::ApiError;
 use crate::kt::KtError;
 use crate::AppState;
@@ -92,7 +94,7 @@ pub struct AuditQuery {
 )]
 pub async fn audit(
     State(state): State<AppState>,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<ApiJson<KtAuditResponse>, ApiError> {
     let latest = state.kt().latest().await.map_err(kt_error)?.epoch;
     if q.from >= q.to || q.to > latest || q.to - q.from > MAX_AUDIT_EPOCHS {
@@ -106,6 +108,46 @@ pub async fn audit(
         epochs,
         proof: STANDARD.encode(proof),
     }))
+}
+
+/// Query of `GET /v1/kt/consistency`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    /// The older epoch.
+    pub from: u64,
+    /// The newer epoch (or the same).
+    pub to: u64,
+}
+
+/// That the log of epoch roots up to `to` extends the log up to `from`
+/// (RFC 9162 consistency proof), with each epoch's place in its log: how a
+/// device checks that a newer epoch, or one another member's device was
+/// shown, belongs to the history it saw. A few hundred bytes, however busy
+/// the directory.
+#[utoipa::path(
+    get, path = "/v1/kt/consistency", tag = "key transparency",
+    params(ConsistencyQuery),
+    responses(
+        (status = 200, body = KtConsistencyResponse),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn consistency(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ConsistencyQuery>,
+) -> Result<ApiJson<KtConsistencyResponse>, ApiError> {
+    if q.from > q.to {
+        return Err(ApiError::InvalidRequest("from must not be after to".into()));
+    }
+    state
+        .kt()
+        .consistency(q.from, q.to)
+        .await
+        .map_err(kt_error)?
+        .map(ApiJson)
+        .ok_or(ApiError::NotFound)
 }
 
 fn phone(text: &str) -> Result<PhoneNumber, ApiError> {

@@ -1,6 +1,6 @@
 //! Sending envelopes, fetching a mailbox, acknowledging delivery.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use redoubt_proto::api::{
     AckRequest, AckResponse, Envelope, EnvelopeKind, FetchResponse, SendRequest, SendResponse,
@@ -8,7 +8,7 @@ use redoubt_proto::api::{
 use redoubt_proto::ErrorBody;
 use serde::Deserialize;
 
-use super::extract::{ApiJson, Authed};
+use super::extract::{ApiJson, ApiQuery, Authed};
 use super::keypackages::dedup;
 use crate::error::ApiError;
 use crate::storage::{EnqueueOutcome, NewEnvelope, QueuedEnvelope};
@@ -122,9 +122,8 @@ pub(crate) fn to_wire(e: QueuedEnvelope) -> Envelope {
 pub async fn fetch(
     State(state): State<AppState>,
     auth: Authed,
-    query: Result<Query<FetchQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<FetchQuery>,
 ) -> Result<ApiJson<FetchResponse>, ApiError> {
-    let Query(query) = query?;
     let page = state.config().mailbox.fetch_page;
     let limit = query.limit.unwrap_or(page).clamp(1, page);
     let now = state.clock().now();

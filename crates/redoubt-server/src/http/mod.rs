@@ -43,7 +43,7 @@ pub mod ws;
         identity::create_link,
         identity::put_link_message, identity::get_link_message, identity::approve_link,
         identity::claim_link,
-        kt::keys, kt::latest, kt::epoch, kt::audit, kt::lookup, kt::history,
+        kt::keys, kt::latest, kt::epoch, kt::audit, kt::consistency, kt::lookup, kt::history,
         ops::healthz, ops::service_key, ops::metrics, ops::openapi,
     ),
     components(schemas(
@@ -104,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/kt/epochs/latest", get(kt::latest))
         .route("/v1/kt/epochs/{epoch}", get(kt::epoch))
         .route("/v1/kt/audit", get(kt::audit))
+        .route("/v1/kt/consistency", get(kt::consistency))
         .route("/v1/kt/lookup/{phone}", get(kt::lookup))
         .route("/v1/kt/history/{phone}", get(kt::history))
         .route("/healthz", get(ops::healthz))

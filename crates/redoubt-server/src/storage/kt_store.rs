@@ -306,6 +306,9 @@ pub struct StoredEpoch {
     pub root: [u8; 32],
     /// When it was published, seconds since the Unix epoch.
     pub published_at: i64,
+    /// The root of the log of epoch roots up to this one; `None` for an
+    /// epoch signed before the log existed, until the relay signs it again.
+    pub log_root: Option<[u8; 32]>,
     /// The directory key's signature.
     pub signature: Vec<u8>,
 }
@@ -323,6 +326,13 @@ pub trait KtTables: Send + Sync {
     async fn kt_dequeue(&self, published: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StorageError>;
     /// Stores a signed epoch (once; a second signature of it is ignored).
     async fn kt_put_epoch(&self, epoch: &StoredEpoch) -> Result<(), StorageError>;
+    /// Signs a stored epoch again, now with its log root.
+    async fn kt_resign_epoch(
+        &self,
+        epoch: u64,
+        log_root: [u8; 32],
+        signature: &[u8],
+    ) -> Result<(), StorageError>;
     /// Signed epochs from `from` to `to`, in order.
     async fn kt_epochs(&self, from: u64, to: u64) -> Result<Vec<StoredEpoch>, StorageError>;
     /// The newest signed epoch.
@@ -339,13 +349,18 @@ fn stored_epoch(
     root: Vec<u8>,
     published_at: i64,
     signature: Vec<u8>,
+    log_root: Option<Vec<u8>>,
 ) -> Result<StoredEpoch, StorageError> {
+    let hash = |bytes: Vec<u8>| -> Result<[u8; 32], StorageError> {
+        bytes
+            .try_into()
+            .map_err(|_| StorageError::Other("a stored root is not 32 bytes".into()))
+    };
     Ok(StoredEpoch {
         epoch: u64::try_from(epoch).map_err(|e| StorageError::Other(e.to_string()))?,
-        root: root
-            .try_into()
-            .map_err(|_| StorageError::Other("a stored root is not 32 bytes".into()))?,
+        root: hash(root)?,
         published_at,
+        log_root: log_root.map(hash).transpose()?,
         signature,
     })
 }
@@ -401,13 +416,32 @@ macro_rules! kt_tables {
 
             async fn kt_put_epoch(&self, epoch: &StoredEpoch) -> Result<(), StorageError> {
                 sqlx::query(&($sql)(
-                    "INSERT INTO kt_epochs (epoch, root, published_at, signature) VALUES (?, ?, ?, ?) \
-                     ON CONFLICT (epoch) DO NOTHING",
+                    "INSERT INTO kt_epochs (epoch, root, published_at, signature, log_root) \
+                     VALUES (?, ?, ?, ?, ?) ON CONFLICT (epoch) DO NOTHING",
                 ))
                 .bind(int(epoch.epoch))
                 .bind(epoch.root.to_vec())
                 .bind(epoch.published_at)
                 .bind(epoch.signature.clone())
+                .bind(epoch.log_root.map(|r| r.to_vec()))
+                .execute(self.$write())
+                .await
+                .map_err(failed)?;
+                Ok(())
+            }
+
+            async fn kt_resign_epoch(
+                &self,
+                epoch: u64,
+                log_root: [u8; 32],
+                signature: &[u8],
+            ) -> Result<(), StorageError> {
+                sqlx::query(&($sql)(
+                    "UPDATE kt_epochs SET log_root = ?, signature = ? WHERE epoch = ?",
+                ))
+                .bind(log_root.to_vec())
+                .bind(signature.to_vec())
+                .bind(int(epoch))
                 .execute(self.$write())
                 .await
                 .map_err(failed)?;
@@ -416,7 +450,7 @@ macro_rules! kt_tables {
 
             async fn kt_epochs(&self, from: u64, to: u64) -> Result<Vec<StoredEpoch>, StorageError> {
                 let rows = sqlx::query(&($sql)(
-                    "SELECT epoch, root, published_at, signature FROM kt_epochs \
+                    "SELECT epoch, root, published_at, signature, log_root FROM kt_epochs \
                      WHERE epoch >= ? AND epoch <= ? ORDER BY epoch",
                 ))
                 .bind(int(from))
@@ -431,6 +465,7 @@ macro_rules! kt_tables {
                             r.try_get(1).map_err(failed)?,
                             r.try_get(2).map_err(failed)?,
                             r.try_get(3).map_err(failed)?,
+                            r.try_get(4).map_err(failed)?,
                         )
                     })
                     .collect()
@@ -473,7 +508,8 @@ macro_rules! kt_tables {
 
             async fn kt_latest(&self) -> Result<Option<StoredEpoch>, StorageError> {
                 let row = sqlx::query(
-                    "SELECT epoch, root, published_at, signature FROM kt_epochs ORDER BY epoch DESC LIMIT 1",
+                    "SELECT epoch, root, published_at, signature, log_root FROM kt_epochs \
+                     ORDER BY epoch DESC LIMIT 1",
                 )
                 .fetch_optional(self.$read())
                 .await
@@ -484,6 +520,7 @@ macro_rules! kt_tables {
                         r.try_get(1).map_err(failed)?,
                         r.try_get(2).map_err(failed)?,
                         r.try_get(3).map_err(failed)?,
+                        r.try_get(4).map_err(failed)?,
                     )
                 })
                 .transpose()
@@ -582,6 +619,17 @@ impl KtTables for RelayRecords {
         match self {
             Self::Sqlite(s) => s.kt_put_epoch(epoch).await,
             Self::Postgres(p) => p.kt_put_epoch(epoch).await,
+        }
+    }
+    async fn kt_resign_epoch(
+        &self,
+        epoch: u64,
+        log_root: [u8; 32],
+        signature: &[u8],
+    ) -> Result<(), StorageError> {
+        match self {
+            Self::Sqlite(s) => s.kt_resign_epoch(epoch, log_root, signature).await,
+            Self::Postgres(p) => p.kt_resign_epoch(epoch, log_root, signature).await,
         }
     }
     async fn kt_epochs(&self, from: u64, to: u64) -> Result<Vec<StoredEpoch>, StorageError> {

@@ -10,8 +10,10 @@ use protobuf::Message as _;
 use redoubt_proto::api::PublishDeviceListRequest;
 use redoubt_proto::identity::DEVICE_LIST_CONTEXT;
 use redoubt_proto::kt::{
-    DirectoryValue, KtAuditResponse, KtKeysResponse, KtProofResponse, SignedEpoch,
+    epoch_leaf, DirectoryValue, KtAuditResponse, KtConsistencyResponse, KtKeysResponse,
+    KtProofResponse, SignedEpoch,
 };
+use redoubt_proto::merkle;
 use redoubt_proto::{DeviceList, ListedDevice, SignedDocument};
 use test_support::{TestDevice, TestServer};
 
@@ -48,6 +50,15 @@ async fn publish_list(device: &TestDevice, identity: &SigningKey, version: u64) 
     body
 }
 
+async fn directory_keys(server: &TestServer) -> KtKeysResponse {
+    reqwest::get(server.url("/v1/kt/keys"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn latest(server: &TestServer) -> SignedEpoch {
     reqwest::get(server.url("/v1/kt/epochs/latest"))
         .await
@@ -74,13 +85,23 @@ fn root(e: &SignedEpoch) -> [u8; 32] {
     STANDARD.decode(&e.root).unwrap().try_into().unwrap()
 }
 
+fn log_root(e: &SignedEpoch) -> [u8; 32] {
+    STANDARD.decode(&e.log_root).unwrap().try_into().unwrap()
+}
+
+fn proof_hashes(list: &[String]) -> Vec<[u8; 32]> {
+    list.iter()
+        .map(|h| STANDARD.decode(h).unwrap().try_into().unwrap())
+        .collect()
+}
+
 fn check_signature(e: &SignedEpoch, directory_key: &str) {
     let key: [u8; 32] = STANDARD.decode(directory_key).unwrap().try_into().unwrap();
     let signature: [u8; 64] = STANDARD.decode(&e.signature).unwrap().try_into().unwrap();
     ed25519_dalek::VerifyingKey::from_bytes(&key)
         .unwrap()
         .verify_strict(
-            &SignedEpoch::signing_input(e.epoch, &root(e), e.published_at),
+            &SignedEpoch::signing_input(e.epoch, &root(e), e.published_at, &log_root(e)),
             &ed25519_dalek::Signature::from_bytes(&signature),
         )
         .expect("the epoch is signed by the directory key");
@@ -96,12 +117,7 @@ async fn published_lists_land_in_signed_epochs_and_every_proof_verifies() {
         .configure(|c| c.kt.epoch_interval = std::time::Duration::from_millis(100))
         .start()
         .await;
-    let keys: KtKeysResponse = reqwest::get(server.url("/v1/kt/keys"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys = directory_keys(&server).await;
     let vrf = STANDARD.decode(&keys.vrf_public_key).unwrap();
     // Epoch 0, the empty directory, is signed from the start.
     let zero = latest(&server).await;
@@ -211,6 +227,54 @@ async fn published_lists_land_in_signed_epochs_and_every_proof_verifies() {
     .await
     .unwrap();
 
+    // A device at epoch 1 checks that epoch two's log of roots extends
+    // epoch one's, and where each sits in its log.
+    let link: KtConsistencyResponse = reqwest::get(server.url(&format!(
+        "/v1/kt/consistency?from={}&to={}",
+        one.epoch, two.epoch
+    )))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(link.to, two);
+    assert_eq!(
+        reqwest::get(server.url(&format!("/v1/kt/epochs/{}", one.epoch)))
+            .await
+            .unwrap()
+            .json::<SignedEpoch>()
+            .await
+            .unwrap(),
+        one
+    );
+    for (e, proof) in [(&one, &link.from_inclusion), (&two, &link.to_inclusion)] {
+        assert!(merkle::verify_inclusion(
+            e.epoch,
+            e.epoch + 1,
+            &epoch_leaf(e.epoch, &root(e)),
+            &proof_hashes(proof),
+            &log_root(e)
+        ));
+    }
+    assert!(merkle::verify_consistency(
+        one.epoch + 1,
+        two.epoch + 1,
+        &log_root(&one),
+        &log_root(&two),
+        &proof_hashes(&link.consistency)
+    ));
+    // And the log is the log of every signed root from epoch 0.
+    let leaves: Vec<[u8; 32]> = audit
+        .epochs
+        .iter()
+        .map(|e| epoch_leaf(e.epoch, &root(e)))
+        .collect();
+    assert_eq!(
+        merkle::tree_hash(&leaves),
+        log_root(&audit.epochs[audit.epochs.len() - 1])
+    );
+
     // Bad input: a number not in the directory, no account, a list naming
     // another account's number, an audit range that does not exist.
     let unknown = bob
@@ -243,10 +307,30 @@ async fn published_lists_land_in_signed_epochs_and_every_proof_verifies() {
         test_support::api_error(response).await.1.error.code,
         redoubt_proto::ErrorCode::InvalidRequest
     );
-    let bad = reqwest::get(server.url("/v1/kt/audit?from=5&to=2"))
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    for (path, status) in [
+        (
+            "/v1/kt/audit?from=5&to=2",
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/kt/consistency?from=2&to=1",
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/kt/consistency?from=0&to=99999",
+            reqwest::StatusCode::NOT_FOUND,
+        ),
+        (
+            "/v1/kt/consistency?from=x&to=1",
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("/v1/kt/epochs/99999", reqwest::StatusCode::NOT_FOUND),
+    ] {
+        let bad = reqwest::get(server.url(path)).await.unwrap();
+        assert_eq!(bad.status(), status, "{path}");
+        let body: redoubt_proto::ErrorBody = bad.json().await.unwrap();
+        assert!(!body.error.message.is_empty());
+    }
 
     // Operators see the directory's epoch, size and publication times.
     let metrics = reqwest::get(server.url("/metrics"))
@@ -271,4 +355,46 @@ async fn published_lists_land_in_signed_epochs_and_every_proof_verifies() {
         metrics.contains("redoubt_kt_publish_seconds_count"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_signed_before_the_log_of_roots_are_given_theirs_at_start() {
+    let server = TestServer::builder()
+        .configure(|c| c.kt.epoch_interval = std::time::Duration::from_millis(100))
+        .start()
+        .await;
+    let keys = directory_keys(&server).await;
+    let alice = TestDevice::register(&server.base_url(), &test_support::fresh_phone(), "a").await;
+    let identity = SigningKey::generate(&mut rand::rngs::OsRng);
+    publish_list(&alice, &identity, 1).await;
+    publish_list(&alice, &identity, 2).await;
+    let before = epoch_at_least(&server, 1).await;
+    let db_path = server.db_path();
+    let dir = server.stop().await;
+    // As a relay from before the log stored them: no log root, and a
+    // signature that does not cover one.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE kt_epochs SET log_root = NULL, signature = x'00'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let server = TestServer::builder().data_dir(dir).start().await;
+    let audit: KtAuditResponse =
+        reqwest::get(server.url(&format!("/v1/kt/audit?from=0&to={}", before.epoch)))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let mut leaves = Vec::new();
+    for e in &audit.epochs {
+        check_signature(e, &keys.directory_key);
+        leaves.push(epoch_leaf(e.epoch, &root(e)));
+        assert_eq!(merkle::tree_hash(&leaves), log_root(e));
+    }
+    assert_eq!(audit.epochs.last().unwrap().root, before.root);
 }
