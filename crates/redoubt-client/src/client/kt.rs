@@ -291,10 +291,12 @@ impl Client {
             return Ok(());
         }
         let mut doc = self.directory_doc().await?;
+        let mut compared = BTreeSet::new();
         for sighting in sightings {
             let theirs = &sighting.epoch;
             let key = (theirs.epoch, theirs.root.clone());
-            if doc.reported.contains(&key) {
+            // Many messages carry the same epoch: one comparison each.
+            if doc.reported.contains(&key) || !compared.insert(key.clone()) {
                 continue;
             }
             let problem = match doc.pins.compare_peer(theirs) {
@@ -340,7 +342,8 @@ impl Client {
                 .await?;
             }
         }
-        Ok(())
+        // Linking to a member's newer epoch moved this device's newest.
+        self.save_directory(&doc).await
     }
 
     /// Sends `body` to a chat's other devices, best effort: a conflict
