@@ -399,10 +399,20 @@ impl Transparency {
             .map_err(|e| KtError::Akd(e.to_string()))
     }
 
+    /// The signed form of the epoch a proof was made against. akd makes an
+    /// epoch visible a moment before its publisher (this node or another)
+    /// has stored its signature, so a proof made in between waits for it.
     async fn signed(&self, hash: &EpochHash) -> Result<SignedEpoch, KtError> {
-        self.epoch(hash.epoch())
-            .await?
-            .ok_or_else(|| KtError::Akd(format!("epoch {} is not signed yet", hash.epoch())))
+        for _ in 0..200 {
+            if let Some(epoch) = self.epoch(hash.epoch()).await? {
+                return Ok(epoch);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Err(KtError::Akd(format!(
+            "epoch {} is not signed yet",
+            hash.epoch()
+        )))
     }
 }
 
