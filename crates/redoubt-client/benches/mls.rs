@@ -1,5 +1,8 @@
 //! MLS costs on this device: encrypting and decrypting a 200-byte message,
-//! and a commit that adds one member to groups of 10, 100 and 1000.
+//! a text message with and without what the client adds inside the
+//! encryption (its place in the sender's stream and the sender's newest
+//! key-directory epoch), and a commit that adds one member to groups of
+//! 10, 100 and 1000.
 //! Run with `cargo bench -p redoubt-client --bench mls`; figures go to
 //! BENCHMARKS.md.
 
@@ -106,6 +109,144 @@ fn application_messages(c: &mut Criterion) {
     });
 }
 
+/// A 200-character text as sent before transcript integrity and split-view
+/// detection (the bare payload), and as sent now (in its envelope, with
+/// the stream bookkeeping on both sides).
+fn text_envelopes(c: &mut Criterion) {
+    use redoubt_client::model::{AppEnvelope, AppMessage};
+    use redoubt_client::transcript::{message_hash, ChatTranscript};
+    let body = || AppMessage::Text {
+        id: uuid::Uuid::new_v4(),
+        text: "x".repeat(200),
+        sent_at: 1_795_000_000_000,
+    };
+    let b64 = |n: usize| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(vec![7u8; n])
+    };
+    let epoch = redoubt_proto::kt::SignedEpoch {
+        epoch: 1_234_567,
+        root: b64(32),
+        published_at: 1_795_000_000,
+        log_root: b64(32),
+        signature: b64(64),
+    };
+    let mut sender = ChatTranscript::joined_in(3);
+    let first = sender.next_order(3);
+    sender.sent(3, &first, message_hash(b"first"));
+    let bare = serde_json::to_vec(&body()).unwrap();
+    let wrapped = serde_json::to_vec(&AppEnvelope {
+        body: body(),
+        directory: Some(epoch.clone()),
+        order: Some(sender.next_order(3)),
+    })
+    .unwrap();
+    let (alice, mut group, _, _) = pair();
+    let ciphertext = |payload: &[u8], group: &mut MlsGroup| {
+        use openmls::prelude::tls_codec::Serialize as _;
+        group
+            .create_message(&alice.provider, &alice.signer, payload)
+            .unwrap()
+            .tls_serialize_detached()
+            .unwrap()
+            .len()
+    };
+    eprintln!(
+        "payload {} -> {} bytes; MLS ciphertext {} -> {} bytes",
+        bare.len(),
+        wrapped.len(),
+        ciphertext(&bare, &mut group),
+        ciphertext(&wrapped, &mut group)
+    );
+    let mut g = c.benchmark_group("text");
+    g.bench_function("encrypt before", |b| {
+        b.iter(|| {
+            let payload = serde_json::to_vec(&body()).unwrap();
+            black_box(
+                group
+                    .create_message(&alice.provider, &alice.signer, &payload)
+                    .unwrap(),
+            )
+        })
+    });
+    g.bench_function("encrypt after", |b| {
+        b.iter(|| {
+            let order = sender.next_order(3);
+            let payload = serde_json::to_vec(&AppEnvelope {
+                body: body(),
+                directory: Some(epoch.clone()),
+                order: Some(order.clone()),
+            })
+            .unwrap();
+            sender.sent(3, &order, message_hash(&payload));
+            black_box(
+                group
+                    .create_message(&alice.provider, &alice.signer, &payload)
+                    .unwrap(),
+            )
+        })
+    });
+    let (alice, mut group, bob, mut bob_group) = pair();
+    let sealed = |payload: &[u8], group: &mut MlsGroup| {
+        let out = group
+            .create_message(&alice.provider, &alice.signer, payload)
+            .unwrap();
+        MlsMessageIn::from(out).try_into_protocol_message().unwrap()
+    };
+    g.bench_function("decrypt before", |b| {
+        b.iter_batched(
+            || sealed(&bare, &mut group),
+            |message| {
+                let processed = bob_group.process_message(&bob.provider, message).unwrap();
+                let ProcessedMessageContent::ApplicationMessage(app) = processed.into_content()
+                else {
+                    unreachable!()
+                };
+                black_box(serde_json::from_slice::<AppMessage>(&app.into_bytes()).unwrap())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let mut receiver = ChatTranscript::joined_in(3);
+    let from = DeviceId::random();
+    let mut n = 0u64;
+    g.bench_function("decrypt after", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                let mut order = sender.next_order(3);
+                order.n = n;
+                let payload = serde_json::to_vec(&AppEnvelope {
+                    body: body(),
+                    directory: Some(epoch.clone()),
+                    order: Some(order),
+                })
+                .unwrap();
+                sealed(&payload, &mut group)
+            },
+            |message| {
+                let processed = bob_group.process_message(&bob.provider, message).unwrap();
+                let ProcessedMessageContent::ApplicationMessage(app) = processed.into_content()
+                else {
+                    unreachable!()
+                };
+                let payload = app.into_bytes();
+                let envelope: AppEnvelope = serde_json::from_slice(&payload).unwrap();
+                let order = envelope.order.unwrap();
+                black_box(receiver.receive(
+                    from,
+                    3,
+                    &order,
+                    message_hash(&payload),
+                    uuid::Uuid::new_v4,
+                ))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
 fn add_one_member(c: &mut Criterion) {
     let mut bench = c.benchmark_group("commit adding one member");
     bench
@@ -155,5 +296,10 @@ fn add_one_member(c: &mut Criterion) {
     bench.finish();
 }
 
-criterion_group!(benches, application_messages, add_one_member);
+criterion_group!(
+    benches,
+    application_messages,
+    text_envelopes,
+    add_one_member
+);
 criterion_main!(benches);

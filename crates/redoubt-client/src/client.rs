@@ -12,6 +12,7 @@ mod kt;
 mod link;
 mod notices;
 mod outbox;
+mod transcript;
 mod trust;
 
 pub use trust::PinnedContact;
@@ -37,7 +38,7 @@ use crate::lock::{LockGuard, ProfileLock};
 use crate::mls::{self, Provider};
 use crate::model::*;
 use crate::seal::KdfParams;
-use crate::store::{Changes, ProfileStore};
+use crate::store::{Changes, Parked, ProfileStore};
 
 /// The largest text message, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
@@ -63,6 +64,10 @@ pub struct ClientConfig {
     /// How often this account's own number is checked in the
     /// key-transparency directory (on sync).
     pub kt_monitor_interval: Duration,
+    /// How long a message from an epoch this device has not reached is
+    /// kept, waiting for the commit that leads there, before it is
+    /// reported as lost.
+    pub future_epoch_wait: Duration,
 }
 
 impl Default for ClientConfig {
@@ -74,6 +79,7 @@ impl Default for ClientConfig {
             service_key: None,
             lock_wait: Duration::from_secs(30),
             kt_monitor_interval: Duration::from_secs(60),
+            future_epoch_wait: Duration::from_secs(3600),
         }
     }
 }
@@ -166,6 +172,8 @@ pub struct Client {
     /// Directory epochs other members' messages carried, compared with
     /// this device's view once the mailbox is processed.
     sightings: Vec<kt::Sighting>,
+    /// Each chat's transcript state, while an operation uses it.
+    transcript: Option<transcript::TranscriptDoc>,
 }
 
 /// What a profile holds, as loaded from its store.
@@ -343,6 +351,7 @@ impl Client {
             generation: AtomicI64::new(0),
             announcements: Vec::new(),
             sightings: Vec::new(),
+            transcript: None,
         };
         let _held = client.hold().await?;
         client
@@ -384,6 +393,7 @@ impl Client {
             generation: AtomicI64::new(generation),
             announcements: Vec::new(),
             sightings: Vec::new(),
+            transcript: None,
         })
     }
 
@@ -395,6 +405,10 @@ impl Client {
     async fn hold(&mut self) -> Result<LockGuard> {
         let (guard, outermost) = self.lock.hold(self.config.lock_wait).await?;
         if outermost {
+            // Read afresh by each operation: another process may have
+            // written it since (an operation that failed half-way may also
+            // have left a copy it never stored).
+            self.transcript = None;
             let current = self.store.generation().await?;
             if current != self.generation.load(Ordering::SeqCst) {
                 let Loaded {
@@ -583,6 +597,14 @@ impl Client {
     }
 
     /// The devices of other members, which every message goes to.
+    /// Whether `device` is a member of the chat now.
+    fn is_member(&self, group_id: &[u8], device: DeviceId) -> bool {
+        self.groups.get(group_id).is_some_and(|g| {
+            g.members()
+                .any(|m| mls::identity_of(&m.credential).is_ok_and(|id| id.device == device))
+        })
+    }
+
     fn recipients(&self, group: &MlsGroup) -> Result<Vec<DeviceId>> {
         let mut out = Vec::new();
         for m in group.members() {

@@ -125,6 +125,14 @@ pub enum ClientError {
     /// Linking a device failed; nothing was linked.
     #[error("linking failed: {0}")]
     LinkFailed(String),
+    /// The chat has changed (a member added or removed) and the change has
+    /// not reached this device, though messages written after it have:
+    /// sending now could reach someone no longer in it.
+    #[error(
+        "not sent: this chat has changed and the change has not reached this device yet (the \
+         relay may be withholding it). Nothing is sent to the chat until it arrives."
+    )]
+    ChatBehind,
 }
 
 fn revoked_hint(code: ErrorCode) -> &'static str {
@@ -173,6 +181,7 @@ impl ClientError {
             Self::IdentityChanged(_) => "identity_changed",
             Self::Untrusted(_) => "untrusted",
             Self::LinkFailed(_) => "link_failed",
+            Self::ChatBehind => "chat_behind",
         };
         code.to_owned()
     }

@@ -27,6 +27,7 @@ pub mod safety;
 pub mod seal;
 pub mod store;
 pub mod text;
+pub mod transcript;
 
 pub use client::{Client, ClientConfig};
 pub use error::{ClientError, Result};

@@ -16,8 +16,15 @@ use crate::model::MemberIdentity;
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
 /// How many past epochs' secrets are kept, so messages sent just before a
-/// commit still decrypt after it.
-const MAX_PAST_EPOCHS: usize = 5;
+/// commit still decrypt after it. The relay queues each device's envelopes
+/// in the order it accepted them, so a message can only be overtaken by
+/// commits that were already on their way when it was written: one, or two
+/// when a removal and the designated member's commit of a leave cross.
+/// More would only widen the window in which a removed member's old-epoch
+/// message decrypts (such messages are not shown as normal; see
+/// docs/threat-model.md). Messages from epochs not reached yet are kept
+/// apart until their commit arrives, so they need no window here.
+const MAX_PAST_EPOCHS: usize = 2;
 
 /// OpenMLS's crypto with an in-memory store that the client snapshots into
 /// its sealed database after every change.

@@ -170,9 +170,10 @@ pub enum AppMessage {
 }
 
 /// What an MLS application message carries: the payload, and beside it
-/// (inside the encryption, so the relay cannot strip it from one message
-/// without breaking the message) the newest key-directory epoch the
-/// sender's device has seen, which receivers compare with their own.
+/// (inside the encryption, so the relay cannot strip or change them without
+/// breaking the message) its place in the sender's stream, and the newest
+/// key-directory epoch the sender's device has seen, which receivers
+/// compare with their own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppEnvelope {
     /// The payload.
@@ -181,6 +182,9 @@ pub struct AppEnvelope {
     /// The newest directory epoch the sender's device saw, as signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<SignedEpoch>,
+    /// Its place in the sender's stream of messages in this chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<crate::transcript::SenderOrder>,
 }
 
 /// The identity an MLS credential carries: who this leaf is.

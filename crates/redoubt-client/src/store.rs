@@ -41,6 +41,28 @@ pub struct Changes {
     pub outbox_add: Vec<OutboxEntry>,
     /// Outbox entries the relay accepted (or that were given up on).
     pub outbox_done: Vec<EnvelopeId>,
+    /// Placeholders for missing messages, each replaced (in its place in
+    /// the history) by the message that arrived late.
+    pub filled: Vec<(uuid::Uuid, MessageRecord)>,
+    /// MLS messages from an epoch not reached yet, to keep.
+    pub parked_add: Vec<Parked>,
+    /// Kept messages processed (or given up on), by `seq`.
+    pub parked_done: Vec<i64>,
+}
+
+/// An MLS message kept until its epoch is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    /// Its place in the table (0 until stored).
+    pub seq: i64,
+    /// The chat.
+    pub group_id: Vec<u8>,
+    /// The MLS epoch it was sent in.
+    pub epoch: u64,
+    /// The MLS message, as received.
+    pub payload: Vec<u8>,
+    /// When it was kept (ms since the Unix epoch).
+    pub parked_at: i64,
 }
 
 /// An open, unlocked profile database.
@@ -216,6 +238,24 @@ impl ProfileStore {
             .collect()
     }
 
+    /// The MLS messages kept for an epoch not reached yet, oldest first.
+    pub async fn parked(&self) -> Result<Vec<Parked>> {
+        let rows =
+            sqlx::query("SELECT seq, group_id, epoch, payload, parked_at FROM parked ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Parked {
+                seq: r.get(0),
+                group_id: r.get(1),
+                epoch: u64::try_from(r.get::<i64, _>(2)).unwrap_or(0),
+                payload: r.get(3),
+                parked_at: r.get(4),
+            })
+            .collect())
+    }
+
     fn open_json<T: DeserializeOwned>(&self, place: &[u8], sealed: &[u8]) -> Result<T> {
         let plain = self.key.open(place, sealed)?;
         serde_json::from_slice(&plain)
@@ -339,6 +379,35 @@ impl ProfileStore {
             sqlx::query("UPDATE chats SET updated_at = ? WHERE group_id = ?")
                 .bind(now)
                 .bind(&message.group_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (placeholder, message) in &changes.filled {
+            let id = message.message_id.as_bytes().to_vec();
+            sqlx::query(
+                "UPDATE messages SET message_id = ?, sealed = ? WHERE message_id = ? AND group_id = ?",
+            )
+            .bind(&id)
+            .bind(self.seal_json(&place("messages", &id), message)?)
+            .bind(placeholder.as_bytes().to_vec())
+            .bind(&message.group_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for p in &changes.parked_add {
+            sqlx::query(
+                "INSERT INTO parked (group_id, epoch, payload, parked_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&p.group_id)
+            .bind(i64::try_from(p.epoch).unwrap_or(i64::MAX))
+            .bind(&p.payload)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for seq in &changes.parked_done {
+            sqlx::query("DELETE FROM parked WHERE seq = ?")
+                .bind(seq)
                 .execute(&mut *tx)
                 .await?;
         }

@@ -117,15 +117,21 @@ impl Client {
         group
             .merge_pending_commit(&self.provider)
             .map_err(ClientError::mls)?;
+        let epoch = group.epoch().as_u64();
+        self.joined_chat(&group_id, epoch).await?;
         let info = self
-            .app_bytes(AppMessage::ChatInfo {
-                kind,
-                name: if kind == ChatKind::Group {
-                    name.clone()
-                } else {
-                    String::new()
+            .app_bytes(
+                &group_id,
+                epoch,
+                AppMessage::ChatInfo {
+                    kind,
+                    name: if kind == ChatKind::Group {
+                        name.clone()
+                    } else {
+                        String::new()
+                    },
                 },
-            })
+            )
             .await?;
         let info = group
             .create_message(&self.provider, &self.identity.signer, &info)
@@ -246,12 +252,29 @@ impl Client {
         }
         let id = Uuid::new_v4();
         let sent_at = now_ms();
+        // Messages from a later epoch are waiting for a commit this device
+        // has not seen (perhaps one removing a member, withheld so that
+        // member could go on reading): hold until it comes.
+        let epoch = self.active_group(chat)?.epoch().as_u64();
+        if self
+            .store
+            .parked()
+            .await?
+            .iter()
+            .any(|p| p.group_id == chat.group_id && p.epoch > epoch)
+        {
+            return Err(ClientError::ChatBehind);
+        }
         let body = self
-            .app_bytes(AppMessage::Text {
-                id,
-                text: text.to_owned(),
-                sent_at,
-            })
+            .app_bytes(
+                &chat.group_id,
+                epoch,
+                AppMessage::Text {
+                    id,
+                    text: text.to_owned(),
+                    sent_at,
+                },
+            )
             .await?;
         let (provider, signer) = (&self.provider, &self.identity.signer);
         let group = self
@@ -358,15 +381,20 @@ impl Client {
             welcome.tls_serialize_detached().map_err(ClientError::mls)?,
         )
         .await?;
+        let epoch = self.active_group(chat)?.epoch().as_u64();
         let info = self
-            .app_bytes(AppMessage::ChatInfo {
-                kind: chat.kind,
-                name: if chat.kind == ChatKind::Group {
-                    chat.name.clone()
-                } else {
-                    String::new()
+            .app_bytes(
+                &chat.group_id,
+                epoch,
+                AppMessage::ChatInfo {
+                    kind: chat.kind,
+                    name: if chat.kind == ChatKind::Group {
+                        chat.name.clone()
+                    } else {
+                        String::new()
+                    },
                 },
-            })
+            )
             .await?;
         let (provider, signer) = (&self.provider, &self.identity.signer);
         let group = self

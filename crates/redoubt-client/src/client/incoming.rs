@@ -40,12 +40,17 @@ impl Client {
             report.messages.extend(changes.messages.iter().cloned());
             // Stored first, acknowledged second: a crash in between means a
             // redelivery, which the processed list drops.
+            self.keep_transcript(&mut changes)?;
             self.persist(changes).await?;
             self.api.ack(acks).await?;
+            report.messages.extend(self.unpark().await?);
             if !page.more {
                 break;
             }
         }
+        // Kept messages whose wait is over are reported, even when nothing
+        // new came.
+        report.messages.extend(self.unpark().await?);
         // Members' directory epochs against this device's.
         self.compare_sightings().await?;
         // Watch this account's own device list: a list this device's
@@ -77,11 +82,80 @@ impl Client {
             ));
             return Ok(());
         };
-        match message.extract() {
-            MlsMessageBodyIn::Welcome(welcome) => self.join(welcome, changes).await,
-            MlsMessageBodyIn::PrivateMessage(m) => self.handle_protocol(m.into(), changes).await,
-            MlsMessageBodyIn::PublicMessage(m) => self.handle_protocol(m.into(), changes).await,
-            _ => Ok(()),
+        let message: ProtocolMessage = match message.extract() {
+            MlsMessageBodyIn::Welcome(welcome) => return self.join(welcome, changes).await,
+            MlsMessageBodyIn::PrivateMessage(m) => m.into(),
+            MlsMessageBodyIn::PublicMessage(m) => m.into(),
+            _ => return Ok(()),
+        };
+        // From an epoch this device has not reached: the relay delivered it
+        // before the commit that leads there. Kept until that commit comes.
+        let group_id = message.group_id().as_slice().to_vec();
+        let epoch = message.epoch().as_u64();
+        if self
+            .groups
+            .get(&group_id)
+            .is_some_and(|g| epoch > g.epoch().as_u64())
+        {
+            changes.parked_add.push(Parked {
+                seq: 0,
+                group_id,
+                epoch,
+                payload: payload.to_vec(),
+                parked_at: now_ms(),
+            });
+            return Ok(());
+        }
+        self.handle_protocol(message, changes).await
+    }
+
+    /// Processes kept messages whose epoch this device has now reached (a
+    /// commit that leads there arrived), until none is left that can be;
+    /// those kept longer than `future_epoch_wait` are reported lost.
+    async fn unpark(&mut self) -> Result<Vec<MessageRecord>> {
+        let mut stored = Vec::new();
+        loop {
+            let parked = self.store.parked().await?;
+            if parked.is_empty() {
+                return Ok(stored);
+            }
+            let wait = i64::try_from(self.config.future_epoch_wait.as_millis()).unwrap_or(i64::MAX);
+            let now = now_ms();
+            let mut changes = Changes::default();
+            let mut progress = false;
+            for p in parked {
+                let reached = match self.groups.get(&p.group_id) {
+                    // A chat left since: nothing to show.
+                    None => None,
+                    Some(g) => Some(g.epoch().as_u64() >= p.epoch),
+                };
+                match reached {
+                    None => changes.parked_done.push(p.seq),
+                    Some(true) => {
+                        changes.parked_done.push(p.seq);
+                        self.process(EnvelopeKind::Mls, &p.payload, &mut changes)
+                            .await?;
+                        progress = true;
+                    }
+                    Some(false) if now.saturating_sub(p.parked_at) >= wait => {
+                        changes.parked_done.push(p.seq);
+                        changes.messages.push(system_message(
+                            &p.group_id,
+                            "⚠ A message in this chat could not be read: the change to the chat \
+                             it was written after never arrived (the relay withheld it)."
+                                .into(),
+                        ));
+                    }
+                    Some(false) => {}
+                }
+            }
+            let done = !changes.parked_done.is_empty();
+            stored.extend(changes.messages.iter().cloned());
+            self.keep_transcript(&mut changes)?;
+            self.persist(changes).await?;
+            if !progress || !done {
+                return Ok(stored);
+            }
         }
     }
 
@@ -181,6 +255,7 @@ impl Client {
                 format!("{inviter_name} added you to this chat.")
             },
         ));
+        self.joined_chat(&group_id, group.epoch().as_u64()).await?;
         self.groups.insert(group_id, group);
         Ok(())
     }
@@ -212,6 +287,7 @@ impl Client {
         changes: &mut Changes,
     ) -> Result<()> {
         let group_id = message.group_id().as_slice().to_vec();
+        let epoch = message.epoch().as_u64();
         let Some(group) = self.groups.get_mut(&group_id) else {
             // A chat this device left or never joined: nothing to do.
             return Ok(());
@@ -231,13 +307,29 @@ impl Client {
         let sender = mls::identity_of(processed.credential())?;
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
-                let Ok(envelope) = serde_json::from_slice::<AppEnvelope>(&app.into_bytes()) else {
+                let payload = app.into_bytes();
+                let Ok(envelope) = serde_json::from_slice::<AppEnvelope>(&payload) else {
                     changes.messages.push(system_message(
                         &group_id,
                         "A message in an unknown format was dropped.".into(),
                     ));
                     return Ok(());
                 };
+                // Written in an earlier state of the chat by someone no
+                // longer in it (removed by a commit this device has seen):
+                // not shown as a message.
+                let current = self.groups.get(&group_id).map_or(0, |g| g.epoch().as_u64());
+                if epoch < current && !self.is_member(&group_id, sender.device) {
+                    changes.messages.push(system_message(
+                        &group_id,
+                        format!(
+                            "⚠ A message from {} was written in an earlier state of this chat, \
+                             and they are no longer in it: it is not shown.",
+                            sender.phone
+                        ),
+                    ));
+                    return Ok(());
+                }
                 // The directory epoch the sender saw is compared with this
                 // device's once the mailbox is in (it may need the relay).
                 if let Some(epoch) = envelope.directory {
@@ -249,8 +341,27 @@ impl Client {
                         });
                     }
                 }
-                self.apply_app_message(&group_id, sender, envelope.body, changes)
+                // Its place in the sender's stream: after a gap, into the
+                // gap it left, or dropped as a repeat. Messages from before
+                // the stream existed have none and are appended.
+                let slot = match &envelope.order {
+                    Some(order) => {
+                        match self
+                            .place(&group_id, &sender, epoch, order, &payload, changes)
+                            .await?
+                        {
+                            transcript::Received::Apply(slot) => slot,
+                            transcript::Received::Dropped => return Ok(()),
+                        }
+                    }
+                    None => transcript::Slot::Append,
+                };
+                let from = changes.messages.len();
+                self.apply_app_message(&group_id, sender.clone(), envelope.body, changes)
                     .await?;
+                if let transcript::Slot::Fill(placeholder) = slot {
+                    self.fill(&group_id, &sender, placeholder, from, changes);
+                }
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
                 let group = self

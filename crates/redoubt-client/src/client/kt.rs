@@ -18,7 +18,7 @@ use super::{now_ms, Client};
 use crate::error::{ClientError, Result};
 use crate::identity::TrustedList;
 use crate::kt::{compare, Agreement, DirectoryPins, KtFailure, PeerEpoch};
-use crate::model::{AppEnvelope, AppMessage};
+use crate::model::AppMessage;
 use crate::store::Changes;
 
 /// A directory epoch another member's message carried, to compare once
@@ -232,11 +232,10 @@ impl Client {
         }
     }
 
-    /// The bytes of an application message: `body`, and the newest
-    /// directory epoch this device saw, for the other members to compare.
-    pub(super) async fn app_bytes(&mut self, body: AppMessage) -> Result<Vec<u8>> {
-        let directory = self.directory_doc().await?.pins.newest_signed;
-        serde_json::to_vec(&AppEnvelope { body, directory }).map_err(ClientError::mls)
+    /// The newest directory epoch this device saw, which its messages
+    /// carry for the other members to compare.
+    pub(super) async fn directory_epoch(&mut self) -> Result<Option<SignedEpoch>> {
+        Ok(self.directory_doc().await?.pins.newest_signed)
     }
 
     /// Whether `theirs`, an epoch another member's device was shown, is in
@@ -350,7 +349,10 @@ impl Client {
     /// report that the relay drops is found again by each member from the
     /// epochs in the messages themselves.
     async fn tell_members(&mut self, group_id: &[u8], body: AppMessage) -> Result<()> {
-        let bytes = self.app_bytes(body).await?;
+        let Some(epoch) = self.groups.get(group_id).map(|g| g.epoch().as_u64()) else {
+            return Ok(());
+        };
+        let bytes = self.app_bytes(group_id, epoch, body).await?;
         let (provider, signer) = (&self.provider, &self.identity.signer);
         let Some(group) = self.groups.get_mut(group_id) else {
             return Ok(());

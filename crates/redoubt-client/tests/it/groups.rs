@@ -132,6 +132,18 @@ async fn a_group_of_five_with_adds_and_removes() {
     assert!(!texts(&erin.client, &erin_chat)
         .await
         .contains(&"three of us".to_owned()));
+    // Through five epochs of adds, removals and a leave, every member saw
+    // every sender's messages in order: no gap, repeat or fork was shown.
+    for p in [&alice, &carol, &dave, &erin] {
+        let chat = p.client.find_chat("climbing").await.unwrap();
+        let notices = system_texts(&p.client, &chat).await;
+        assert!(
+            !notices.iter().any(|t| t.contains("is missing")
+                || t.contains("again")
+                || t.contains("do not follow on")),
+            "{notices:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,4 +12,5 @@ mod profile;
 mod rejoin;
 mod scaleout;
 mod support;
+mod transcript;
 mod tui;

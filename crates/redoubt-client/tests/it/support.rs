@@ -102,3 +102,26 @@ pub async fn link(server: &TestServer, existing: &mut Client) -> Profile {
     assert_eq!(client.device_id(), device);
     Profile { client, dir }
 }
+
+/// `count` registered profiles and a group named `name` made by the first
+/// with all the others in it, every member joined. Returns the profiles
+/// and the maker's view of the chat.
+pub async fn group_of(
+    server: &TestServer,
+    name: &str,
+    count: usize,
+) -> (Vec<Profile>, redoubt_client::model::ChatRecord) {
+    let mut people = Vec::with_capacity(count);
+    for _ in 0..count {
+        people.push(register(server, &test_support::fresh_phone()).await);
+    }
+    let others: Vec<PhoneNumber> = people[1..]
+        .iter()
+        .map(|p| p.client.phone().clone())
+        .collect();
+    let chat = people[0].client.create_group(name, &others).await.unwrap();
+    for p in &mut people[1..] {
+        p.client.sync().await.unwrap();
+    }
+    (people, chat)
+}

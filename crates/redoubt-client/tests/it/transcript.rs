@@ -1,0 +1,326 @@
+//! The shape of a conversation, against a relay that drops, withholds,
+//! reorders and replays messages: each sender's messages are shown in the
+//! order they were written, a message that has not arrived leaves a
+//! visible gap (filled if it comes later), and a replay is dropped and
+//! said. Part of the malicious-relay suite (docs/threat-model.md).
+
+use redoubt_client::model::{Author, ChatRecord};
+use redoubt_proto::api::EnvelopeKind;
+use redoubt_proto::DeviceId;
+use test_support::hostile::{db, inject};
+use test_support::{fresh_phone, TestServer};
+
+use crate::support::*;
+
+/// Alice and Bob in a direct chat, Bob joined.
+async fn pair(server: &TestServer) -> (Profile, Profile, ChatRecord, ChatRecord) {
+    let mut alice = register(server, &fresh_phone()).await;
+    let mut bob = register(server, &fresh_phone()).await;
+    let chat = alice.client.start_direct(bob.client.phone()).await.unwrap();
+    bob.client.sync().await.unwrap();
+    let bob_chat = bob
+        .client
+        .find_chat(alice.client.phone().e164())
+        .await
+        .unwrap();
+    (alice, bob, chat, bob_chat)
+}
+
+/// A device's queue at the relay, in delivery order: (seq, envelope id).
+async fn queue(pool: &sqlx::SqlitePool, device: DeviceId) -> Vec<(i64, Vec<u8>)> {
+    sqlx::query_as("SELECT seq, envelope_id FROM mailbox WHERE device_id = ? ORDER BY seq")
+        .bind(device.as_bytes().to_vec())
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Puts an envelope (back) at the end of a device's queue.
+async fn enqueue_again(pool: &sqlx::SqlitePool, device: DeviceId, envelope: &[u8]) {
+    sqlx::query("INSERT INTO mailbox (device_id, envelope_id) VALUES (?, ?)")
+        .bind(device.as_bytes().to_vec())
+        .bind(envelope.to_vec())
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn take_out(pool: &sqlx::SqlitePool, seq: i64) {
+    sqlx::query("DELETE FROM mailbox WHERE seq = ?")
+        .bind(seq)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Everything the chat shows, members' messages and notices, in order.
+async fn shown(client: &redoubt_client::Client, chat: &ChatRecord) -> Vec<(bool, String)> {
+    client
+        .messages(chat, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.author == Author::System, m.text))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withheld_message_leaves_a_gap_that_fills_in_when_it_comes() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob, chat, bob_chat) = pair(&server).await;
+    let alice_phone = alice.client.phone().e164().to_owned();
+    for text in ["1. the price is 40", "2. do not sell", "3. call me"] {
+        alice.client.send_text(&chat, text).await.unwrap();
+    }
+    // The relay keeps the second message back.
+    let pool = db(&server).await;
+    let bob_device = bob.client.device_id();
+    let waiting = queue(&pool, bob_device).await;
+    assert_eq!(waiting.len(), 3);
+    take_out(&pool, waiting[1].0).await;
+    bob.client.sync().await.unwrap();
+    assert_eq!(
+        texts(&bob.client, &bob_chat).await,
+        vec!["1. the price is 40", "3. call me"]
+    );
+    let gap = format!("⚠ A message from {alice_phone} is missing: the relay has not delivered it.");
+    let before = shown(&bob.client, &bob_chat).await;
+    let at = |list: &[(bool, String)], text: &str| list.iter().position(|(_, t)| t == text);
+    assert!(
+        at(&before, &gap).unwrap() > at(&before, "1. the price is 40").unwrap()
+            && at(&before, &gap).unwrap() < at(&before, "3. call me").unwrap(),
+        "the gap shows where the message belongs: {before:?}"
+    );
+    // It turns up after all: it takes its place, and the gap is gone.
+    enqueue_again(&pool, bob_device, &waiting[1].1).await;
+    bob.client.sync().await.unwrap();
+    assert_eq!(
+        texts(&bob.client, &bob_chat).await,
+        vec!["1. the price is 40", "2. do not sell", "3. call me"]
+    );
+    assert!(!shown(&bob.client, &bob_chat)
+        .await
+        .iter()
+        .any(|(_, t)| t.contains("is missing")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordered_messages_are_shown_in_their_senders_order() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob, chat, bob_chat) = pair(&server).await;
+    for text in ["1. sell", "2. do not sell", "3. wait"] {
+        alice.client.send_text(&chat, text).await.unwrap();
+    }
+    // The relay delivers them as 2, 3, 1.
+    let pool = db(&server).await;
+    let bob_device = bob.client.device_id();
+    let waiting = queue(&pool, bob_device).await;
+    for (seq, _) in &waiting {
+        take_out(&pool, *seq).await;
+    }
+    for i in [1, 2, 0] {
+        enqueue_again(&pool, bob_device, &waiting[i].1).await;
+    }
+    bob.client.sync().await.unwrap();
+    assert_eq!(
+        texts(&bob.client, &bob_chat).await,
+        vec!["1. sell", "2. do not sell", "3. wait"]
+    );
+    assert!(!shown(&bob.client, &bob_chat)
+        .await
+        .iter()
+        .any(|(_, t)| t.contains("is missing")));
+    // The same across two fetches: 3 now, 1 and 2 later.
+    for text in ["4. buy", "5. hold", "6. done"] {
+        alice.client.send_text(&chat, text).await.unwrap();
+    }
+    let waiting = queue(&pool, bob_device).await;
+    take_out(&pool, waiting[0].0).await;
+    take_out(&pool, waiting[1].0).await;
+    bob.client.sync().await.unwrap();
+    enqueue_again(&pool, bob_device, &waiting[1].1).await;
+    enqueue_again(&pool, bob_device, &waiting[0].1).await;
+    bob.client.sync().await.unwrap();
+    assert_eq!(
+        texts(&bob.client, &bob_chat).await[3..],
+        ["4. buy", "5. hold", "6. done"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_replayed_under_a_new_envelope_id_is_shown_once() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob, chat, bob_chat) = pair(&server).await;
+    alice.client.send_text(&chat, "pay 100").await.unwrap();
+    let pool = db(&server).await;
+    let bob_device = bob.client.device_id();
+    let waiting = queue(&pool, bob_device).await;
+    let payload: Vec<u8> = sqlx::query_scalar("SELECT payload FROM envelopes WHERE id = ?")
+        .bind(&waiting[0].1)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    bob.client.sync().await.unwrap();
+    // The relay delivers the same ciphertext again, as a new envelope.
+    inject(&server, bob_device, EnvelopeKind::Mls, payload).await;
+    bob.client.sync().await.unwrap();
+    assert_eq!(texts(&bob.client, &bob_chat).await, vec!["pay 100"]);
+    assert!(
+        shown(&bob.client, &bob_chat)
+            .await
+            .iter()
+            .any(|(system, t)| *system && t.contains("replayed")),
+        "the replay is said"
+    );
+}
+
+/// Alice, Bob and Carol in a group, all joined; then Alice adds Dave
+/// (the commit opens a new epoch) and writes.
+async fn team(server: &TestServer) -> (Profile, Profile, Profile, ChatRecord) {
+    let (people, chat) = group_of(server, "team", 3).await;
+    let [mut alice, bob, carol]: [Profile; 3] = people.try_into().ok().unwrap();
+    let dave = register(server, &fresh_phone()).await;
+    alice
+        .client
+        .add_member(&chat, dave.client.phone())
+        .await
+        .unwrap();
+    alice.client.send_text(&chat, "welcome dave").await.unwrap();
+    (alice, bob, carol, chat)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_delivered_before_the_commit_it_follows_waits_for_it() {
+    let server = TestServer::start().await;
+    let (_alice, mut bob, mut carol, _chat) = team(&server).await;
+    // The relay hands Bob the commit last, after the messages of the epoch
+    // it opens.
+    let pool = db(&server).await;
+    let bob_device = bob.client.device_id();
+    let waiting = queue(&pool, bob_device).await;
+    assert_eq!(waiting.len(), 3, "commit, chat info, text");
+    take_out(&pool, waiting[0].0).await;
+    enqueue_again(&pool, bob_device, &waiting[0].1).await;
+    bob.client.sync().await.unwrap();
+    carol.client.sync().await.unwrap();
+    for p in [&bob, &carol] {
+        let chat = p.client.find_chat("team").await.unwrap();
+        assert_eq!(p.client.members(&chat).unwrap().len(), 4);
+        assert_eq!(texts(&p.client, &chat).await, vec!["welcome dave"]);
+        let notices = system_texts(&p.client, &chat).await;
+        assert!(
+            !notices
+                .iter()
+                .any(|t| t.contains("could not") || t.contains("missing")),
+            "{notices:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_commit_never_comes_is_reported_lost_after_the_wait() {
+    let server = TestServer::start().await;
+    let (_alice, bob, _carol, _chat) = team(&server).await;
+    // The relay withholds the commit from Bob for good.
+    let pool = db(&server).await;
+    let bob_device = bob.client.device_id();
+    let waiting = queue(&pool, bob_device).await;
+    take_out(&pool, waiting[0].0).await;
+    let Profile { client, dir } = bob;
+    client.close().await;
+    let mut bob = redoubt_client::Client::open(
+        dir.path(),
+        PASSPHRASE,
+        redoubt_client::ClientConfig {
+            future_epoch_wait: std::time::Duration::ZERO,
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    bob.sync().await.unwrap();
+    let chat = bob.find_chat("team").await.unwrap();
+    assert!(texts(&bob, &chat).await.is_empty());
+    let notices = system_texts(&bob, &chat).await;
+    assert_eq!(
+        notices
+            .iter()
+            .filter(|t| t.contains("could not be read: the change to the chat"))
+            .count(),
+        2,
+        "the chat info and the text: {notices:?}"
+    );
+}
+
+/// Alice, Bob and Eve in a group, all joined; then Alice removes Eve.
+async fn removal(server: &TestServer) -> (Profile, Profile, Profile, ChatRecord) {
+    let (people, chat) = group_of(server, "plans", 3).await;
+    let [mut alice, bob, eve]: [Profile; 3] = people.try_into().ok().unwrap();
+    alice
+        .client
+        .remove_member(&chat, eve.client.phone())
+        .await
+        .unwrap();
+    (alice, bob, eve, chat)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_members_message_from_before_the_removal_is_not_shown_as_normal() {
+    let server = TestServer::start().await;
+    let (_alice, mut bob, mut eve, _chat) = removal(&server).await;
+    bob.client.sync().await.unwrap();
+    // Eve has not taken in her removal (or pretends not to) and writes in
+    // the chat's old state, which Bob can still decrypt.
+    let eves_chat = eve.client.find_chat("plans").await.unwrap();
+    eve.client
+        .send_text(&eves_chat, "I am still here")
+        .await
+        .unwrap();
+    bob.client.sync().await.unwrap();
+    let chat = bob.client.find_chat("plans").await.unwrap();
+    assert!(texts(&bob.client, &chat).await.is_empty());
+    let notices = system_texts(&bob.client, &chat).await;
+    assert!(
+        notices.iter().any(|t| t.contains(eve.client.phone().e164())
+            && t.contains("no longer in it: it is not shown")),
+        "{notices:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withheld_removal_holds_sending_until_it_arrives() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob, mut eve, chat) = removal(&server).await;
+    // The relay keeps the commit removing Eve from Bob and from Eve, so
+    // that Eve could go on reading what Bob writes; Alice's next message,
+    // in the new state of the chat, reaches Bob.
+    let pool = db(&server).await;
+    let mut withheld = Vec::new();
+    for device in [bob.client.device_id(), eve.client.device_id()] {
+        let waiting = queue(&pool, device).await;
+        take_out(&pool, waiting[0].0).await;
+        withheld.push((device, waiting[0].1.clone()));
+    }
+    alice.client.send_text(&chat, "eve is out").await.unwrap();
+    bob.client.sync().await.unwrap();
+    let bobs_chat = bob.client.find_chat("plans").await.unwrap();
+    match bob.client.send_text(&bobs_chat, "the plan").await {
+        Err(redoubt_client::ClientError::ChatBehind) => {}
+        other => panic!("Bob must not write to the chat's old state: {other:?}"),
+    }
+    eve.client.sync().await.unwrap();
+    let eves_chat = eve.client.find_chat("plans").await.unwrap();
+    assert!(!texts(&eve.client, &eves_chat)
+        .await
+        .contains(&"the plan".to_owned()));
+    // The commit arrives: Bob catches up, reads Alice, and writes again.
+    let (device, envelope) = &withheld[0];
+    enqueue_again(&pool, *device, envelope).await;
+    bob.client.sync().await.unwrap();
+    assert_eq!(texts(&bob.client, &bobs_chat).await, vec!["eve is out"]);
+    bob.client.send_text(&bobs_chat, "the plan").await.unwrap();
+    eve.client.sync().await.unwrap();
+    assert!(!texts(&eve.client, &eves_chat)
+        .await
+        .contains(&"the plan".to_owned()));
+}
