@@ -131,14 +131,15 @@ fn text_envelopes(c: &mut Criterion) {
         log_root: b64(32),
         signature: b64(64),
     };
+    let me = DeviceId::random();
     let mut sender = ChatTranscript::joined_in(3);
-    let first = sender.next_order(3);
+    let first = sender.next_order(me, 3);
     sender.sent(3, &first, message_hash(b"first"));
     let bare = serde_json::to_vec(&body()).unwrap();
     let wrapped = serde_json::to_vec(&AppEnvelope {
         body: body(),
         directory: Some(epoch.clone()),
-        order: Some(sender.next_order(3)),
+        order: Some(sender.next_order(me, 3)),
     })
     .unwrap();
     let (alice, mut group, _, _) = pair();
@@ -171,7 +172,7 @@ fn text_envelopes(c: &mut Criterion) {
     });
     g.bench_function("encrypt after", |b| {
         b.iter(|| {
-            let order = sender.next_order(3);
+            let order = sender.next_order(me, 3);
             let payload = serde_json::to_vec(&AppEnvelope {
                 body: body(),
                 directory: Some(epoch.clone()),
@@ -214,7 +215,7 @@ fn text_envelopes(c: &mut Criterion) {
         b.iter_batched(
             || {
                 n += 1;
-                let mut order = sender.next_order(3);
+                let mut order = sender.next_order(me, 3);
                 order.n = n;
                 let payload = serde_json::to_vec(&AppEnvelope {
                     body: body(),

@@ -103,7 +103,8 @@ impl Client {
         body: AppMessage,
     ) -> Result<Vec<u8>> {
         let directory = self.directory_epoch().await?;
-        let order = self.chat_transcript(group_id).await?.next_order(epoch);
+        let me = self.identity.device;
+        let order = self.chat_transcript(group_id).await?.next_order(me, epoch);
         let bytes = serde_json::to_vec(&AppEnvelope {
             body,
             directory,
@@ -133,26 +134,42 @@ impl Client {
     ) -> Result<Received> {
         let device: DeviceId = sender.device;
         let who = sender.phone.to_string();
-        let missing = |group_id: &[u8], id: Uuid, earlier: bool| {
+        let me = self.identity.device;
+        // What the sender holds and this device does not: a message the
+        // relay gave some members and not this one, or the end of an epoch.
+        let mut elsewhere = Vec::new();
+        if let Some(digest) = &order.digest {
+            let chat = self.chat_transcript(group_id).await?;
+            for (author, ids) in chat.missing_per(me, digest, Uuid::new_v4) {
+                let author = self.member_phone(group_id, author);
+                for id in ids {
+                    elsewhere.push(placeholder(
+                        group_id,
+                        id,
+                        if author == who {
+                            format!(
+                                "⚠ A message from {who} is missing: the relay has not \
+                                 delivered it."
+                            )
+                        } else {
+                            format!(
+                                "⚠ A message from {author} is missing: {who}'s device received \
+                                 it, this one has not."
+                            )
+                        },
+                    ));
+                }
+            }
+        }
+        changes.messages.extend(elsewhere);
+        let missing = |group_id: &[u8], id: Uuid| {
             placeholder(
                 group_id,
                 id,
-                format!(
-                    "⚠ A message from {who}{} is missing: the relay has not delivered it.",
-                    if earlier {
-                        " (sent before the chat last changed)"
-                    } else {
-                        ""
-                    }
-                ),
+                format!("⚠ A message from {who} is missing: the relay has not delivered it."),
             )
         };
         let chat = self.chat_transcript(group_id).await?;
-        if let Some(before) = order.before.filter(|_| order.n == 1) {
-            for id in chat.missing_before(device, before, Uuid::new_v4) {
-                changes.messages.push(missing(group_id, id, true));
-            }
-        }
         let (placement, mismatch) =
             chat.receive(device, epoch, order, message_hash(payload), Uuid::new_v4);
         if mismatch.is_some() {
@@ -168,7 +185,7 @@ impl Client {
             Placement::Next => Received::Apply(Slot::Append),
             Placement::AfterGap { placeholders } => {
                 for id in placeholders {
-                    changes.messages.push(missing(group_id, id, false));
+                    changes.messages.push(missing(group_id, id));
                 }
                 Received::Apply(Slot::Append)
             }
@@ -183,6 +200,21 @@ impl Client {
                 Received::Dropped
             }
         })
+    }
+
+    /// A member device's number, for notices: from the chat's members, or
+    /// from the devices this profile knows.
+    fn member_phone(&self, group_id: &[u8], device: DeviceId) -> String {
+        self.groups
+            .get(group_id)
+            .and_then(|g| {
+                g.members().find_map(|m| {
+                    crate::mls::identity_of(&m.credential)
+                        .ok()
+                        .filter(|id| id.device == device)
+                })
+            })
+            .map_or_else(|| "a former member".into(), |id| id.phone.to_string())
     }
 
     /// Puts the records a late message produced (those after `from` in

@@ -324,3 +324,49 @@ async fn a_withheld_removal_holds_sending_until_it_arrives() {
         .await
         .contains(&"the plan".to_owned()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_given_to_only_some_members_shows_who_received_it() {
+    let server = TestServer::start().await;
+    let (people, chat) = group_of(&server, "board", 3).await;
+    let [mut alice, mut bob, mut carol]: [Profile; 3] = people.try_into().ok().unwrap();
+    // Alice's message reaches Bob; the relay keeps it from Carol, and
+    // Alice says nothing more.
+    alice.client.send_text(&chat, "vote no").await.unwrap();
+    let pool = db(&server).await;
+    let carols = queue(&pool, carol.client.device_id()).await;
+    take_out(&pool, carols[carols.len() - 1].0).await;
+    bob.client.sync().await.unwrap();
+    carol.client.sync().await.unwrap();
+    // Then Bob writes: his message says what he holds of the chat's
+    // current state once every DIGEST_EVERY messages, or of the last state
+    // when the chat has changed since. Here the chat changes (Dave joins).
+    let dave = register(&server, &fresh_phone()).await;
+    bob.client.sync().await.unwrap();
+    let bobs_chat = bob.client.find_chat("board").await.unwrap();
+    bob.client
+        .add_member(&bobs_chat, dave.client.phone())
+        .await
+        .unwrap();
+    bob.client.send_text(&bobs_chat, "welcome").await.unwrap();
+    carol.client.sync().await.unwrap();
+    let carols_chat = carol.client.find_chat("board").await.unwrap();
+    assert_eq!(texts(&carol.client, &carols_chat).await, vec!["welcome"]);
+    let notices = system_texts(&carol.client, &carols_chat).await;
+    let bob_phone = bob.client.phone().e164().to_owned();
+    let alice_phone = alice.client.phone().e164().to_owned();
+    assert!(
+        notices.iter().any(|t| t
+            == &format!(
+                "⚠ A message from {alice_phone} is missing: {bob_phone}'s device received it, \
+                 this one has not."
+            )),
+        "{notices:?}"
+    );
+    // Bob, who got everything, sees no gap.
+    bob.client.sync().await.unwrap();
+    assert!(!system_texts(&bob.client, &bobs_chat)
+        .await
+        .iter()
+        .any(|t| t.contains("is missing")));
+}
