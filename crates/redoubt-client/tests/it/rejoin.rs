@@ -240,4 +240,10 @@ async fn a_removed_member_can_be_added_back_and_reads_again() {
     let again = carol.client.find_chat("book club").await.unwrap();
     assert_eq!(again.state, redoubt_client::model::ChatState::Active);
     assert_eq!(texts(&carol.client, &again).await.last().unwrap(), "again");
+    // Removed and added back, Carol's device starts a new stream in a new
+    // epoch: nobody sees a gap for what she could not read.
+    for p in [&alice, &bob, &carol] {
+        let chat = p.client.find_chat("book club").await.unwrap();
+        assert_no_false_alarms(&p.client, &chat).await;
+    }
 }

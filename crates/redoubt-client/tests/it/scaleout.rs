@@ -80,5 +80,11 @@ async fn profiles_on_different_nodes_chat_one_to_one_and_in_groups() {
         texts(&alice.client, &group).await,
         vec!["hello all", "from node 2"]
     );
+    // Two nodes, one directory and one order of messages: no false alarm.
+    assert_no_false_alarms(&alice.client, &group).await;
+    for p in [&bob, &carol] {
+        let g = p.client.find_chat("two nodes").await.unwrap();
+        assert_no_false_alarms(&p.client, &g).await;
+    }
     drop(bob_ws);
 }

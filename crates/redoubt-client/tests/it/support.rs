@@ -125,3 +125,18 @@ pub async fn group_of(
     }
     (people, chat)
 }
+
+/// That a chat shows none of the notices a hostile relay's tampering with
+/// the conversation would bring (a gap, a repeat, a forked sender, a key
+/// directory conflict): an honest relay must never cause one.
+pub async fn assert_no_false_alarms(client: &Client, chat: &redoubt_client::model::ChatRecord) {
+    let notices = system_texts(client, chat).await;
+    assert!(
+        !notices.iter().any(|t| t.contains("is missing")
+            || t.contains("again; the repeat")
+            || t.contains("do not follow on")
+            || t.contains("KEY DIRECTORY")
+            || t.contains("could not")),
+        "{notices:?}"
+    );
+}
