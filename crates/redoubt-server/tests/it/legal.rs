@@ -743,11 +743,30 @@ async fn the_desk_rechecks_at_approval_clips_windows_and_audits_before_anything_
         .await;
     let suspect = register_from(&server, "127.0.0.2").await;
     let phone = suspect.phone.e164().to_owned();
-    // One sighting spanning an hour: first seen at t0, last seen at t0+1h.
+    // One sighting spanning an hour: first seen at t0, last seen at t0+1h,
+    // from one address and port. (Recorded as the relay records a request;
+    // two real requests may not share a connection, and so a port, under
+    // load, which would make two sightings.)
     let t0 = server.clock.now_offset();
-    suspect.get("/v1/devices").await;
+    let sighting = |at| redoubt_server::storage::IpObservation {
+        account_id: suspect.account_id,
+        ip: "127.0.0.2".parse().unwrap(),
+        port: 40_000,
+        at,
+    };
+    server
+        .state
+        .store()
+        .record_ip(sighting(server.clock.now()))
+        .await
+        .unwrap();
     server.clock.advance(std::time::Duration::from_secs(3600));
-    suspect.get("/v1/devices").await;
+    server
+        .state
+        .store()
+        .record_ip(sighting(server.clock.now()))
+        .await
+        .unwrap();
     let now = server.clock.now_offset();
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let (mut desk, staff) = desk_for(&server, &key, now).await;
