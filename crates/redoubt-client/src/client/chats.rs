@@ -5,6 +5,11 @@
 
 use super::*;
 
+/// How often a commit is sent again under its envelope id after a
+/// transient failure, and the wait before each (times the attempt).
+const COMMIT_RETRIES: u32 = 3;
+const COMMIT_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl Client {
     /// Claims a key package for each listed device of `accounts` and
     /// checks each: its certificate verifies under the account's identity
@@ -423,10 +428,28 @@ impl Client {
         commit: MlsMessageOut,
     ) -> Result<()> {
         let bytes = commit.tls_serialize_detached().map_err(ClientError::mls)?;
-        if let Err(e) = self
-            .send_envelope(EnvelopeId::random(), recipients, bytes)
-            .await
-        {
+        // A transient failure may come after the relay stored the commit
+        // (the answer was lost): the same bytes go again under the same
+        // envelope id, which the relay recognises, so the commit is either
+        // confirmed once or known not to be there. Dropping it on the first
+        // failure would leave this device in the old state while everyone
+        // else moved on.
+        let id = EnvelopeId::random();
+        let mut sent = self
+            .send_envelope(id, recipients.clone(), bytes.clone())
+            .await;
+        for attempt in 1..=COMMIT_RETRIES {
+            match &sent {
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(COMMIT_RETRY_WAIT * attempt).await;
+                    sent = self
+                        .send_envelope(id, recipients.clone(), bytes.clone())
+                        .await;
+                }
+                _ => break,
+            }
+        }
+        if let Err(e) = sent {
             let group = self
                 .groups
                 .get_mut(group_id)

@@ -370,3 +370,108 @@ async fn a_message_given_to_only_some_members_shows_who_received_it() {
         .iter()
         .any(|t| t.contains("is missing")));
 }
+
+/// A relay front that passes every request on, but answers the next send
+/// it is armed for with a 503 after the relay behind it took the envelope:
+/// an answer lost on the way back.
+struct LossyFront {
+    url: String,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn lossy_front(server: &TestServer) -> LossyFront {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use std::sync::atomic::Ordering;
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (target, flag) = (server.base_url(), armed.clone());
+    let http = reqwest::Client::new();
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (target, flag, http) = (target.clone(), flag.clone(), http.clone());
+            async move {
+                let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                let mut request = http.request(method.clone(), format!("{target}{path}"));
+                for (name, value) in &headers {
+                    if name != "host" {
+                        request = request.header(name, value);
+                    }
+                }
+                let response = request.body(body).send().await.unwrap();
+                let status = response.status();
+                let content_type = response.headers().get("content-type").cloned();
+                let bytes = response.bytes().await.unwrap();
+                if method == Method::POST
+                    && uri.path() == "/v1/messages"
+                    && status.is_success()
+                    && flag.swap(false, Ordering::SeqCst)
+                {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        HeaderMap::new(),
+                        Bytes::new(),
+                    );
+                }
+                let mut out = HeaderMap::new();
+                if let Some(ct) = content_type {
+                    out.insert("content-type", ct);
+                }
+                (StatusCode::from_u16(status.as_u16()).unwrap(), out, bytes)
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    LossyFront { url, armed }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_was_lost_is_sent_again_under_its_id() {
+    let server = TestServer::start().await;
+    let front = lossy_front(&server).await;
+    // Alice reaches the relay through a front that will lose one answer.
+    let dir = tempfile::tempdir().unwrap();
+    let phone = redoubt_proto::PhoneNumber::parse(&fresh_phone()).unwrap();
+    let before = test_support::logs::dev_code_for(&test_support::logs::captured(), phone.e164());
+    redoubt_client::Client::request_code(&front.url, &phone, &config())
+        .await
+        .unwrap();
+    let code =
+        test_support::logs::dev_code_for(&test_support::logs::captured(), phone.e164()).unwrap();
+    assert_ne!(Some(&code), before.as_ref());
+    let mut alice = redoubt_client::Client::register(
+        dir.path(),
+        PASSPHRASE,
+        &front.url,
+        &phone,
+        &code,
+        "test",
+        config(),
+    )
+    .await
+    .unwrap();
+    let mut bob = register(&server, &fresh_phone()).await;
+    let carol = register(&server, &fresh_phone()).await;
+    let chat = alice
+        .create_group("lossy", &[bob.client.phone().clone()])
+        .await
+        .unwrap();
+    bob.client.sync().await.unwrap();
+    // The relay takes the commit adding Carol; its answer is lost.
+    front.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    alice.add_member(&chat, carol.client.phone()).await.unwrap();
+    assert!(
+        !front.armed.load(std::sync::atomic::Ordering::SeqCst),
+        "an answer was lost"
+    );
+    assert_eq!(alice.members(&chat).unwrap().len(), 3);
+    // Everyone moved on together: Bob writes in the new state, Alice reads.
+    bob.client.sync().await.unwrap();
+    let bobs_chat = bob.client.find_chat("lossy").await.unwrap();
+    assert_eq!(bob.client.members(&bobs_chat).unwrap().len(), 3);
+    bob.client.send_text(&bobs_chat, "hi carol").await.unwrap();
+    alice.sync().await.unwrap();
+    assert_eq!(texts(&alice, &chat).await, vec!["hi carol"]);
+    assert_no_false_alarms(&alice, &chat).await;
+}
