@@ -596,15 +596,16 @@ impl Client {
             .collect()
     }
 
-    /// The devices of other members, which every message goes to.
-    /// Whether `device` is a member of the chat now.
-    fn is_member(&self, group_id: &[u8], device: DeviceId) -> bool {
-        self.groups.get(group_id).is_some_and(|g| {
-            g.members()
-                .any(|m| mls::identity_of(&m.credential).is_ok_and(|id| id.device == device))
+    /// Who `device` is, if it is a member of the chat now.
+    fn member_identity(&self, group_id: &[u8], device: DeviceId) -> Option<MemberIdentity> {
+        self.groups.get(group_id)?.members().find_map(|m| {
+            mls::identity_of(&m.credential)
+                .ok()
+                .filter(|id| id.device == device)
         })
     }
 
+    /// The devices of other members, which every message goes to.
     fn recipients(&self, group: &MlsGroup) -> Result<Vec<DeviceId>> {
         let mut out = Vec::new();
         for m in group.members() {

@@ -238,6 +238,18 @@ impl ProfileStore {
             .collect()
     }
 
+    /// Whether a message of a later epoch than `epoch` is kept for a chat:
+    /// the chat changed and the change has not reached this device.
+    pub async fn parked_ahead(&self, group_id: &[u8], epoch: u64) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM parked WHERE group_id = ? AND epoch > ?)",
+        )
+        .bind(group_id)
+        .bind(i64::try_from(epoch).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// The MLS messages kept for an epoch not reached yet, oldest first.
     pub async fn parked(&self) -> Result<Vec<Parked>> {
         let rows =
@@ -401,7 +413,7 @@ impl ProfileStore {
             .bind(&p.group_id)
             .bind(i64::try_from(p.epoch).unwrap_or(i64::MAX))
             .bind(&p.payload)
-            .bind(now)
+            .bind(p.parked_at)
             .execute(&mut *tx)
             .await?;
         }

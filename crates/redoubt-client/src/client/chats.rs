@@ -261,13 +261,7 @@ impl Client {
         // has not seen (perhaps one removing a member, withheld so that
         // member could go on reading): hold until it comes.
         let epoch = self.active_group(chat)?.epoch().as_u64();
-        if self
-            .store
-            .parked()
-            .await?
-            .iter()
-            .any(|p| p.group_id == chat.group_id && p.epoch > epoch)
-        {
+        if self.store.parked_ahead(&chat.group_id, epoch).await? {
             return Err(ClientError::ChatBehind);
         }
         let body = self

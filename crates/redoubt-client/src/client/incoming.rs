@@ -43,13 +43,13 @@ impl Client {
             self.keep_transcript(&mut changes)?;
             self.persist(changes).await?;
             self.api.ack(acks).await?;
-            report.messages.extend(self.unpark().await?);
             if !page.more {
                 break;
             }
+            report.messages.extend(self.unpark().await?);
         }
-        // Kept messages whose wait is over are reported, even when nothing
-        // new came.
+        // Kept messages whose commit came in the last page, or whose wait
+        // is over (even when nothing new came).
         report.messages.extend(self.unpark().await?);
         // Members' directory epochs against this device's.
         self.compare_sightings().await?;
@@ -149,11 +149,15 @@ impl Client {
                     Some(false) => {}
                 }
             }
-            let done = !changes.parked_done.is_empty();
+            // Nothing processed or given up on: nothing to write (a write
+            // would make other processes reload for nothing).
+            if changes.parked_done.is_empty() {
+                return Ok(stored);
+            }
             stored.extend(changes.messages.iter().cloned());
             self.keep_transcript(&mut changes)?;
             self.persist(changes).await?;
-            if !progress || !done {
+            if !progress {
                 return Ok(stored);
             }
         }
@@ -319,7 +323,7 @@ impl Client {
                 // longer in it (removed by a commit this device has seen):
                 // not shown as a message.
                 let current = self.groups.get(&group_id).map_or(0, |g| g.epoch().as_u64());
-                if epoch < current && !self.is_member(&group_id, sender.device) {
+                if epoch < current && self.member_identity(&group_id, sender.device).is_none() {
                     changes.messages.push(system_message(
                         &group_id,
                         format!(

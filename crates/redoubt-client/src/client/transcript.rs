@@ -104,16 +104,15 @@ impl Client {
     ) -> Result<Vec<u8>> {
         let directory = self.directory_epoch().await?;
         let me = self.identity.device;
-        let order = self.chat_transcript(group_id).await?.next_order(me, epoch);
+        let chat = self.chat_transcript(group_id).await?;
+        let order = chat.next_order(me, epoch);
         let bytes = serde_json::to_vec(&AppEnvelope {
             body,
             directory,
             order: Some(order.clone()),
         })
         .map_err(ClientError::mls)?;
-        self.chat_transcript(group_id)
-            .await?
-            .sent(epoch, &order, message_hash(&bytes));
+        chat.sent(epoch, &order, message_hash(&bytes));
         let mut changes = Changes::default();
         self.keep_transcript(&mut changes)?;
         self.record(changes).await?;
@@ -135,33 +134,6 @@ impl Client {
         let device: DeviceId = sender.device;
         let who = sender.phone.to_string();
         let me = self.identity.device;
-        // What the sender holds and this device does not: a message the
-        // relay gave some members and not this one, or the end of an epoch.
-        let mut elsewhere = Vec::new();
-        if let Some(digest) = &order.digest {
-            let chat = self.chat_transcript(group_id).await?;
-            for (author, ids) in chat.missing_per(me, digest, Uuid::new_v4) {
-                let author = self.member_phone(group_id, author);
-                for id in ids {
-                    elsewhere.push(placeholder(
-                        group_id,
-                        id,
-                        if author == who {
-                            format!(
-                                "⚠ A message from {who} is missing: the relay has not \
-                                 delivered it."
-                            )
-                        } else {
-                            format!(
-                                "⚠ A message from {author} is missing: {who}'s device received \
-                                 it, this one has not."
-                            )
-                        },
-                    ));
-                }
-            }
-        }
-        changes.messages.extend(elsewhere);
         let missing = |group_id: &[u8], id: Uuid| {
             placeholder(
                 group_id,
@@ -169,6 +141,33 @@ impl Client {
                 format!("⚠ A message from {who} is missing: the relay has not delivered it."),
             )
         };
+        // What the sender holds and this device does not: a message the
+        // relay gave some members and not this one, or the end of an epoch.
+        if let Some(digest) = &order.digest {
+            let gaps = self
+                .chat_transcript(group_id)
+                .await?
+                .missing_per(me, digest, Uuid::new_v4);
+            for (author, ids) in gaps {
+                let author = self
+                    .member_identity(group_id, author)
+                    .map_or_else(|| "a former member".to_owned(), |id| id.phone.to_string());
+                for id in ids {
+                    changes.messages.push(if author == who {
+                        missing(group_id, id)
+                    } else {
+                        placeholder(
+                            group_id,
+                            id,
+                            format!(
+                                "⚠ A message from {author} is missing: {who}'s device received \
+                                 it, this one has not."
+                            ),
+                        )
+                    });
+                }
+            }
+        }
         let chat = self.chat_transcript(group_id).await?;
         let (placement, mismatch) =
             chat.receive(device, epoch, order, message_hash(payload), Uuid::new_v4);
@@ -200,21 +199,6 @@ impl Client {
                 Received::Dropped
             }
         })
-    }
-
-    /// A member device's number, for notices: from the chat's members, or
-    /// from the devices this profile knows.
-    fn member_phone(&self, group_id: &[u8], device: DeviceId) -> String {
-        self.groups
-            .get(group_id)
-            .and_then(|g| {
-                g.members().find_map(|m| {
-                    crate::mls::identity_of(&m.credential)
-                        .ok()
-                        .filter(|id| id.device == device)
-                })
-            })
-            .map_or_else(|| "a former member".into(), |id| id.phone.to_string())
     }
 
     /// Puts the records a late message produced (those after `from` in
