@@ -124,30 +124,13 @@ impl Api {
         from: u64,
         to: u64,
     ) -> Result<Option<redoubt_proto::kt::KtConsistencyResponse>> {
-        match self
-            .call::<(), _>(
-                Method::GET,
-                &format!("/v1/kt/consistency?from={from}&to={to}"),
-                None,
-            )
+        self.get_optional(&format!("/v1/kt/consistency?from={from}&to={to}"))
             .await
-        {
-            Ok(answer) => Ok(Some(answer)),
-            Err(ClientError::Server { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// One signed epoch; `None` when the relay has no such epoch.
     pub async fn kt_epoch(&self, epoch: u64) -> Result<Option<redoubt_proto::kt::SignedEpoch>> {
-        match self
-            .call::<(), _>(Method::GET, &format!("/v1/kt/epochs/{epoch}"), None)
-            .await
-        {
-            Ok(answer) => Ok(Some(answer)),
-            Err(ClientError::Server { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_optional(&format!("/v1/kt/epochs/{epoch}")).await
     }
 
     /// The append-only proof from epoch `from` to `to`, with the signed
@@ -186,14 +169,13 @@ impl Api {
         kind: &str,
         phone: &PhoneNumber,
     ) -> Result<Option<redoubt_proto::kt::KtProofResponse>> {
-        match self
-            .call::<(), _>(
-                Method::GET,
-                &format!("/v1/kt/{kind}/{}", phone.e164()),
-                None,
-            )
+        self.get_optional(&format!("/v1/kt/{kind}/{}", phone.e164()))
             .await
-        {
+    }
+
+    /// A GET whose 404 means "there is none": `None`, not an error.
+    async fn get_optional<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        match self.call::<(), _>(Method::GET, path, None).await {
             Ok(answer) => Ok(Some(answer)),
             Err(ClientError::Server { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),

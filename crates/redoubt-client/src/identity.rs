@@ -70,7 +70,12 @@ fn unb64(text: &str) -> Result<Vec<u8>, IdentityError> {
 
 /// SHA-256 of a list body, in hex: what the next list names as `previous`.
 pub fn body_hash(body: &str) -> String {
-    Sha256::digest(body.as_bytes())
+    sha256_hex(body.as_bytes())
+}
+
+/// SHA-256 of `bytes`, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

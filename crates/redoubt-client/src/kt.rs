@@ -14,7 +14,8 @@
 //! shown inside their messages the same way, so a relay that forks its
 //! directory to show two people two different ones is caught by either of
 //! them. akd's own append-only proofs (most of a megabyte per busy epoch)
-//! are left to auditors, who check every epoch grows out of the last.
+//! are left to auditors (`kt_audit`), who check every epoch grows out of
+//! the last.
 
 use akd_core::{AkdLabel, WhatsAppV1Configuration as Config};
 use base64::engine::general_purpose::STANDARD;
@@ -356,18 +357,6 @@ pub enum PeerEpoch {
     Unsigned,
     /// Another epoch: the relay must prove one log extends the other.
     Unknown,
-}
-
-/// Verifies akd's append-only proof (protobuf, base64) over `roots`,
-/// consecutive epochs' roots: what an auditor checks.
-pub async fn verify_append_only(roots: Vec<[u8; 32]>, proof: &str) -> Result<(), String> {
-    let bytes = STANDARD.decode(proof).map_err(|e| e.to_string())?;
-    let proof = akd::proto::specs::types::AppendOnlyProof::parse_from_bytes(&bytes)
-        .map_err(|e| e.to_string())?;
-    let proof = akd::AppendOnlyProof::try_from(&proof).map_err(|e| format!("{e:?}"))?;
-    akd::auditor::audit_verify::<akd::WhatsAppV1Configuration>(roots, proof)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// How the directory's value for a number compares with the list the

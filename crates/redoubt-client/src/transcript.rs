@@ -28,7 +28,6 @@ use std::collections::BTreeMap;
 
 use redoubt_proto::DeviceId;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 /// How many epochs of each sender's counters a device keeps per chat.
@@ -67,8 +66,7 @@ pub struct SenderOrder {
 
 /// The hash a message is chained by.
 pub fn message_hash(payload: &[u8]) -> String {
-    let digest = Sha256::digest(payload);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::identity::sha256_hex(payload)
 }
 
 /// What this device sent in a chat's current epoch.

@@ -37,24 +37,21 @@ pub async fn register(server: &TestServer, phone: &str) -> Profile {
 }
 
 pub async fn register_in(server: &TestServer, phone: &str, dir: &std::path::Path) -> Client {
+    register_at(&server.base_url(), phone, dir).await
+}
+
+/// Registers through `base_url` (the relay, or something in front of it).
+pub async fn register_at(base_url: &str, phone: &str, dir: &std::path::Path) -> Client {
     let phone = PhoneNumber::parse(phone).unwrap();
     let before = logs::dev_code_for(&logs::captured(), phone.e164());
-    Client::request_code(&server.base_url(), &phone, &config())
+    Client::request_code(base_url, &phone, &config())
         .await
         .unwrap();
     let code = logs::dev_code_for(&logs::captured(), phone.e164()).unwrap();
     assert_ne!(Some(&code), before.as_ref(), "a fresh code was logged");
-    Client::register(
-        dir,
-        PASSPHRASE,
-        &server.base_url(),
-        &phone,
-        &code,
-        "test",
-        config(),
-    )
-    .await
-    .unwrap()
+    Client::register(dir, PASSPHRASE, base_url, &phone, &code, "test", config())
+        .await
+        .unwrap()
 }
 
 /// Texts of a chat's messages from members (not system notices).

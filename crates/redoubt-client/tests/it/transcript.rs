@@ -432,25 +432,7 @@ async fn a_commit_whose_answer_was_lost_is_sent_again_under_its_id() {
     let front = lossy_front(&server).await;
     // Alice reaches the relay through a front that will lose one answer.
     let dir = tempfile::tempdir().unwrap();
-    let phone = redoubt_proto::PhoneNumber::parse(&fresh_phone()).unwrap();
-    let before = test_support::logs::dev_code_for(&test_support::logs::captured(), phone.e164());
-    redoubt_client::Client::request_code(&front.url, &phone, &config())
-        .await
-        .unwrap();
-    let code =
-        test_support::logs::dev_code_for(&test_support::logs::captured(), phone.e164()).unwrap();
-    assert_ne!(Some(&code), before.as_ref());
-    let mut alice = redoubt_client::Client::register(
-        dir.path(),
-        PASSPHRASE,
-        &front.url,
-        &phone,
-        &code,
-        "test",
-        config(),
-    )
-    .await
-    .unwrap();
+    let mut alice = register_at(&front.url, &fresh_phone(), dir.path()).await;
     let mut bob = register(&server, &fresh_phone()).await;
     let carol = register(&server, &fresh_phone()).await;
     let chat = alice
