@@ -344,6 +344,26 @@ pub trait KtTables: Send + Sync {
     async fn kt_secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StorageError>;
 }
 
+/// The columns a stored epoch is read from, in [`stored_epoch`]'s order.
+macro_rules! epoch_columns {
+    () => {
+        "epoch, root, published_at, signature, log_root"
+    };
+}
+
+/// A stored epoch from a row of [`epoch_columns`] (either backend's row).
+macro_rules! epoch_from_row {
+    ($row:expr) => {
+        stored_epoch(
+            $row.try_get(0).map_err(failed)?,
+            $row.try_get(1).map_err(failed)?,
+            $row.try_get(2).map_err(failed)?,
+            $row.try_get(3).map_err(failed)?,
+            $row.try_get(4).map_err(failed)?,
+        )
+    };
+}
+
 fn stored_epoch(
     epoch: i64,
     root: Vec<u8>,
@@ -450,25 +470,18 @@ macro_rules! kt_tables {
 
             async fn kt_epochs(&self, from: u64, to: u64) -> Result<Vec<StoredEpoch>, StorageError> {
                 let rows = sqlx::query(&($sql)(
-                    "SELECT epoch, root, published_at, signature, log_root FROM kt_epochs \
-                     WHERE epoch >= ? AND epoch <= ? ORDER BY epoch",
+                    concat!(
+                        "SELECT ",
+                        epoch_columns!(),
+                        " FROM kt_epochs WHERE epoch >= ? AND epoch <= ? ORDER BY epoch"
+                    ),
                 ))
                 .bind(int(from))
                 .bind(int(to))
                 .fetch_all(self.$read())
                 .await
                 .map_err(failed)?;
-                rows.into_iter()
-                    .map(|r| {
-                        stored_epoch(
-                            r.try_get(0).map_err(failed)?,
-                            r.try_get(1).map_err(failed)?,
-                            r.try_get(2).map_err(failed)?,
-                            r.try_get(3).map_err(failed)?,
-                            r.try_get(4).map_err(failed)?,
-                        )
-                    })
-                    .collect()
+                rows.iter().map(|r| epoch_from_row!(r)).collect()
             }
 
             async fn kt_size(&self) -> Result<u64, StorageError> {
@@ -507,23 +520,15 @@ macro_rules! kt_tables {
             }
 
             async fn kt_latest(&self) -> Result<Option<StoredEpoch>, StorageError> {
-                let row = sqlx::query(
-                    "SELECT epoch, root, published_at, signature, log_root FROM kt_epochs \
-                     ORDER BY epoch DESC LIMIT 1",
-                )
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    epoch_columns!(),
+                    " FROM kt_epochs ORDER BY epoch DESC LIMIT 1"
+                ))
                 .fetch_optional(self.$read())
                 .await
                 .map_err(failed)?;
-                row.map(|r| {
-                    stored_epoch(
-                        r.try_get(0).map_err(failed)?,
-                        r.try_get(1).map_err(failed)?,
-                        r.try_get(2).map_err(failed)?,
-                        r.try_get(3).map_err(failed)?,
-                        r.try_get(4).map_err(failed)?,
-                    )
-                })
-                .transpose()
+                row.map(|r| epoch_from_row!(r)).transpose()
             }
         }
     };
