@@ -276,6 +276,7 @@ impl Api {
         id: EnvelopeId,
         recipients: Vec<DeviceId>,
         payload: Vec<u8>,
+        commit: Option<CommitTag>,
     ) -> Result<SendResponse> {
         self.call(
             Method::POST,
@@ -284,6 +285,7 @@ impl Api {
                 id,
                 recipients,
                 payload: payload.into(),
+                commit,
             }),
         )
         .await

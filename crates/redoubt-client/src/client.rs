@@ -7,6 +7,7 @@
 //! no two processes ever encrypt from, or write back, diverging copies.
 
 mod chats;
+mod commits;
 mod incoming;
 mod kt;
 mod link;
@@ -174,6 +175,9 @@ pub struct Client {
     sightings: Vec<kt::Sighting>,
     /// Each chat's transcript state, while an operation uses it.
     transcript: Option<transcript::TranscriptDoc>,
+    /// Chats whose pending proposals this device commits once the page
+    /// they came in is stored.
+    to_commit: Vec<Vec<u8>>,
 }
 
 /// What a profile holds, as loaded from its store.
@@ -352,6 +356,7 @@ impl Client {
             announcements: Vec::new(),
             sightings: Vec::new(),
             transcript: None,
+            to_commit: Vec::new(),
         };
         let _held = client.hold().await?;
         client
@@ -394,6 +399,7 @@ impl Client {
             announcements: Vec::new(),
             sightings: Vec::new(),
             transcript: None,
+            to_commit: Vec::new(),
         })
     }
 
@@ -425,6 +431,12 @@ impl Client {
             }
         }
         Ok(guard)
+    }
+
+    /// Makes the next operation reload identity and MLS state from the
+    /// store, dropping changes made in memory that were never stored.
+    fn forget_unstored_state(&self) {
+        self.generation.store(-1, Ordering::SeqCst);
     }
 
     /// This profile's number.

@@ -133,6 +133,12 @@ pub enum ClientError {
          relay may be withholding it). Nothing is sent to the chat until it arrives."
     )]
     ChatBehind,
+    /// Another member changed the chat at the same moment and the relay
+    /// took their change first; this device's change was not made.
+    #[error(
+        "not changed: another member changed this chat at the same moment. Sync and try again."
+    )]
+    ChatChanged,
 }
 
 fn revoked_hint(code: ErrorCode) -> &'static str {
@@ -182,6 +188,7 @@ impl ClientError {
             Self::Untrusted(_) => "untrusted",
             Self::LinkFailed(_) => "link_failed",
             Self::ChatBehind => "chat_behind",
+            Self::ChatChanged => "chat_changed",
         };
         code.to_owned()
     }

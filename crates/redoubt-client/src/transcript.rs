@@ -24,7 +24,7 @@
 //! messages already being sent: no extra traffic, in a group of 1,000 as
 //! in a direct chat.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use redoubt_proto::DeviceId;
 use serde::{Deserialize, Serialize};
@@ -38,13 +38,41 @@ const EPOCHS_KEPT: usize = 16;
 pub const DIGEST_EVERY: u64 = 20;
 
 /// What a device holds of one epoch: the highest counter from each device
-/// that wrote in it, its own included.
+/// that wrote in it, its own included, and the epoch's authenticator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digest {
     /// The MLS epoch.
     pub epoch: u64,
     /// Highest counter held (or sent) per device.
     pub counts: BTreeMap<DeviceId, u64>,
+    /// The start of the epoch's authenticator (RFC 9420 §8.7), hex, as the
+    /// sender's device has it; empty if it did not note it. Two devices
+    /// with different ones are in different histories of the chat.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub auth: String,
+}
+
+/// How many bytes of an epoch authenticator a digest carries: 128 bits, as
+/// collision-resistant as a safety number needs, in half the bytes.
+pub const AUTH_BYTES: usize = 16;
+
+/// The part of an epoch authenticator a digest carries.
+pub fn auth_of(authenticator: &[u8]) -> String {
+    crate::client::hex(&authenticator[..authenticator.len().min(AUTH_BYTES)])
+}
+
+/// What a commit from an epoch this device has already left is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldCommit {
+    /// The very commit this device took in from that epoch, again.
+    Replay,
+    /// Another commit from the same epoch: the relay accepted two, and the
+    /// chat has split into two histories. `first` is true the first time
+    /// this epoch's split is seen, so it is said once.
+    Split {
+        /// First time for this epoch.
+        first: bool,
+    },
 }
 
 /// A message's place in its sender's stream, carried inside the MLS
@@ -100,6 +128,16 @@ pub struct ChatTranscript {
     /// Per sending device, per epoch.
     #[serde(default)]
     received: BTreeMap<DeviceId, BTreeMap<u64, Received>>,
+    /// The authenticator of each epoch this device was in ([`auth_of`]).
+    #[serde(default)]
+    auths: BTreeMap<u64, String>,
+    /// The hash of the commit this device took in (or made) from each
+    /// epoch, to tell a replayed commit from a second one.
+    #[serde(default)]
+    commits: BTreeMap<u64, String>,
+    /// Epochs where a split was seen and said.
+    #[serde(default)]
+    splits: BTreeSet<u64>,
 }
 
 /// What a received message means for the history.
@@ -150,6 +188,40 @@ impl ChatTranscript {
         }
     }
 
+    /// Notes the authenticator of `epoch`, where this device is.
+    pub fn note_epoch(&mut self, epoch: u64, auth: String) {
+        self.auths.insert(epoch, auth);
+        trim(&mut self.auths);
+    }
+
+    /// Notes the commit (by hash) this device took in or made from `epoch`.
+    pub fn note_commit(&mut self, epoch: u64, hash: String) {
+        self.commits.insert(epoch, hash);
+        trim(&mut self.commits);
+    }
+
+    /// Judges a commit from `epoch`, an epoch this device already left.
+    pub fn old_commit(&mut self, epoch: u64, hash: &str) -> OldCommit {
+        if self.commits.get(&epoch).is_some_and(|h| h == hash) {
+            return OldCommit::Replay;
+        }
+        let first = self.splits.insert(epoch);
+        while self.splits.len() > EPOCHS_KEPT {
+            self.splits.pop_first();
+        }
+        OldCommit::Split { first }
+    }
+
+    /// Whether another member's digest shows it in another history of the
+    /// chat: its authenticator for an epoch differs from this device's.
+    pub fn other_history(&self, digest: &Digest) -> bool {
+        !digest.auth.is_empty()
+            && self
+                .auths
+                .get(&digest.epoch)
+                .is_some_and(|mine| *mine != digest.auth)
+    }
+
     /// The latest epoch before `epoch` this device wrote or read in.
     fn epoch_before(&self, epoch: u64) -> Option<u64> {
         let sent = self.sent.as_ref().map(|s| s.epoch).filter(|e| *e < epoch);
@@ -176,7 +248,11 @@ impl ChatTranscript {
         if let Some(s) = self.sent.as_ref().filter(|s| s.epoch == epoch) {
             counts.insert(me, s.count);
         }
-        Digest { epoch, counts }
+        Digest {
+            epoch,
+            counts,
+            auth: self.auths.get(&epoch).cloned().unwrap_or_default(),
+        }
     }
 
     /// Records that the message `order` (whose payload hashes to `hash`)
@@ -227,9 +303,7 @@ impl ChatTranscript {
             } else {
                 Placement::AfterGap { placeholders }
             };
-            while epochs.len() > EPOCHS_KEPT {
-                epochs.pop_first();
-            }
+            trim(epochs);
             return (placement, mismatch.then_some(Mismatch));
         };
         (placement, None)
@@ -277,6 +351,13 @@ impl ChatTranscript {
     }
 }
 
+/// Keeps the newest [`EPOCHS_KEPT`] epochs of a per-epoch record.
+fn trim<V>(map: &mut BTreeMap<u64, V>) {
+    while map.len() > EPOCHS_KEPT {
+        map.pop_first();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +399,44 @@ mod tests {
             assert_eq!(o.digest.is_some(), k == DIGEST_EVERY, "message {k}");
             t.sent(3, &o, format!("n{k}"));
         }
+    }
+
+    #[test]
+    fn digests_carry_the_epoch_authenticator_and_another_one_is_another_history() {
+        let me = DeviceId::random();
+        let mut t = ChatTranscript::joined_in(1);
+        t.note_epoch(1, "aa".into());
+        let first = t.next_order(me, 1);
+        t.sent(1, &first, "h1".into());
+        // The first message of epoch 2 tells epoch 1, with its authenticator.
+        t.note_epoch(2, "bb".into());
+        let digest = t.next_order(me, 2).digest.unwrap();
+        assert_eq!((digest.epoch, digest.auth.as_str()), (1, "aa"));
+        assert!(!t.other_history(&digest));
+        let theirs = Digest {
+            auth: "cc".into(),
+            ..digest.clone()
+        };
+        assert!(t.other_history(&theirs));
+        // Nothing to compare with: not judged.
+        assert!(!t.other_history(&Digest {
+            epoch: 7,
+            ..theirs.clone()
+        }));
+        assert!(!t.other_history(&Digest {
+            auth: String::new(),
+            ..digest
+        }));
+    }
+
+    #[test]
+    fn an_old_commit_is_a_replay_or_a_split_said_once() {
+        let mut t = ChatTranscript::joined_in(1);
+        t.note_commit(1, "c1".into());
+        assert_eq!(t.old_commit(1, "c1"), OldCommit::Replay);
+        assert_eq!(t.old_commit(1, "c2"), OldCommit::Split { first: true });
+        assert_eq!(t.old_commit(1, "c3"), OldCommit::Split { first: false });
+        assert_eq!(t.old_commit(2, "c4"), OldCommit::Split { first: true });
     }
 
     #[test]
@@ -386,6 +505,7 @@ mod tests {
         let digest = |epoch, a| Digest {
             epoch,
             counts: BTreeMap::from([(alice, a), (me, 1)]),
+            auth: String::new(),
         };
         let missing = t.missing_per(me, &digest(2, 3), &mut fresh);
         assert_eq!(missing.len(), 1);

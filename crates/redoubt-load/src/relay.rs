@@ -456,6 +456,7 @@ async fn send_one(d: &Device, recipients: &[DeviceId], body: Vec<u8>, shared: &S
         id: EnvelopeId::random(),
         recipients: recipients.to_vec(),
         payload: body.into(),
+        commit: None,
     };
     let json = serde_json::to_vec(&request).unwrap_or_default();
     for _ in 0..5 {

@@ -223,7 +223,32 @@ pub struct SendRequest {
     pub recipients: Vec<DeviceId>,
     /// The MLS message.
     pub payload: OpaqueBytes,
+    /// Set when the payload is an MLS commit: which group it changes and
+    /// from which epoch. The relay accepts one commit per group and epoch,
+    /// so two members changing a group at once do not split it; the later
+    /// one is refused (`stale_commit`) and made again on the new state.
+    /// An honest relay's courtesy, not a guarantee: clients still detect a
+    /// relay that accepts both (`docs/threat-model.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitTag>,
 }
+
+/// Which group a commit changes, and from which epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CommitTag {
+    /// SHA-256 of the MLS group id ([`COMMIT_GROUP_LEN`] bytes). The group
+    /// id is in every MLS message's clear header anyway; the hash keeps
+    /// the relay's table to fixed-size keys.
+    pub group: OpaqueBytes,
+    /// The epoch the commit was made in; accepting it moves the group to
+    /// the next.
+    pub epoch: u64,
+}
+
+/// Length of [`CommitTag::group`].
+pub const COMMIT_GROUP_LEN: usize = 32;
 
 /// The answer to a send.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -59,6 +59,9 @@ pub enum ErrorCode {
     MailboxFull,
     /// An envelope with this id but different content was already accepted.
     EnvelopeIdConflict,
+    /// Another commit to this group was accepted from the same epoch first:
+    /// process it, then make the change again on the new state.
+    StaleCommit,
     /// Too many recipients in one send.
     TooManyRecipients,
     /// The legal desk refused a court order; the message gives the reason and its code.

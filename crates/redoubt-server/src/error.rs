@@ -129,6 +129,9 @@ pub enum ApiError {
     /// The envelope id was used for different bytes.
     #[error("an envelope with this id and different content was already accepted")]
     EnvelopeIdConflict,
+    /// Another commit to the group was accepted from this epoch first.
+    #[error("another commit to this group was accepted from this epoch first; process it and commit again")]
+    StaleCommit,
     /// Too many recipients.
     #[error("a send may name at most {max} recipient devices")]
     TooManyRecipients {
@@ -226,6 +229,7 @@ impl ApiError {
             ),
             E::MailboxFull(_) => (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::MailboxFull),
             E::EnvelopeIdConflict => (StatusCode::CONFLICT, ErrorCode::EnvelopeIdConflict),
+            E::StaleCommit => (StatusCode::CONFLICT, ErrorCode::StaleCommit),
             E::TooManyRecipients { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::TooManyRecipients,

@@ -71,6 +71,7 @@ pub(crate) async fn queue_notice(
             now,
             expires_at: now.plus(state.config().mailbox.message_ttl),
             max_queued: u64::MAX,
+            commit: None,
         })
         .await?;
     match outcome {

@@ -50,6 +50,7 @@ impl Purger {
             ip_log_before: now.minus(self.config.ip_log.retention),
             code_requests_before: now.minus(longest_window),
             receipts_before: now.minus(self.config.mailbox.dedup_window),
+            commit_positions_before: now.minus(self.config.mailbox.message_ttl),
         };
         let counts = self.store.purge(cutoffs).await?;
         for (kind, n) in [

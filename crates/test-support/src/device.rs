@@ -207,6 +207,7 @@ impl TestDevice {
             id,
             recipients: recipients.to_vec(),
             payload: payload.to_vec().into(),
+            commit: None,
         };
         self.post("/v1/messages", &request).await
     }

@@ -27,6 +27,7 @@ pub async fn inject(server: &TestServer, device: DeviceId, kind: EnvelopeKind, p
             now,
             expires_at: now.plus(std::time::Duration::from_secs(3600)),
             max_queued: u64::MAX,
+            commit: None,
         })
         .await
         .expect("the store takes the injected envelope");

@@ -3,12 +3,8 @@
 //! certificate its account's identity key made; every device removed is
 //! one a newer signed list dropped, or a member the user removed.
 
+use super::commits::{self, after_races};
 use super::*;
-
-/// How often a commit is sent again under its envelope id after a
-/// transient failure, and the wait before each (times the attempt).
-const COMMIT_RETRIES: u32 = 3;
-const COMMIT_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Client {
     /// Claims a key package for each listed device of `accounts` and
@@ -205,7 +201,7 @@ impl Client {
             .await
     }
 
-    fn active_group(&self, chat: &ChatRecord) -> Result<&MlsGroup> {
+    pub(super) fn active_group(&self, chat: &ChatRecord) -> Result<&MlsGroup> {
         if chat.state != ChatState::Active {
             return Err(ClientError::NotAMember);
         }
@@ -229,6 +225,9 @@ impl Client {
             return Err(ClientError::Invalid("an empty message is not sent".into()));
         }
         let _held = self.hold().await?;
+        // A change of this device's the relay has not confirmed goes first
+        // (no message can be written in the chat until it has).
+        self.confirm_commits(Some(&chat.group_id)).await?;
         // A chat follows its members' devices as their signed lists change.
         // Offline, the message goes to the devices the chat has.
         // In a group, every send checks the members' signed lists in one
@@ -239,15 +238,19 @@ impl Client {
                 Err(e) if e.is_transient() => {}
                 other => other?,
             },
-            ChatKind::Group => match self.wanted_devices(chat).await {
-                Err(e) if e.is_transient() => {}
-                Err(e) => return Err(e),
-                Ok(wanted) => {
-                    if self.designated(chat)? {
-                        self.apply_wanted(chat, wanted).await?;
+            ChatKind::Group => {
+                let applied = after_races!(self, {
+                    match self.wanted_devices(chat).await {
+                        Err(e) if e.is_transient() => Ok(()),
+                        Err(e) => Err(e),
+                        Ok(wanted) if self.designated(chat)? => {
+                            self.apply_wanted(chat, wanted).await
+                        }
+                        Ok(_) => Ok(()),
                     }
-                }
-            },
+                });
+                applied?;
+            }
         }
         // Nothing goes to a chat where someone's identity changed until the
         // user accepted it.
@@ -323,6 +326,11 @@ impl Client {
     /// Adds the account behind `phone` (all its devices) to a group.
     pub async fn add_member(&mut self, chat: &ChatRecord, phone: &PhoneNumber) -> Result<()> {
         let _held = self.hold().await?;
+        self.confirm_commits(Some(&chat.group_id)).await?;
+        after_races!(self, self.add_member_once(chat, phone).await)
+    }
+
+    async fn add_member_once(&mut self, chat: &ChatRecord, phone: &PhoneNumber) -> Result<()> {
         if chat.kind != ChatKind::Group {
             return Err(ClientError::Invalid(
                 "members can only be added to groups".into(),
@@ -372,92 +380,18 @@ impl Client {
         let (commit, welcome, _) = group
             .add_members(provider, signer, &packages)
             .map_err(ClientError::mls)?;
-        self.send_commit(&chat.group_id, existing, commit).await?;
         let new_recipients: Vec<DeviceId> = contacts.iter().map(|c| c.device_id).collect();
-        self.send_envelope(
-            EnvelopeId::random(),
-            new_recipients,
-            welcome.tls_serialize_detached().map_err(ClientError::mls)?,
+        self.send_commit(
+            &chat.group_id,
+            existing,
+            commit,
+            Some((new_recipients, welcome)),
         )
         .await?;
-        let epoch = self.active_group(chat)?.epoch().as_u64();
-        let info = self
-            .app_bytes(
-                &chat.group_id,
-                epoch,
-                AppMessage::ChatInfo {
-                    kind: chat.kind,
-                    name: if chat.kind == ChatKind::Group {
-                        chat.name.clone()
-                    } else {
-                        String::new()
-                    },
-                },
-            )
+        let (everyone, info) = self.chat_info(chat).await?;
+        self.send_envelope(EnvelopeId::random(), everyone, info)
             .await?;
-        let (provider, signer) = (&self.provider, &self.identity.signer);
-        let group = self
-            .groups
-            .get_mut(&chat.group_id)
-            .ok_or(ClientError::NotAMember)?;
-        let info = group
-            .create_message(provider, signer, &info)
-            .map_err(ClientError::mls)?;
-        let everyone = self.recipients(self.active_group(chat)?)?;
-        self.send_envelope(
-            EnvelopeId::random(),
-            everyone,
-            info.tls_serialize_detached().map_err(ClientError::mls)?,
-        )
-        .await?;
         self.persist(Changes::default()).await
-    }
-
-    /// Sends a commit this device created to `recipients` and merges it; if
-    /// the relay refuses it, the commit is discarded so the group stays usable.
-    pub(super) async fn send_commit(
-        &mut self,
-        group_id: &[u8],
-        recipients: Vec<DeviceId>,
-        commit: MlsMessageOut,
-    ) -> Result<()> {
-        let bytes = commit.tls_serialize_detached().map_err(ClientError::mls)?;
-        // A transient failure may come after the relay stored the commit
-        // (the answer was lost): the same bytes go again under the same
-        // envelope id, which the relay recognises, so the commit is either
-        // confirmed once or known not to be there. Dropping it on the first
-        // failure would leave this device in the old state while everyone
-        // else moved on.
-        let id = EnvelopeId::random();
-        let mut sent = self
-            .send_envelope(id, recipients.clone(), bytes.clone())
-            .await;
-        for attempt in 1..=COMMIT_RETRIES {
-            match &sent {
-                Err(e) if e.is_transient() => {
-                    tokio::time::sleep(COMMIT_RETRY_WAIT * attempt).await;
-                    sent = self
-                        .send_envelope(id, recipients.clone(), bytes.clone())
-                        .await;
-                }
-                _ => break,
-            }
-        }
-        if let Err(e) = sent {
-            let group = self
-                .groups
-                .get_mut(group_id)
-                .ok_or(ClientError::NotAMember)?;
-            let _ = group.clear_pending_commit(self.provider.storage());
-            return Err(e);
-        }
-        let group = self
-            .groups
-            .get_mut(group_id)
-            .ok_or(ClientError::NotAMember)?;
-        group
-            .merge_pending_commit(&self.provider)
-            .map_err(ClientError::mls)
     }
 
     /// Removes these leaves. The removed devices get the commit too, so they
@@ -472,12 +406,18 @@ impl Client {
         let (commit, _, _) = group
             .remove_members(provider, signer, leaves)
             .map_err(ClientError::mls)?;
-        self.send_commit(&chat.group_id, recipients, commit).await
+        self.send_commit(&chat.group_id, recipients, commit, None)
+            .await
     }
 
     /// Removes the account behind `phone` (all its devices) from a group.
     pub async fn remove_member(&mut self, chat: &ChatRecord, phone: &PhoneNumber) -> Result<()> {
         let _held = self.hold().await?;
+        self.confirm_commits(Some(&chat.group_id)).await?;
+        after_races!(self, self.remove_member_once(chat, phone).await)
+    }
+
+    async fn remove_member_once(&mut self, chat: &ChatRecord, phone: &PhoneNumber) -> Result<()> {
         if chat.kind != ChatKind::Group {
             return Err(ClientError::Invalid(
                 "members can only be removed from groups".into(),
@@ -511,8 +451,11 @@ impl Client {
     /// nothing; a list that does not verify is refused and said.
     pub async fn reconcile(&mut self, chat: &ChatRecord) -> Result<()> {
         let _held = self.hold().await?;
-        let wanted = self.wanted_devices(chat).await?;
-        self.apply_wanted(chat, wanted).await
+        self.confirm_commits(Some(&chat.group_id)).await?;
+        after_races!(self, {
+            let wanted = self.wanted_devices(chat).await?;
+            self.apply_wanted(chat, wanted).await
+        })
     }
 
     /// What each number in the chat should have, as the identity keys say:

@@ -13,6 +13,9 @@ impl Client {
         self.pin_service_key_if_missing().await?;
         // What waits in the outbox goes first, in the order it was written.
         let flushed = self.flush_outbox().await?;
+        // Then commits kept from an earlier operation: the others' messages
+        // in the state they lead to may be in the mailbox.
+        self.confirm_commits(None).await?;
         let mut report = SyncReport {
             sent: flushed.sent.len(),
             queued: flushed.waiting,
@@ -32,8 +35,17 @@ impl Client {
                 {
                     continue;
                 }
-                self.process(envelope.kind, envelope.payload.as_slice(), &mut changes)
-                    .await?;
+                if let Err(e) = self
+                    .process(envelope.kind, envelope.payload.as_slice(), &mut changes)
+                    .await
+                {
+                    // The MLS state in memory has run ahead of the stored
+                    // history (this page is not stored): the next operation
+                    // reloads it, so the page is processed again from where
+                    // the store left it, not lost.
+                    self.forget_unstored_state();
+                    return Err(e);
+                }
                 changes.processed.push(envelope.id);
                 report.processed += 1;
             }
@@ -47,10 +59,12 @@ impl Client {
                 break;
             }
             report.messages.extend(self.unpark().await?);
+            self.commit_proposals().await?;
         }
         // Kept messages whose commit came in the last page, or whose wait
         // is over (even when nothing new came).
         report.messages.extend(self.unpark().await?);
+        self.commit_proposals().await?;
         // Members' directory epochs against this device's.
         self.compare_sightings().await?;
         // Watch this account's own device list: a list this device's
@@ -106,7 +120,19 @@ impl Client {
             });
             return Ok(());
         }
-        self.handle_protocol(message, changes).await
+        // A commit from an epoch this device has left: a replay, or a
+        // second commit the relay accepted from that epoch (a split).
+        let commit = message.content_type() == ContentType::Commit;
+        let current = self.groups.get(&group_id).map(|g| g.epoch().as_u64());
+        if commit && current.is_some_and(|c| epoch < c) {
+            return self.old_commit(&group_id, epoch, payload, changes).await;
+        }
+        self.handle_protocol(message, changes).await?;
+        let now = self.groups.get(&group_id).map(|g| g.epoch().as_u64());
+        if commit && now == Some(epoch + 1) {
+            self.note_commit(&group_id, epoch, payload).await?;
+        }
+        Ok(())
     }
 
     /// Processes kept messages whose epoch this device has now reached (a
@@ -259,9 +285,9 @@ impl Client {
                 format!("{inviter_name} added you to this chat.")
             },
         ));
-        self.joined_chat(&group_id, group.epoch().as_u64()).await?;
-        self.groups.insert(group_id, group);
-        Ok(())
+        let epoch = group.epoch().as_u64();
+        self.groups.insert(group_id.clone(), group);
+        self.joined_chat(&group_id, epoch).await
     }
 
     fn pending_chat(&self, group_id: &[u8], changes: &Changes) -> Option<ChatRecord> {
@@ -302,7 +328,8 @@ impl Client {
                 changes.messages.push(system_message(
                     &group_id,
                     "⚠ A message could not be decrypted or verified and was dropped \
-                     (tampered, replayed, or not from a member)."
+                     (tampered, replayed, not from a member, or written in another history \
+                     of this chat)."
                         .into(),
                 ));
                 return Ok(());
@@ -375,7 +402,7 @@ impl Client {
                 group
                     .store_pending_proposal(self.provider.storage(), *proposal)
                     .map_err(ClientError::mls)?;
-                self.commit_if_designated(&group_id, changes).await?;
+                self.commit_if_designated(&group_id)?;
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 self.apply_commit(&group_id, &sender, *staged, changes)
@@ -444,8 +471,11 @@ impl Client {
     }
 
     /// When a member proposes to leave, the remaining member with the lowest
-    /// leaf index commits the proposal, so exactly one commit is made.
-    async fn commit_if_designated(&mut self, group_id: &[u8], changes: &mut Changes) -> Result<()> {
+    /// leaf index commits the proposal, so exactly one commit is made. It
+    /// is made once the page it came in is stored ([`Client::commit_proposals`]):
+    /// a commit kept for a later attempt stores the MLS state, which must
+    /// not run ahead of the history it belongs with.
+    fn commit_if_designated(&mut self, group_id: &[u8]) -> Result<()> {
         let group = self.groups.get(group_id).ok_or(ClientError::NotAMember)?;
         let leaving: BTreeSet<u32> = group
             .pending_proposals()
@@ -458,22 +488,44 @@ impl Client {
             .members()
             .map(|m| m.index.u32())
             .find(|i| !leaving.contains(i));
-        if designated != Some(group.own_leaf_index().u32()) {
-            return Ok(());
+        if designated == Some(group.own_leaf_index().u32())
+            && !self.to_commit.iter().any(|g| g == group_id)
+        {
+            self.to_commit.push(group_id.to_vec());
         }
-        let recipients = self.recipients(group)?;
-        let (provider, signer) = (&self.provider, &self.identity.signer);
-        let group = self
-            .groups
-            .get_mut(group_id)
-            .ok_or(ClientError::NotAMember)?;
-        let (commit, _, _) = group
-            .commit_to_pending_proposals(provider, signer)
-            .map_err(ClientError::mls)?;
-        self.send_commit(group_id, recipients, commit).await?;
-        changes
-            .messages
-            .push(system_message(group_id, "A member left.".into()));
+        Ok(())
+    }
+
+    /// Commits the proposals this device is designated to commit (see
+    /// [`Client::commit_if_designated`]). A commit another member's beat is
+    /// no loss: theirs carries the proposals.
+    async fn commit_proposals(&mut self) -> Result<()> {
+        for group_id in std::mem::take(&mut self.to_commit) {
+            let Some(group) = self.groups.get(&group_id) else {
+                continue;
+            };
+            if group.pending_proposals().next().is_none() || group.pending_commit().is_some() {
+                continue;
+            }
+            let recipients = self.recipients(group)?;
+            let (provider, signer) = (&self.provider, &self.identity.signer);
+            let group = self
+                .groups
+                .get_mut(&group_id)
+                .ok_or(ClientError::NotAMember)?;
+            let (commit, _, _) = group
+                .commit_to_pending_proposals(provider, signer)
+                .map_err(ClientError::mls)?;
+            match self.send_commit(&group_id, recipients, commit, None).await {
+                Err(ClientError::ChatChanged) => continue,
+                other => other?,
+            }
+            self.persist(Changes {
+                messages: vec![system_message(&group_id, "A member left.".into())],
+                ..Default::default()
+            })
+            .await?;
+        }
         Ok(())
     }
 

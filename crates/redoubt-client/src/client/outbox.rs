@@ -9,6 +9,7 @@
 //! relay recognises: the message is delivered exactly once, and nothing
 //! is ever encrypted twice from one ratchet position.
 
+use redoubt_proto::api::CommitTag;
 use redoubt_proto::{DeviceId, EnvelopeId, ErrorCode};
 
 use super::{system_message, Client};
@@ -52,14 +53,29 @@ impl Client {
     pub(super) async fn send_envelope(
         &mut self,
         id: EnvelopeId,
+        recipients: Vec<DeviceId>,
+        payload: Vec<u8>,
+    ) -> Result<()> {
+        self.send_envelope_as(id, recipients, payload, None).await
+    }
+
+    /// [`Client::send_envelope`], tagged as a commit when it is one.
+    pub(super) async fn send_envelope_as(
+        &mut self,
+        id: EnvelopeId,
         mut recipients: Vec<DeviceId>,
         payload: Vec<u8>,
+        commit: Option<CommitTag>,
     ) -> Result<()> {
         for _ in 0..2 {
             if recipients.is_empty() {
                 return Ok(());
             }
-            match self.api.send(id, recipients.clone(), payload.clone()).await {
+            match self
+                .api
+                .send(id, recipients.clone(), payload.clone(), commit.clone())
+                .await
+            {
                 Err(ClientError::Server {
                     code: ErrorCode::UnknownRecipients,
                     devices,

@@ -14,7 +14,7 @@ use super::{hex, system_message, Client};
 use crate::error::{ClientError, Result};
 use crate::model::{AppEnvelope, AppMessage, MemberIdentity, MessageRecord};
 use crate::store::Changes;
-use crate::transcript::{message_hash, ChatTranscript, Placement, SenderOrder};
+use crate::transcript::{auth_of, message_hash, ChatTranscript, OldCommit, Placement, SenderOrder};
 
 const TRANSCRIPT: &str = "transcript";
 
@@ -78,6 +78,68 @@ impl Client {
             .await?
             .chats
             .insert(hex(group_id), ChatTranscript::joined_in(epoch));
+        self.note_epoch(group_id).await
+    }
+
+    /// Notes the authenticator of the epoch the chat is in now, so digests
+    /// can carry it and be compared with it.
+    pub(super) async fn note_epoch(&mut self, group_id: &[u8]) -> Result<()> {
+        let Some((epoch, auth)) = self.groups.get(group_id).map(|g| {
+            (
+                g.epoch().as_u64(),
+                auth_of(g.epoch_authenticator().as_slice()),
+            )
+        }) else {
+            return Ok(());
+        };
+        self.chat_transcript(group_id)
+            .await?
+            .note_epoch(epoch, auth);
+        Ok(())
+    }
+
+    /// Notes the commit (its MLS message's bytes) this device took in or
+    /// made from `epoch`, and the authenticator of the epoch it led to.
+    pub(super) async fn note_commit(
+        &mut self,
+        group_id: &[u8],
+        epoch: u64,
+        commit: &[u8],
+    ) -> Result<()> {
+        self.chat_transcript(group_id)
+            .await?
+            .note_commit(epoch, message_hash(commit));
+        self.note_epoch(group_id).await
+    }
+
+    /// A commit from an epoch this device has left: the same one it took
+    /// in (a replay), or a second one the relay accepted from that epoch,
+    /// which has split the chat in two. Said once per split.
+    pub(super) async fn old_commit(
+        &mut self,
+        group_id: &[u8],
+        epoch: u64,
+        commit: &[u8],
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let text = match self
+            .chat_transcript(group_id)
+            .await?
+            .old_commit(epoch, &message_hash(commit))
+        {
+            OldCommit::Replay => {
+                "⚠ The relay delivered a change to this chat again; the repeat was dropped.".into()
+            }
+            OldCommit::Split { first: false } => return Ok(()),
+            OldCommit::Split { first: true } => format!(
+                "⚠ THIS CHAT HAS SPLIT: two changes to it were made from the same state (change \
+                 {epoch}) and the relay accepted both. This device took in one; members whose \
+                 devices took in the other are now in another history of this chat: they cannot \
+                 read what is written here, nor this device what they write. Start a new chat \
+                 with them to talk safely."
+            ),
+        };
+        changes.messages.push(system_message(group_id, text));
         Ok(())
     }
 
@@ -104,6 +166,7 @@ impl Client {
     ) -> Result<Vec<u8>> {
         let directory = self.directory_epoch().await?;
         let me = self.identity.device;
+        self.note_epoch(group_id).await?;
         let chat = self.chat_transcript(group_id).await?;
         let order = chat.next_order(me, epoch);
         let bytes = serde_json::to_vec(&AppEnvelope {
@@ -141,9 +204,22 @@ impl Client {
                 format!("⚠ A message from {who} is missing: the relay has not delivered it."),
             )
         };
+        if self.groups.get(group_id).map(|g| g.epoch().as_u64()) == Some(epoch) {
+            self.note_epoch(group_id).await?;
+        }
         // What the sender holds and this device does not: a message the
         // relay gave some members and not this one, or the end of an epoch.
         if let Some(digest) = &order.digest {
+            if self.chat_transcript(group_id).await?.other_history(digest) {
+                changes.messages.push(system_message(
+                    group_id,
+                    format!(
+                        "⚠ {who}'s device is in another history of this chat than this one \
+                         (they differ at change {}): the relay gave you different changes.",
+                        digest.epoch
+                    ),
+                ));
+            }
             let gaps = self
                 .chat_transcript(group_id)
                 .await?

@@ -106,14 +106,14 @@ async fn tampered_and_replayed_ciphertext_is_rejected_visibly() {
     alice
         .client
         .api()
-        .send(EnvelopeId::random(), vec![bob_device], tampered)
+        .send(EnvelopeId::random(), vec![bob_device], tampered, None)
         .await
         .unwrap();
     // The same bytes again under a new envelope id: an MLS replay.
     alice
         .client
         .api()
-        .send(EnvelopeId::random(), vec![bob_device], genuine)
+        .send(EnvelopeId::random(), vec![bob_device], genuine, None)
         .await
         .unwrap();
     alice
@@ -123,6 +123,7 @@ async fn tampered_and_replayed_ciphertext_is_rejected_visibly() {
             EnvelopeId::random(),
             vec![bob_device],
             b"not mls at all".to_vec(),
+            None,
         )
         .await
         .unwrap();

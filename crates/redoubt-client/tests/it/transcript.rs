@@ -371,20 +371,20 @@ async fn a_message_given_to_only_some_members_shows_who_received_it() {
         .any(|t| t.contains("is missing")));
 }
 
-/// A relay front that passes every request on, but answers the next send
-/// it is armed for with a 503 after the relay behind it took the envelope:
-/// an answer lost on the way back.
+/// A relay front that passes every request on, but answers as many sends
+/// as it is armed for with a 503 after the relay behind it took the
+/// envelope: answers lost on the way back.
 struct LossyFront {
     url: String,
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    lose: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn lossy_front(server: &TestServer) -> LossyFront {
     use axum::body::Bytes;
     use axum::http::{HeaderMap, Method, StatusCode, Uri};
     use std::sync::atomic::Ordering;
-    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (target, flag) = (server.base_url(), armed.clone());
+    let lose = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (target, flag) = (server.base_url(), lose.clone());
     let http = reqwest::Client::new();
     let app = axum::Router::new().fallback(
         move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
@@ -404,7 +404,9 @@ async fn lossy_front(server: &TestServer) -> LossyFront {
                 if method == Method::POST
                     && uri.path() == "/v1/messages"
                     && status.is_success()
-                    && flag.swap(false, Ordering::SeqCst)
+                    && flag
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
                 {
                     return (
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -423,7 +425,7 @@ async fn lossy_front(server: &TestServer) -> LossyFront {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    LossyFront { url, armed }
+    LossyFront { url, lose }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,10 +443,11 @@ async fn a_commit_whose_answer_was_lost_is_sent_again_under_its_id() {
         .unwrap();
     bob.client.sync().await.unwrap();
     // The relay takes the commit adding Carol; its answer is lost.
-    front.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    front.lose.store(1, std::sync::atomic::Ordering::SeqCst);
     alice.add_member(&chat, carol.client.phone()).await.unwrap();
-    assert!(
-        !front.armed.load(std::sync::atomic::Ordering::SeqCst),
+    assert_eq!(
+        front.lose.load(std::sync::atomic::Ordering::SeqCst),
+        0,
         "an answer was lost"
     );
     assert_eq!(alice.members(&chat).unwrap().len(), 3);
@@ -456,4 +459,179 @@ async fn a_commit_whose_answer_was_lost_is_sent_again_under_its_id() {
     alice.sync().await.unwrap();
     assert_eq!(texts(&alice, &chat).await, vec!["hi carol"]);
     assert_no_false_alarms(&alice, &chat).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_fate_is_unknown_is_kept_and_sent_again_after_a_restart() {
+    let server = TestServer::start().await;
+    let front = lossy_front(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = register_at(&front.url, &fresh_phone(), dir.path()).await;
+    let mut bob = register(&server, &fresh_phone()).await;
+    let mut carol = register(&server, &fresh_phone()).await;
+    let chat = alice
+        .create_group("outage", &[bob.client.phone().clone()])
+        .await
+        .unwrap();
+    bob.client.sync().await.unwrap();
+    // The relay takes the commit adding Carol, then every answer is lost
+    // for longer than Alice's retries: she cannot know it was taken.
+    front.lose.store(100, std::sync::atomic::Ordering::SeqCst);
+    let err = alice
+        .add_member(&chat, carol.client.phone())
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    // Bob moved on to the state the commit leads to, and writes there.
+    bob.client.sync().await.unwrap();
+    let bobs_chat = bob.client.find_chat("outage").await.unwrap();
+    assert_eq!(bob.client.members(&bobs_chat).unwrap().len(), 3);
+    // Alice's device goes off and on again; the relay answers once more.
+    alice.close().await;
+    front.lose.store(0, std::sync::atomic::Ordering::SeqCst);
+    let mut alice = redoubt_client::Client::open(dir.path(), PASSPHRASE, config())
+        .await
+        .unwrap();
+    // Her next operation sends the kept commit under its id first: the
+    // relay recognises it, she takes it in, and Carol gets her Welcome.
+    alice.sync().await.unwrap();
+    assert_eq!(alice.members(&chat).unwrap().len(), 3);
+    carol.client.sync().await.unwrap();
+    let carols_chat = carol.client.find_chat("outage").await.unwrap();
+    bob.client
+        .send_text(&bobs_chat, "all three now")
+        .await
+        .unwrap();
+    alice.sync().await.unwrap();
+    alice.send_text(&chat, "welcome carol").await.unwrap();
+    carol.client.sync().await.unwrap();
+    bob.client.sync().await.unwrap();
+    assert_eq!(
+        texts(&alice, &chat).await,
+        vec!["all three now", "welcome carol"]
+    );
+    assert_eq!(
+        texts(&carol.client, &carols_chat).await,
+        vec!["all three now", "welcome carol"]
+    );
+    assert_eq!(
+        texts(&bob.client, &bobs_chat).await,
+        vec!["all three now", "welcome carol"]
+    );
+    for (client, chat) in [
+        (&alice, &chat),
+        (&bob.client, &bobs_chat),
+        (&carol.client, &carols_chat),
+    ] {
+        assert_no_false_alarms(client, chat).await;
+    }
+}
+
+/// Alice and Bob each add someone to a group at the same moment, Bob
+/// before he has seen Alice's change. Returns the group's profiles (Alice,
+/// Bob, Carol), the two added, and Alice's view of the chat.
+async fn concurrent_adds(
+    server: &TestServer,
+    name: &str,
+    relay_takes_both: bool,
+) -> (Vec<Profile>, Vec<Profile>, ChatRecord) {
+    let (mut people, chat) = group_of(server, name, 3).await;
+    let mut added = vec![
+        register(server, &fresh_phone()).await,
+        register(server, &fresh_phone()).await,
+    ];
+    let bobs_chat = people[1].client.find_chat(name).await.unwrap();
+    people[0]
+        .client
+        .add_member(&chat, added[0].client.phone())
+        .await
+        .unwrap();
+    if relay_takes_both {
+        // A relay that ignores which commit came first.
+        sqlx::query("DELETE FROM commit_positions")
+            .execute(&db(server).await)
+            .await
+            .unwrap();
+    }
+    people[1]
+        .client
+        .add_member(&bobs_chat, added[1].client.phone())
+        .await
+        .unwrap();
+    for p in people.iter_mut().chain(added.iter_mut()) {
+        p.client.sync().await.unwrap();
+    }
+    (people, added, chat)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_changing_a_group_at_once_do_not_split_it() {
+    let server = TestServer::start().await;
+    let (mut people, mut added, _) = concurrent_adds(&server, "race", false).await;
+    // Bob's commit was refused as stale; his device took Alice's in and
+    // made its change again on top of it. Everyone is in one state.
+    let chats: Vec<ChatRecord> = {
+        let mut out = Vec::new();
+        for p in people.iter().chain(added.iter()) {
+            out.push(p.client.find_chat("race").await.unwrap());
+        }
+        out
+    };
+    for (p, chat) in people.iter().chain(added.iter()).zip(&chats) {
+        assert_eq!(p.client.members(chat).unwrap().len(), 5);
+    }
+    people[2]
+        .client
+        .send_text(&chats[2], "carol to all")
+        .await
+        .unwrap();
+    for p in people.iter_mut().chain(added.iter_mut()) {
+        p.client.sync().await.unwrap();
+    }
+    for (i, (p, chat)) in people.iter().chain(added.iter()).zip(&chats).enumerate() {
+        if i != 2 {
+            assert_eq!(
+                texts(&p.client, chat).await,
+                vec!["carol to all"],
+                "member {i}"
+            );
+        }
+        assert_no_false_alarms(&p.client, chat).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_takes_two_commits_from_one_state_splits_the_chat_visibly() {
+    let server = TestServer::start().await;
+    let (mut people, _added, chat) = concurrent_adds(&server, "fork", true).await;
+    // Each of Alice, Bob and Carol took in one commit and then got the
+    // other from a state they had left: each is told the chat split.
+    let mut chats = vec![chat];
+    for p in &people[1..] {
+        chats.push(p.client.find_chat("fork").await.unwrap());
+    }
+    for (p, chat) in people.iter().zip(&chats) {
+        let notices = system_texts(&p.client, chat).await;
+        assert_eq!(
+            notices
+                .iter()
+                .filter(|t| t.contains("THIS CHAT HAS SPLIT"))
+                .count(),
+            1,
+            "{notices:?}"
+        );
+    }
+    // Bob is in his own history: what he writes is not readable by Carol,
+    // who took in Alice's change, and she is told a message did not read.
+    people[1]
+        .client
+        .send_text(&chats[1], "from the other side")
+        .await
+        .unwrap();
+    people[2].client.sync().await.unwrap();
+    assert!(texts(&people[2].client, &chats[2]).await.is_empty());
+    assert!(system_texts(&people[2].client, &chats[2])
+        .await
+        .iter()
+        .any(|t| t.contains("could not be decrypted") && t.contains("another history")));
 }

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use redoubt_proto::api::{
     AckRequest, AckResponse, Envelope, EnvelopeKind, FetchResponse, SendRequest, SendResponse,
+    COMMIT_GROUP_LEN,
 };
 use redoubt_proto::ErrorBody;
 use serde::Deserialize;
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use super::extract::{ApiJson, ApiQuery, Authed};
 use super::keypackages::dedup;
 use crate::error::ApiError;
-use crate::storage::{EnqueueOutcome, NewEnvelope, QueuedEnvelope};
+use crate::storage::{CommitPosition, EnqueueOutcome, NewEnvelope, QueuedEnvelope};
 use crate::AppState;
 
 /// Ids one ack may carry.
@@ -25,7 +26,7 @@ pub const MAX_ACK_IDS: usize = 1000;
         (status = 202, description = "Queued", body = SendResponse),
         (status = 200, description = "Already queued earlier (a retry)", body = SendResponse),
         (status = 401, body = ErrorBody),
-        (status = 409, description = "The id was used for other bytes", body = ErrorBody),
+        (status = 409, description = "The id was used for other bytes, or another commit to the group was accepted from this epoch", body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 422, description = "Unknown recipients or too many", body = ErrorBody),
         (status = 507, description = "A recipient mailbox is full; nothing queued", body = ErrorBody),
@@ -54,6 +55,17 @@ pub async fn send(
             max: cfg.max_recipients,
         });
     }
+    let commit = match req.commit {
+        None => None,
+        Some(tag) => Some(CommitPosition {
+            group: tag.group.as_slice().try_into().map_err(|_| {
+                ApiError::InvalidRequest(format!(
+                    "commit.group must be {COMMIT_GROUP_LEN} bytes (SHA-256 of the group id)"
+                ))
+            })?,
+            epoch: tag.epoch,
+        }),
+    };
     let now = state.clock().now();
     let outcome = state
         .store()
@@ -65,6 +77,7 @@ pub async fn send(
             now,
             expires_at: now.plus(cfg.message_ttl),
             max_queued: cfg.max_queued_per_device,
+            commit,
         })
         .await?;
     match outcome {
@@ -90,6 +103,7 @@ pub async fn send(
             }),
         )),
         EnqueueOutcome::Conflict => Err(ApiError::EnvelopeIdConflict),
+        EnqueueOutcome::StaleCommit => Err(ApiError::StaleCommit),
         EnqueueOutcome::UnknownRecipients(d) => Err(ApiError::UnknownRecipients(d)),
         EnqueueOutcome::MailboxFull(d) => Err(ApiError::MailboxFull(d)),
     }

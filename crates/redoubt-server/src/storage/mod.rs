@@ -236,7 +236,37 @@ pub struct NewEnvelope {
     pub expires_at: Timestamp,
     /// The per-device queue limit.
     pub max_queued: u64,
+    /// Set for an MLS commit: accepted only if no other commit to its
+    /// group was accepted from its epoch (or a later one).
+    pub commit: Option<CommitPosition>,
 }
+
+/// Which group a commit changes and from which epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitPosition {
+    /// SHA-256 of the MLS group id.
+    pub group: [u8; 32],
+    /// The epoch it was made in.
+    pub epoch: u64,
+}
+
+impl CommitPosition {
+    /// The epoch as stored, and the one after it.
+    pub(crate) fn columns(&self) -> (i64, i64) {
+        let epoch = i64::try_from(self.epoch).unwrap_or(i64::MAX);
+        (epoch, epoch.saturating_add(1))
+    }
+}
+
+/// Moves a group's commit position past `commit` unless a commit was
+/// already accepted from its epoch; true if it moved. One statement for
+/// both backends: the upsert's condition reads the row under its lock.
+pub(crate) const ADVANCE_COMMIT_POSITION: &str =
+    "INSERT INTO commit_positions (group_hash, next_epoch, updated_at) VALUES ($1, $2, $3)
+     ON CONFLICT (group_hash) DO UPDATE SET next_epoch = excluded.next_epoch,
+         updated_at = excluded.updated_at
+     WHERE commit_positions.next_epoch <= $4
+     RETURNING next_epoch";
 
 /// The result of [`Store::enqueue`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +281,9 @@ pub enum EnqueueOutcome {
     UnknownRecipients(Vec<DeviceId>),
     /// These recipients' mailboxes are full; nothing was queued.
     MailboxFull(Vec<DeviceId>),
+    /// Another commit to the group was accepted from this epoch already;
+    /// nothing was queued.
+    StaleCommit,
 }
 
 /// An envelope waiting in a mailbox.
@@ -303,6 +336,8 @@ pub struct PurgeCutoffs {
     pub code_requests_before: Timestamp,
     /// Envelope receipts older than this go.
     pub receipts_before: Timestamp,
+    /// Commit positions of groups with no commit since this go.
+    pub commit_positions_before: Timestamp,
 }
 
 /// How many rows a maintenance pass deleted.
@@ -314,7 +349,7 @@ pub struct PurgeCounts {
     pub ip_log: u64,
     /// Expired codes and old code requests.
     pub codes: u64,
-    /// Old envelope receipts.
+    /// Old envelope receipts and commit positions.
     pub receipts: u64,
 }
 

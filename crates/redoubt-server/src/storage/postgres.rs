@@ -544,6 +544,19 @@ impl Store for PgStore {
         {
             return Ok(refused);
         }
+        if let Some(commit) = &envelope.commit {
+            let (epoch, next) = commit.columns();
+            let moved = sqlx::query(ADVANCE_COMMIT_POSITION)
+                .bind(commit.group.to_vec())
+                .bind(next)
+                .bind(ms(envelope.now))
+                .bind(epoch)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if moved.is_none() {
+                return Ok(EnqueueOutcome::StaleCommit);
+            }
+        }
         let recipients = id_list(envelope.recipients.iter().map(|d| *d.as_bytes()));
         sqlx::query(
             "INSERT INTO envelopes (id, kind, payload, received_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
@@ -670,8 +683,13 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let receipts = sqlx::query("DELETE FROM envelope_receipts WHERE received_at < $1")
+        let mut receipts = sqlx::query("DELETE FROM envelope_receipts WHERE received_at < $1")
             .bind(ms(c.receipts_before))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        receipts += sqlx::query("DELETE FROM commit_positions WHERE updated_at < $1")
+            .bind(ms(c.commit_positions_before))
             .execute(&mut *tx)
             .await?
             .rows_affected();

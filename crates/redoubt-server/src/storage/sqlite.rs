@@ -200,6 +200,19 @@ async fn enqueue_in(
     if let Some(refused) = refuse_recipients(&envelope.recipients, &active, envelope.max_queued) {
         return Ok(refused);
     }
+    if let Some(commit) = &envelope.commit {
+        let (epoch, next) = commit.columns();
+        let moved = sqlx::query(ADVANCE_COMMIT_POSITION)
+            .bind(commit.group.to_vec())
+            .bind(next)
+            .bind(ms(envelope.now))
+            .bind(epoch)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if moved.is_none() {
+            return Ok(EnqueueOutcome::StaleCommit);
+        }
+    }
     sqlx::query(
         "INSERT INTO envelopes (id, kind, payload, received_at, expires_at) VALUES (?, ?, ?, ?, ?)",
     )
@@ -745,8 +758,13 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let receipts = sqlx::query("DELETE FROM envelope_receipts WHERE received_at < ?")
+        let mut receipts = sqlx::query("DELETE FROM envelope_receipts WHERE received_at < ?")
             .bind(ms(c.receipts_before))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        receipts += sqlx::query("DELETE FROM commit_positions WHERE updated_at < ?")
+            .bind(ms(c.commit_positions_before))
             .execute(&mut *tx)
             .await?
             .rows_affected();

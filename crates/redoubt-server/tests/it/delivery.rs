@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use redoubt_proto::api::SendResponse;
+use redoubt_proto::api::{CommitTag, SendRequest, SendResponse};
 use redoubt_proto::ws::ServerFrame;
 use redoubt_proto::{EnvelopeId, ErrorCode};
 use reqwest::StatusCode;
@@ -207,6 +207,57 @@ async fn a_retried_send_is_stored_once() {
     assert_eq!(
         (status, body.error.code),
         (StatusCode::CONFLICT, ErrorCode::EnvelopeIdConflict)
+    );
+}
+
+#[tokio::test]
+async fn a_second_commit_from_the_same_epoch_is_refused_as_stale() {
+    let server = TestServer::start().await;
+    let alice = server.register_fresh().await;
+    let bob = server.register_fresh().await;
+    let commit = |epoch: u64, group: Vec<u8>, payload: &[u8]| SendRequest {
+        id: EnvelopeId::random(),
+        recipients: vec![bob.device_id],
+        payload: payload.to_vec().into(),
+        commit: Some(CommitTag {
+            group: group.into(),
+            epoch,
+        }),
+    };
+    let first = commit(7, vec![9; 32], b"alice adds carol");
+    assert_eq!(
+        alice.post("/v1/messages", &first).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let (status, body) = api_error(
+        bob.post("/v1/messages", &commit(7, vec![9; 32], b"bob adds dave"))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::CONFLICT, ErrorCode::StaleCommit)
+    );
+    // The accepted commit's own retry is still answered as a duplicate.
+    assert_eq!(
+        alice.post("/v1/messages", &first).await.status(),
+        StatusCode::OK
+    );
+    let (status, body) = api_error(
+        alice
+            .post("/v1/messages", &commit(8, vec![9; 5], b"x"))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest)
+    );
+    let page = bob.fetch().await;
+    assert_eq!(
+        page.envelopes.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![first.id],
+        "only the accepted commit was queued"
     );
 }
 

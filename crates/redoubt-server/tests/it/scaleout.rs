@@ -201,6 +201,7 @@ async fn a_node_killed_mid_load_loses_nothing_and_duplicates_nothing() {
                             id: *id,
                             recipients: vec![bob_device],
                             payload: vec![i as u8; 16].into(),
+                            commit: None,
                         })
                         .timeout(Duration::from_secs(5))
                         .send()

@@ -75,6 +75,7 @@ fn envelope(recipients: Vec<DeviceId>, payload: &[u8], max_queued: u64) -> NewEn
         now: T0,
         expires_at: T0.plus(Duration::from_secs(3600)),
         max_queued,
+        commit: None,
     }
 }
 
@@ -476,6 +477,7 @@ pub async fn full_mailboxes_refuse_the_whole_send(store: Arc<dyn Store>) {
             ip_log_before: T0,
             code_requests_before: T0,
             receipts_before: T0,
+            commit_positions_before: T0,
         })
         .await
         .unwrap();
@@ -534,6 +536,7 @@ pub async fn purge_removes_only_what_expired(store: Arc<dyn Store>) {
             ip_log_before: now.minus(Duration::from_secs(86_400 * 30)),
             code_requests_before: now,
             receipts_before: now.minus(Duration::from_secs(86_400 * 7)),
+            commit_positions_before: now.minus(Duration::from_secs(86_400 * 7)),
         })
         .await
         .unwrap();
@@ -541,6 +544,92 @@ pub async fn purge_removes_only_what_expired(store: Arc<dyn Store>) {
     let log = store.ip_log(a.account_id).await.unwrap();
     assert_eq!(log.iter().map(|e| e.port).collect::<Vec<_>>(), vec![2000]);
     assert_eq!(store.pending(a.device_id, now, 10).await.unwrap().len(), 1);
+}
+
+/// Two members changing one group from the same epoch at once: exactly one
+/// commit is accepted, the other refused with nothing queued; a retry of
+/// the accepted one is still recognised; the next epoch's commit goes in;
+/// another group is unaffected; and a quiet group's position is purged.
+pub async fn one_commit_is_accepted_per_group_and_epoch(store: Arc<dyn Store>) {
+    let a = device(&*store, &phone()).await;
+    let b = device(&*store, &phone()).await;
+    let commit = |group: u8, epoch: u64, payload: &[u8]| NewEnvelope {
+        commit: Some(CommitPosition {
+            group: [group; 32],
+            epoch,
+        }),
+        ..envelope(vec![a.device_id, b.device_id], payload, 1000)
+    };
+    let racing: Vec<NewEnvelope> = (0..8u8).map(|i| commit(1, 4, &[i])).collect();
+    let mut tasks = Vec::new();
+    for e in racing.iter().cloned() {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.enqueue(e).await.unwrap() }));
+    }
+    let outcomes: Vec<EnqueueOutcome> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let accepted: Vec<usize> = (0..outcomes.len())
+        .filter(|i| outcomes[*i] == EnqueueOutcome::Queued)
+        .collect();
+    assert_eq!(accepted.len(), 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, EnqueueOutcome::Queued | EnqueueOutcome::StaleCommit)),
+        "{outcomes:?}"
+    );
+    let winner = &racing[accepted[0]];
+    let queued = store.pending(a.device_id, T0, 100).await.unwrap();
+    assert_eq!(
+        queued.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![winner.id],
+        "refused commits queue nothing"
+    );
+    // The winner's retry (its answer was lost) is a duplicate, not stale.
+    assert_eq!(
+        store.enqueue(winner.clone()).await.unwrap(),
+        EnqueueOutcome::Duplicate
+    );
+    // An older epoch is stale; the next one, another group, and a plain
+    // message are accepted.
+    assert_eq!(
+        store.enqueue(commit(1, 3, b"old")).await.unwrap(),
+        EnqueueOutcome::StaleCommit
+    );
+    assert_eq!(
+        store.enqueue(commit(1, 5, b"next")).await.unwrap(),
+        EnqueueOutcome::Queued
+    );
+    assert_eq!(
+        store.enqueue(commit(2, 4, b"other group")).await.unwrap(),
+        EnqueueOutcome::Queued
+    );
+    assert_eq!(
+        store
+            .enqueue(envelope(vec![a.device_id], b"text", 1000))
+            .await
+            .unwrap(),
+        EnqueueOutcome::Queued
+    );
+    // A group quiet for longer than the cutoff forgets its position.
+    let counts = store
+        .purge(PurgeCutoffs {
+            now: T0,
+            ip_log_before: T0,
+            code_requests_before: T0,
+            receipts_before: T0,
+            commit_positions_before: T0.plus(Duration::from_secs(1)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(counts.receipts, 2, "the two groups' positions: {counts:?}");
+    assert_eq!(
+        store.enqueue(commit(1, 3, b"after purge")).await.unwrap(),
+        EnqueueOutcome::Queued
+    );
 }
 
 pub async fn concurrent_sends_and_acks_each_get_their_own_answer(store: Arc<dyn Store>) {
@@ -881,6 +970,7 @@ pub async fn a_link_is_written_once_approved_once_and_claimed_once(store: Arc<dy
             ip_log_before: T0,
             code_requests_before: T0,
             receipts_before: T0,
+            commit_positions_before: T0,
         })
         .await
         .unwrap();
@@ -914,6 +1004,7 @@ macro_rules! storage_suite {
                 accounts_are_found_by_region_and_told_once,
                 purging_a_region_leaves_other_markets_alone,
                 concurrent_sends_and_acks_each_get_their_own_answer,
+                one_commit_is_accepted_per_group_and_epoch,
                 device_lists_grow_one_version_at_a_time,
                 a_link_is_written_once_approved_once_and_claimed_once,
             );

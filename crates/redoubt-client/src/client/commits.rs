@@ -1,0 +1,345 @@
+//! Commits this device makes: sent under an envelope id of their own and
+//! tagged with their group and epoch, so that the relay accepts one commit
+//! per group and epoch (two members changing a group at once do not split
+//! it: the later one is refused, `stale_commit`, and made again on the new
+//! state). A commit whose fate is unknown (the relay unreachable after it
+//! may have stored it) is kept, with its pending MLS state, and sent again
+//! under the same id before anything else touches the chat, until the
+//! relay confirms or refuses it. Dropping it instead would leave this
+//! device in the old state while the others, had the relay stored it,
+//! moved on.
+
+use std::collections::BTreeMap;
+
+use redoubt_proto::api::CommitTag;
+use redoubt_proto::ErrorCode;
+use sha2::{Digest as _, Sha256};
+
+use super::*;
+
+/// How many times a commit is sent again within one operation after a
+/// transient failure, before it is kept for the next one.
+const COMMIT_RETRIES: u32 = 3;
+const COMMIT_RETRY_WAIT: Duration = Duration::from_millis(200);
+
+/// How many times an operation that lost a race to another member's commit
+/// takes that commit in and makes its own change again.
+pub(super) const CHANGE_RETRIES: u32 = 3;
+
+const COMMITS: &str = "commits";
+
+/// A commit the relay has not confirmed, with what must follow it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Unconfirmed {
+    id: EnvelopeId,
+    /// The epoch it was made in.
+    epoch: u64,
+    recipients: Vec<DeviceId>,
+    bytes: Vec<u8>,
+    /// The Welcome for devices it adds, sent once it is confirmed.
+    welcome: Option<(Vec<DeviceId>, Vec<u8>)>,
+}
+
+/// Unconfirmed commits, by hex group id (one per chat at most: MLS allows
+/// one pending commit per group).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct CommitsDoc {
+    pending: BTreeMap<String, Unconfirmed>,
+}
+
+/// What became of a commit sent to the relay.
+enum Fate {
+    /// Accepted (now or by an earlier attempt): merged.
+    Merged,
+    /// Not known: kept to be sent again.
+    Kept(ClientError),
+    /// Refused: discarded.
+    Refused(ClientError),
+}
+
+impl Client {
+    /// Sends a commit this device created to `recipients`; once the relay
+    /// confirms it, merges it and sends `welcome` (devices it adds, and
+    /// the Welcome's bytes). A refused commit is discarded so the group
+    /// stays usable (`ChatChanged` when another member's commit won); one
+    /// whose fate is unknown is kept and the error returned.
+    pub(super) async fn send_commit(
+        &mut self,
+        group_id: &[u8],
+        recipients: Vec<DeviceId>,
+        commit: MlsMessageOut,
+        welcome: Option<(Vec<DeviceId>, MlsMessageOut)>,
+    ) -> Result<()> {
+        let epoch = self
+            .groups
+            .get(group_id)
+            .ok_or(ClientError::NotAMember)?
+            .epoch()
+            .as_u64();
+        let welcome = match welcome {
+            Some((devices, w)) => Some((
+                devices,
+                w.tls_serialize_detached().map_err(ClientError::mls)?,
+            )),
+            None => None,
+        };
+        let record = Unconfirmed {
+            id: EnvelopeId::random(),
+            epoch,
+            recipients,
+            bytes: commit.tls_serialize_detached().map_err(ClientError::mls)?,
+            welcome,
+        };
+        match self.deliver_commit(group_id, &record).await? {
+            Fate::Merged => {
+                if let Some((devices, bytes)) = record.welcome {
+                    self.send_envelope(EnvelopeId::random(), devices, bytes)
+                        .await?;
+                }
+                Ok(())
+            }
+            Fate::Kept(e) => {
+                let mut doc = self.commits_doc().await?;
+                doc.pending.insert(hex(group_id), record);
+                self.persist(Changes {
+                    documents: vec![(COMMITS, encode(&doc)?)],
+                    ..Default::default()
+                })
+                .await?;
+                Err(e)
+            }
+            Fate::Refused(e) => Err(e),
+        }
+    }
+
+    /// Sends kept commits again (only `group_id`'s, if given): merged when
+    /// the relay confirms, their Welcome and the chat's description then
+    /// queued in the outbox; discarded when refused or overtaken. An error
+    /// while the relay is still unreachable leaves them kept.
+    pub(super) async fn confirm_commits(&mut self, group_id: Option<&[u8]>) -> Result<()> {
+        let mut doc = self.commits_doc().await?;
+        let mut queued = false;
+        let keys: Vec<String> = doc
+            .pending
+            .keys()
+            .filter(|k| group_id.is_none_or(|g| **k == hex(g)))
+            .cloned()
+            .collect();
+        for key in keys {
+            let Some(record) = doc.pending.get(&key).cloned() else {
+                continue;
+            };
+            let gid = unhex(&key)?;
+            let current = self
+                .groups
+                .get(&gid)
+                .and_then(|g| g.pending_commit().is_some().then(|| g.epoch().as_u64()));
+            let mut changes = Changes::default();
+            let outcome = if current == Some(record.epoch) {
+                self.deliver_commit(&gid, &record).await?
+            } else {
+                // The chat moved on (another member's commit was taken in)
+                // or is gone: the relay cannot have kept this one.
+                Fate::Refused(ClientError::ChatChanged)
+            };
+            let stop = match outcome {
+                Fate::Kept(e) => Some(e),
+                Fate::Refused(_) => None,
+                Fate::Merged => {
+                    if let Some((devices, bytes)) = &record.welcome {
+                        changes.outbox_add.push(OutboxEntry {
+                            envelope_id: EnvelopeId::random(),
+                            message_id: Uuid::new_v4(),
+                            group_id: gid.clone(),
+                            recipients: devices.clone(),
+                            payload: bytes.clone(),
+                        });
+                        if let Some(entry) = self.chat_info_entry(&gid).await? {
+                            changes.outbox_add.push(entry);
+                        }
+                        queued = true;
+                    }
+                    None
+                }
+            };
+            if let Some(e) = stop {
+                return Err(e);
+            }
+            doc.pending.remove(&key);
+            changes.documents.push((COMMITS, encode(&doc)?));
+            self.persist(changes).await?;
+        }
+        if queued {
+            self.flush_outbox().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `record` (again, under its id) and merges or discards the
+    /// pending commit by the relay's answer.
+    async fn deliver_commit(&mut self, group_id: &[u8], record: &Unconfirmed) -> Result<Fate> {
+        let tag = CommitTag {
+            group: Sha256::digest(group_id).to_vec().into(),
+            epoch: record.epoch,
+        };
+        // A transient failure may come after the relay stored the commit
+        // (the answer was lost): the same bytes go again under the same
+        // envelope id, which the relay recognises.
+        let mut sent = self
+            .send_envelope_as(
+                record.id,
+                record.recipients.clone(),
+                record.bytes.clone(),
+                Some(tag.clone()),
+            )
+            .await;
+        for attempt in 1..=COMMIT_RETRIES {
+            match &sent {
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(COMMIT_RETRY_WAIT * attempt).await;
+                    sent = self
+                        .send_envelope_as(
+                            record.id,
+                            record.recipients.clone(),
+                            record.bytes.clone(),
+                            Some(tag.clone()),
+                        )
+                        .await;
+                }
+                _ => break,
+            }
+        }
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(ClientError::NotAMember)?;
+        Ok(match sent {
+            Ok(()) => {
+                group
+                    .merge_pending_commit(&self.provider)
+                    .map_err(ClientError::mls)?;
+                self.note_commit(group_id, record.epoch, &record.bytes)
+                    .await?;
+                let mut changes = Changes::default();
+                self.keep_transcript(&mut changes)?;
+                self.record(changes).await?;
+                Fate::Merged
+            }
+            Err(e) if e.is_transient() => Fate::Kept(e),
+            Err(e) => {
+                group
+                    .clear_pending_commit(self.provider.storage())
+                    .map_err(ClientError::mls)?;
+                Fate::Refused(match e {
+                    ClientError::Server {
+                        code: ErrorCode::StaleCommit,
+                        ..
+                    } => ClientError::ChatChanged,
+                    other => other,
+                })
+            }
+        })
+    }
+
+    async fn commits_doc(&self) -> Result<CommitsDoc> {
+        match self.store.document(COMMITS).await? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|_| ClientError::Corrupt("commits"))
+            }
+            None => Ok(CommitsDoc::default()),
+        }
+    }
+
+    /// The chat's description (kind and name) as an outbox entry for its
+    /// members, for devices a commit just added; `None` if the chat is not
+    /// (or no longer) stored.
+    async fn chat_info_entry(&mut self, group_id: &[u8]) -> Result<Option<OutboxEntry>> {
+        let Some(chat) = self
+            .store
+            .chats()
+            .await?
+            .into_iter()
+            .find(|c| c.group_id == group_id)
+        else {
+            return Ok(None);
+        };
+        let (recipients, payload) = self.chat_info(&chat).await?;
+        Ok(Some(OutboxEntry {
+            envelope_id: EnvelopeId::random(),
+            message_id: Uuid::new_v4(),
+            group_id: group_id.to_vec(),
+            recipients,
+            payload,
+        }))
+    }
+
+    /// The chat's description, encrypted for its members now, and who they
+    /// are.
+    pub(super) async fn chat_info(
+        &mut self,
+        chat: &ChatRecord,
+    ) -> Result<(Vec<DeviceId>, Vec<u8>)> {
+        let epoch = self.active_group(chat)?.epoch().as_u64();
+        let info = self
+            .app_bytes(
+                &chat.group_id,
+                epoch,
+                AppMessage::ChatInfo {
+                    kind: chat.kind,
+                    name: if chat.kind == ChatKind::Group {
+                        chat.name.clone()
+                    } else {
+                        String::new()
+                    },
+                },
+            )
+            .await?;
+        let (provider, signer) = (&self.provider, &self.identity.signer);
+        let group = self
+            .groups
+            .get_mut(&chat.group_id)
+            .ok_or(ClientError::NotAMember)?;
+        let out = group
+            .create_message(provider, signer, &info)
+            .map_err(ClientError::mls)?;
+        let everyone = self.recipients(self.active_group(chat)?)?;
+        Ok((
+            everyone,
+            out.tls_serialize_detached().map_err(ClientError::mls)?,
+        ))
+    }
+}
+
+fn encode(doc: &CommitsDoc) -> Result<Vec<u8>> {
+    serde_json::to_vec(doc).map_err(|_| ClientError::Corrupt("commits"))
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .ok_or(ClientError::Corrupt("commits"))
+        })
+        .collect()
+}
+
+/// Runs a change to a chat (an expression using `$client`), and when
+/// another member's commit won the race (`ChatChanged`), takes it in with
+/// a sync and runs the change again, up to [`CHANGE_RETRIES`] times.
+macro_rules! after_races {
+    ($client:ident, $op:expr) => {{
+        let mut attempt = 0;
+        loop {
+            match $op {
+                Err(ClientError::ChatChanged) if attempt < commits::CHANGE_RETRIES => {
+                    attempt += 1;
+                    $client.sync().await?;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+pub(super) use after_races;
