@@ -159,6 +159,30 @@ fn text_envelopes(c: &mut Criterion) {
         ciphertext(&bare, &mut group),
         ciphertext(&wrapped, &mut group)
     );
+    // What a digest adds to the message carrying it (one in DIGEST_EVERY,
+    // and each device's first in an epoch): per device that wrote in the
+    // epoch, its id and count, plus the epoch and its authenticator.
+    let plain = sender.next_order(me, 3);
+    let without = serde_json::to_vec(&plain).unwrap().len();
+    // Past DIGEST_MAX_DEVICES the rest wait for the next digest.
+    for writers in [1u64, 10, 100, 1000] {
+        let told = writers.min(redoubt_client::transcript::DIGEST_MAX_DEVICES as u64);
+        let digest = redoubt_client::transcript::Digest {
+            epoch: 3,
+            counts: (0..told).map(|i| (DeviceId::random(), 40 + i)).collect(),
+            auth: "ab".repeat(redoubt_client::transcript::AUTH_BYTES),
+        };
+        let with = serde_json::to_vec(&redoubt_client::transcript::SenderOrder {
+            digest: Some(digest),
+            ..plain.clone()
+        })
+        .unwrap()
+        .len();
+        eprintln!(
+            "a digest of {writers} writing devices adds {} bytes",
+            with - without
+        );
+    }
     let mut g = c.benchmark_group("text");
     g.bench_function("encrypt before", |b| {
         b.iter(|| {

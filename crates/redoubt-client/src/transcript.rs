@@ -20,9 +20,12 @@
 //! same for the current one. A receiver missing something another member
 //! received shows a gap naming who received it, so the tail of an epoch,
 //! or a message the relay gave only some members, cannot vanish unseen.
-//! The digest lists only devices that wrote in that epoch, and rides on
-//! messages already being sent: no extra traffic, in a group of 1,000 as
-//! in a direct chat.
+//! The digest lists only counts that grew since the device's last digest
+//! (at most [`DIGEST_MAX_DEVICES`], the rest in the next one), and rides
+//! on messages already being sent: no extra messages, in a group of 1,000
+//! as in a direct chat. It also carries the epoch's authenticator (RFC
+//! 9420 §8.7): a member with another one is in another history of the
+//! chat.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,6 +54,10 @@ pub struct Digest {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub auth: String,
 }
+
+/// At most how many other devices' counts one digest tells (about 42
+/// bytes each). Counts left out go in the next digest.
+pub const DIGEST_MAX_DEVICES: usize = 64;
 
 /// How many bytes of an epoch authenticator a digest carries: 128 bits, as
 /// collision-resistant as a safety number needs, in half the bytes.
@@ -138,6 +145,10 @@ pub struct ChatTranscript {
     /// Epochs where a split was seen and said.
     #[serde(default)]
     splits: BTreeSet<u64>,
+    /// Per epoch, the count this device's digests last told for each
+    /// device: a digest tells only what changed since.
+    #[serde(default)]
+    reported: BTreeMap<u64, BTreeMap<DeviceId, u64>>,
 }
 
 /// What a received message means for the history.
@@ -234,16 +245,25 @@ impl ChatTranscript {
     }
 
     /// What this device (`me`) holds of `epoch`.
+    /// Only counts that grew since this device last told them go in, the
+    /// [`DIGEST_MAX_DEVICES`] that grew most, so a digest stays small in a
+    /// group of 1,000 where everyone writes; its own count always goes.
     fn digest(&self, me: DeviceId, epoch: u64) -> Digest {
-        let mut counts: BTreeMap<DeviceId, u64> = self
+        let told = self.reported.get(&epoch);
+        let mut grown: Vec<(u64, DeviceId, u64)> = self
             .received
             .iter()
             .filter_map(|(device, epochs)| {
-                epochs
-                    .get(&epoch)
-                    .filter(|r| r.highest > 0)
-                    .map(|r| (*device, r.highest))
+                let held = epochs.get(&epoch)?.highest;
+                let before = told.and_then(|t| t.get(device)).copied().unwrap_or(0);
+                (held > before).then_some((held - before, *device, held))
             })
+            .collect();
+        grown.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut counts: BTreeMap<DeviceId, u64> = grown
+            .into_iter()
+            .take(DIGEST_MAX_DEVICES)
+            .map(|(_, device, held)| (device, held))
             .collect();
         if let Some(s) = self.sent.as_ref().filter(|s| s.epoch == epoch) {
             counts.insert(me, s.count);
@@ -263,6 +283,13 @@ impl ChatTranscript {
             count: order.n,
             last: hash,
         });
+        if let Some(digest) = &order.digest {
+            self.reported
+                .entry(digest.epoch)
+                .or_default()
+                .extend(digest.counts.iter().map(|(d, n)| (*d, *n)));
+            trim(&mut self.reported);
+        }
     }
 
     /// Places a message `sender` sent in `epoch`, whose payload hashes to
@@ -427,6 +454,44 @@ mod tests {
             auth: String::new(),
             ..digest
         }));
+    }
+
+    #[test]
+    fn a_digest_tells_what_grew_since_the_last_one_and_stays_bounded() {
+        let me = DeviceId::random();
+        let mut t = ChatTranscript::joined_in(1);
+        let others: Vec<DeviceId> = (0..100).map(|_| DeviceId::random()).collect();
+        for (i, d) in others.iter().enumerate() {
+            // Device i wrote i + 1 messages.
+            for n in 1..=i as u64 + 1 {
+                t.receive(*d, 1, &order(n, ""), format!("{i}-{n}"), Uuid::new_v4);
+            }
+        }
+        let mut told = BTreeMap::new();
+        for k in 1..=DIGEST_EVERY * 2 {
+            let o = t.next_order(me, 1);
+            if let Some(d) = &o.digest {
+                assert!(d.counts.len() <= DIGEST_MAX_DEVICES + 1);
+                for (dev, n) in &d.counts {
+                    let before = told.insert(*dev, *n);
+                    assert!(before.is_none_or(|b| b < *n || *dev == me), "told again");
+                }
+            }
+            t.sent(1, &o, format!("mine-{k}"));
+        }
+        // Two digests told every device's count once, those that wrote
+        // most first.
+        for (i, d) in others.iter().enumerate() {
+            assert_eq!(told.get(d), Some(&(i as u64 + 1)), "device {i}");
+        }
+        // Nothing grew: the next digest tells only this device's own count.
+        for _ in 0..DIGEST_EVERY {
+            let o = t.next_order(me, 1);
+            if let Some(d) = &o.digest {
+                assert_eq!(d.counts.keys().collect::<Vec<_>>(), vec![&me]);
+            }
+            t.sent(1, &o, "x".into());
+        }
     }
 
     #[test]
