@@ -175,9 +175,9 @@ pub struct Client {
     sightings: Vec<kt::Sighting>,
     /// Each chat's transcript state, while an operation uses it.
     transcript: Option<transcript::TranscriptDoc>,
-    /// Chats whose pending proposals this device commits once the page
-    /// they came in is stored.
-    to_commit: Vec<Vec<u8>>,
+    /// (group, epoch) positions where this device's commit was refused as
+    /// stale (see `commits.rs`).
+    stale_seen: Vec<(Vec<u8>, u64)>,
 }
 
 /// What a profile holds, as loaded from its store.
@@ -356,7 +356,7 @@ impl Client {
             announcements: Vec::new(),
             sightings: Vec::new(),
             transcript: None,
-            to_commit: Vec::new(),
+            stale_seen: Vec::new(),
         };
         let _held = client.hold().await?;
         client
@@ -399,7 +399,7 @@ impl Client {
             announcements: Vec::new(),
             sightings: Vec::new(),
             transcript: None,
-            to_commit: Vec::new(),
+            stale_seen: Vec::new(),
         })
     }
 

@@ -189,12 +189,14 @@ impl ChatTranscript {
             Some(s) if s.epoch == epoch => SenderOrder {
                 n: s.count + 1,
                 prev: s.last.clone(),
-                digest: ((s.count + 1) % DIGEST_EVERY == 0).then(|| self.digest(me, epoch)),
+                digest: ((s.count + 1) % DIGEST_EVERY == 0).then(|| self.digest(me, epoch, true)),
             },
             _ => SenderOrder {
                 n: 1,
                 prev: String::new(),
-                digest: self.epoch_before(epoch).map(|e| self.digest(me, e)),
+                // The epoch before, told whole (up to the bound): the digest
+                // that last told a count may itself have been withheld.
+                digest: self.epoch_before(epoch).map(|e| self.digest(me, e, false)),
             },
         }
     }
@@ -244,12 +246,13 @@ impl ChatTranscript {
         sent.max(read)
     }
 
-    /// What this device (`me`) holds of `epoch`.
-    /// Only counts that grew since this device last told them go in, the
-    /// [`DIGEST_MAX_DEVICES`] that grew most, so a digest stays small in a
-    /// group of 1,000 where everyone writes; its own count always goes.
-    fn digest(&self, me: DeviceId, epoch: u64) -> Digest {
-        let told = self.reported.get(&epoch);
+    /// What this device (`me`) holds of `epoch`. With `delta`, only counts
+    /// that grew since this device last told them go in; without, every
+    /// count held. Either way at most the [`DIGEST_MAX_DEVICES`] that grew
+    /// most, so a digest stays small in a group of 1,000 where everyone
+    /// writes; its own count always goes.
+    fn digest(&self, me: DeviceId, epoch: u64, delta: bool) -> Digest {
+        let told = self.reported.get(&epoch).filter(|_| delta);
         let mut grown: Vec<(u64, DeviceId, u64)> = self
             .received
             .iter()

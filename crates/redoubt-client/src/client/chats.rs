@@ -161,13 +161,15 @@ impl Client {
             created_at: now_ms(),
         };
         let messages = vec![system_message(&group_id, "You created this chat.".into())];
-        self.groups.insert(group_id, group);
-        self.persist(Changes {
+        self.groups.insert(group_id.clone(), group);
+        self.note_epoch(&group_id).await?;
+        let mut changes = Changes {
             chats: vec![chat.clone()],
             messages,
             ..Default::default()
-        })
-        .await?;
+        };
+        self.keep_transcript(&mut changes)?;
+        self.persist(changes).await?;
         Ok(chat)
     }
 
@@ -388,9 +390,6 @@ impl Client {
             Some((new_recipients, welcome)),
         )
         .await?;
-        let (everyone, info) = self.chat_info(chat).await?;
-        self.send_envelope(EnvelopeId::random(), everyone, info)
-            .await?;
         self.persist(Changes::default()).await
     }
 
@@ -555,6 +554,7 @@ impl Client {
     /// Leaves a group: proposes this device's removal; another member commits it.
     pub async fn leave(&mut self, chat: &ChatRecord) -> Result<()> {
         let _held = self.hold().await?;
+        self.confirm_commits(Some(&chat.group_id)).await?;
         let recipients = self.recipients(self.active_group(chat)?)?;
         let (provider, signer) = (&self.provider, &self.identity.signer);
         let group = self

@@ -32,6 +32,7 @@ const COMMITS: &str = "commits";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Unconfirmed {
     id: EnvelopeId,
+    group_id: Vec<u8>,
     /// The epoch it was made in.
     epoch: u64,
     recipients: Vec<DeviceId>,
@@ -49,7 +50,7 @@ struct CommitsDoc {
 
 /// What became of a commit sent to the relay.
 enum Fate {
-    /// Accepted (now or by an earlier attempt): merged.
+    /// Accepted (now or by an earlier attempt): merged, not yet stored.
     Merged,
     /// Not known: kept to be sent again.
     Kept(ClientError),
@@ -57,12 +58,24 @@ enum Fate {
     Refused(ClientError),
 }
 
+/// Whether a failed send may still have been stored by the relay: no
+/// answer, or one that is not the relay's word on the envelope. A 429 or a
+/// full mailbox is a refusal (nothing was queued), not an unknown.
+fn fate_unknown(e: &ClientError) -> bool {
+    match e {
+        ClientError::Unreachable { .. } | ClientError::BadResponse(_) => true,
+        ClientError::Server { status, .. } => *status >= 500,
+        _ => false,
+    }
+}
+
 impl Client {
     /// Sends a commit this device created to `recipients`; once the relay
-    /// confirms it, merges it and sends `welcome` (devices it adds, and
-    /// the Welcome's bytes). A refused commit is discarded so the group
-    /// stays usable (`ChatChanged` when another member's commit won); one
-    /// whose fate is unknown is kept and the error returned.
+    /// confirms it, merges and stores it and queues `welcome` (devices it
+    /// adds, and the Welcome) and the chat's description for them. A
+    /// refused commit is discarded so the group stays usable
+    /// (`ChatChanged` when another member's commit won); one whose fate is
+    /// unknown is kept and the error returned.
     pub(super) async fn send_commit(
         &mut self,
         group_id: &[u8],
@@ -85,19 +98,14 @@ impl Client {
         };
         let record = Unconfirmed {
             id: EnvelopeId::random(),
+            group_id: group_id.to_vec(),
             epoch,
             recipients,
             bytes: commit.tls_serialize_detached().map_err(ClientError::mls)?,
             welcome,
         };
-        match self.deliver_commit(group_id, &record).await? {
-            Fate::Merged => {
-                if let Some((devices, bytes)) = record.welcome {
-                    self.send_envelope(EnvelopeId::random(), devices, bytes)
-                        .await?;
-                }
-                Ok(())
-            }
+        match self.deliver_commit(&record).await? {
+            Fate::Merged => self.merged(&record, None).await,
             Fate::Kept(e) => {
                 let mut doc = self.commits_doc().await?;
                 doc.pending.insert(hex(group_id), record);
@@ -113,12 +121,11 @@ impl Client {
     }
 
     /// Sends kept commits again (only `group_id`'s, if given): merged when
-    /// the relay confirms, their Welcome and the chat's description then
-    /// queued in the outbox; discarded when refused or overtaken. An error
-    /// while the relay is still unreachable leaves them kept.
+    /// the relay confirms, discarded when refused or overtaken (another
+    /// member's commit from the same epoch was taken in). An error while
+    /// the relay still does not answer leaves them kept.
     pub(super) async fn confirm_commits(&mut self, group_id: Option<&[u8]>) -> Result<()> {
         let mut doc = self.commits_doc().await?;
-        let mut queued = false;
         let keys: Vec<String> = doc
             .pending
             .keys()
@@ -126,50 +133,61 @@ impl Client {
             .cloned()
             .collect();
         for key in keys {
-            let Some(record) = doc.pending.get(&key).cloned() else {
+            let Some(record) = doc.pending.remove(&key) else {
                 continue;
             };
-            let gid = unhex(&key)?;
             let current = self
                 .groups
-                .get(&gid)
+                .get(&record.group_id)
                 .and_then(|g| g.pending_commit().is_some().then(|| g.epoch().as_u64()));
-            let mut changes = Changes::default();
             let outcome = if current == Some(record.epoch) {
-                self.deliver_commit(&gid, &record).await?
+                self.deliver_commit(&record).await?
             } else {
-                // The chat moved on (another member's commit was taken in)
-                // or is gone: the relay cannot have kept this one.
                 Fate::Refused(ClientError::ChatChanged)
             };
-            let stop = match outcome {
-                Fate::Kept(e) => Some(e),
-                Fate::Refused(_) => None,
-                Fate::Merged => {
-                    if let Some((devices, bytes)) = &record.welcome {
-                        changes.outbox_add.push(OutboxEntry {
-                            envelope_id: EnvelopeId::random(),
-                            message_id: Uuid::new_v4(),
-                            group_id: gid.clone(),
-                            recipients: devices.clone(),
-                            payload: bytes.clone(),
-                        });
-                        if let Some(entry) = self.chat_info_entry(&gid).await? {
-                            changes.outbox_add.push(entry);
-                        }
-                        queued = true;
-                    }
-                    None
+            match outcome {
+                Fate::Kept(e) => return Err(e),
+                Fate::Merged => self.merged(&record, Some(&doc)).await?,
+                Fate::Refused(_) => {
+                    self.persist(Changes {
+                        documents: vec![(COMMITS, encode(&doc)?)],
+                        ..Default::default()
+                    })
+                    .await?
                 }
-            };
-            if let Some(e) = stop {
-                return Err(e);
             }
-            doc.pending.remove(&key);
-            changes.documents.push((COMMITS, encode(&doc)?));
-            self.persist(changes).await?;
         }
-        if queued {
+        Ok(())
+    }
+
+    /// After the relay confirmed `record` (and it was merged): stores the
+    /// new MLS state, the transcript, the Welcome and the chat's
+    /// description queued for the devices it added, and `doc` (the kept
+    /// commits without it) in one write, then sends what it queued. Queued
+    /// rather than sent, a Welcome outlives a relay that stops answering.
+    async fn merged(&mut self, record: &Unconfirmed, doc: Option<&CommitsDoc>) -> Result<()> {
+        let group_id = &record.group_id;
+        self.note_commit(group_id, record.epoch, &record.bytes)
+            .await?;
+        let mut changes = Changes::default();
+        if let Some((devices, bytes)) = &record.welcome {
+            changes.outbox_add.push(OutboxEntry {
+                envelope_id: EnvelopeId::random(),
+                message_id: Uuid::new_v4(),
+                group_id: group_id.clone(),
+                recipients: devices.clone(),
+                payload: bytes.clone(),
+            });
+            if let Some(entry) = self.chat_info_entry(group_id).await? {
+                changes.outbox_add.push(entry);
+            }
+        }
+        if let Some(doc) = doc {
+            changes.documents.push((COMMITS, encode(doc)?));
+        }
+        self.keep_transcript(&mut changes)?;
+        self.persist(changes).await?;
+        if record.welcome.is_some() {
             self.flush_outbox().await?;
         }
         Ok(())
@@ -177,32 +195,38 @@ impl Client {
 
     /// Sends `record` (again, under its id) and merges or discards the
     /// pending commit by the relay's answer.
-    async fn deliver_commit(&mut self, group_id: &[u8], record: &Unconfirmed) -> Result<Fate> {
-        let tag = CommitTag {
+    async fn deliver_commit(&mut self, record: &Unconfirmed) -> Result<Fate> {
+        let group_id = record.group_id.as_slice();
+        let position = (group_id.to_vec(), record.epoch);
+        // Refused as stale once already with no commit from this epoch
+        // taken in since: the relay's position was taken by something no
+        // member made (a forged commit), so the tag, a courtesy, is left
+        // off rather than let that block every change to the chat.
+        let tag = (!self.stale_seen.contains(&position)).then(|| CommitTag {
             group: Sha256::digest(group_id).to_vec().into(),
             epoch: record.epoch,
-        };
-        // A transient failure may come after the relay stored the commit
-        // (the answer was lost): the same bytes go again under the same
-        // envelope id, which the relay recognises.
+        });
+        // A failure may come after the relay stored the commit (the answer
+        // was lost): the same bytes go again under the same envelope id,
+        // which the relay recognises.
         let mut sent = self
             .send_envelope_as(
                 record.id,
                 record.recipients.clone(),
                 record.bytes.clone(),
-                Some(tag.clone()),
+                tag.clone(),
             )
             .await;
         for attempt in 1..=COMMIT_RETRIES {
             match &sent {
-                Err(e) if e.is_transient() => {
+                Err(e) if fate_unknown(e) => {
                     tokio::time::sleep(COMMIT_RETRY_WAIT * attempt).await;
                     sent = self
                         .send_envelope_as(
                             record.id,
                             record.recipients.clone(),
                             record.bytes.clone(),
-                            Some(tag.clone()),
+                            tag.clone(),
                         )
                         .await;
                 }
@@ -218,14 +242,9 @@ impl Client {
                 group
                     .merge_pending_commit(&self.provider)
                     .map_err(ClientError::mls)?;
-                self.note_commit(group_id, record.epoch, &record.bytes)
-                    .await?;
-                let mut changes = Changes::default();
-                self.keep_transcript(&mut changes)?;
-                self.record(changes).await?;
                 Fate::Merged
             }
-            Err(e) if e.is_transient() => Fate::Kept(e),
+            Err(e) if fate_unknown(&e) => Fate::Kept(e),
             Err(e) => {
                 group
                     .clear_pending_commit(self.provider.storage())
@@ -234,7 +253,10 @@ impl Client {
                     ClientError::Server {
                         code: ErrorCode::StaleCommit,
                         ..
-                    } => ClientError::ChatChanged,
+                    } => {
+                        self.stale_seen.push(position);
+                        ClientError::ChatChanged
+                    }
                     other => other,
                 })
             }
@@ -312,17 +334,6 @@ impl Client {
 
 fn encode(doc: &CommitsDoc) -> Result<Vec<u8>> {
     serde_json::to_vec(doc).map_err(|_| ClientError::Corrupt("commits"))
-}
-
-fn unhex(s: &str) -> Result<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            s.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-                .ok_or(ClientError::Corrupt("commits"))
-        })
-        .collect()
 }
 
 /// Runs a change to a chat (an expression using `$client`), and when

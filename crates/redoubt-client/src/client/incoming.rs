@@ -10,12 +10,29 @@ impl Client {
     /// key packages.
     pub async fn sync(&mut self) -> Result<SyncReport> {
         let _held = self.hold().await?;
+        let synced = self.sync_held().await;
+        if synced.is_err() {
+            // The MLS state in memory may have run ahead of what is stored
+            // (a page processed, not stored): the next operation reloads
+            // it, so the page is processed again from where the store left
+            // it, not lost.
+            self.forget_unstored_state();
+        }
+        synced
+    }
+
+    async fn sync_held(&mut self) -> Result<SyncReport> {
         self.pin_service_key_if_missing().await?;
         // What waits in the outbox goes first, in the order it was written.
         let flushed = self.flush_outbox().await?;
         // Then commits kept from an earlier operation: the others' messages
-        // in the state they lead to may be in the mailbox.
-        self.confirm_commits(None).await?;
+        // in the state they lead to may be in the mailbox. One the relay
+        // still does not answer for stays kept; the rest of the sync goes
+        // on (what arrives may be another member's commit that overtook it).
+        match self.confirm_commits(None).await {
+            Err(e) if e.is_transient() => {}
+            other => other?,
+        }
         let mut report = SyncReport {
             sent: flushed.sent.len(),
             queued: flushed.waiting,
@@ -35,17 +52,8 @@ impl Client {
                 {
                     continue;
                 }
-                if let Err(e) = self
-                    .process(envelope.kind, envelope.payload.as_slice(), &mut changes)
-                    .await
-                {
-                    // The MLS state in memory has run ahead of the stored
-                    // history (this page is not stored): the next operation
-                    // reloads it, so the page is processed again from where
-                    // the store left it, not lost.
-                    self.forget_unstored_state();
-                    return Err(e);
-                }
+                self.process(envelope.kind, envelope.payload.as_slice(), &mut changes)
+                    .await?;
                 changes.processed.push(envelope.id);
                 report.processed += 1;
             }
@@ -402,7 +410,6 @@ impl Client {
                 group
                     .store_pending_proposal(self.provider.storage(), *proposal)
                     .map_err(ClientError::mls)?;
-                self.commit_if_designated(&group_id)?;
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 self.apply_commit(&group_id, &sender, *staged, changes)
@@ -471,12 +478,8 @@ impl Client {
     }
 
     /// When a member proposes to leave, the remaining member with the lowest
-    /// leaf index commits the proposal, so exactly one commit is made. It
-    /// is made once the page it came in is stored ([`Client::commit_proposals`]):
-    /// a commit kept for a later attempt stores the MLS state, which must
-    /// not run ahead of the history it belongs with.
-    fn commit_if_designated(&mut self, group_id: &[u8]) -> Result<()> {
-        let group = self.groups.get(group_id).ok_or(ClientError::NotAMember)?;
+    /// leaf index commits the proposal, so exactly one commit is made.
+    fn designated_for_proposals(&self, group: &MlsGroup) -> bool {
         let leaving: BTreeSet<u32> = group
             .pending_proposals()
             .filter_map(|p| match p.proposal() {
@@ -488,25 +491,28 @@ impl Client {
             .members()
             .map(|m| m.index.u32())
             .find(|i| !leaving.contains(i));
-        if designated == Some(group.own_leaf_index().u32())
-            && !self.to_commit.iter().any(|g| g == group_id)
-        {
-            self.to_commit.push(group_id.to_vec());
-        }
-        Ok(())
+        designated == Some(group.own_leaf_index().u32())
     }
 
-    /// Commits the proposals this device is designated to commit (see
-    /// [`Client::commit_if_designated`]). A commit another member's beat is
-    /// no loss: theirs carries the proposals.
+    /// Commits the proposals this device is designated to commit, in every
+    /// chat that has some. Run once the page they came in is stored (a
+    /// commit kept for a later attempt stores the MLS state, which must not
+    /// run ahead of the history it belongs with), and found from the stored
+    /// MLS state, so a crash or a failure loses none. A commit another
+    /// member's beat is no loss: theirs carries the proposals.
     async fn commit_proposals(&mut self) -> Result<()> {
-        for group_id in std::mem::take(&mut self.to_commit) {
-            let Some(group) = self.groups.get(&group_id) else {
-                continue;
-            };
-            if group.pending_proposals().next().is_none() || group.pending_commit().is_some() {
-                continue;
-            }
+        let due: Vec<Vec<u8>> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| {
+                g.pending_proposals().next().is_some()
+                    && g.pending_commit().is_none()
+                    && self.designated_for_proposals(g)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for group_id in due {
+            let group = self.groups.get(&group_id).ok_or(ClientError::NotAMember)?;
             let recipients = self.recipients(group)?;
             let (provider, signer) = (&self.provider, &self.identity.signer);
             let group = self

@@ -132,11 +132,13 @@ impl Client {
             }
             OldCommit::Split { first: false } => return Ok(()),
             OldCommit::Split { first: true } => format!(
-                "⚠ THIS CHAT HAS SPLIT: two changes to it were made from the same state (change \
-                 {epoch}) and the relay accepted both. This device took in one; members whose \
-                 devices took in the other are now in another history of this chat: they cannot \
-                 read what is written here, nor this device what they write. Start a new chat \
-                 with them to talk safely."
+                "⚠ THIS CHAT MAY HAVE SPLIT: a second change to it made from the same state \
+                 (change {epoch}) arrived after this device took in another. If the relay \
+                 accepted both, members who took in the other are now in another history of \
+                 this chat: they cannot read what is written here, nor this device what they \
+                 write (their messages show as not decrypted). Start a new chat with them to \
+                 talk safely. (Anyone once in the chat could also send such a change to raise \
+                 this alarm.)"
             ),
         };
         changes.messages.push(system_message(group_id, text));

@@ -195,6 +195,9 @@ async fn messages_written_offline_wait_in_the_outbox_and_go_once_when_the_relay_
             "from the screen"
         ]
     );
+    // Written offline, sent after a restart of the relay: no gap, repeat
+    // or split is shown for it.
+    assert_no_false_alarms(&bob.client, &bob_chat).await;
     let mine: Vec<Delivery> = alice
         .client
         .messages(&chat, 10)

@@ -63,7 +63,11 @@ pub async fn send(
                     "commit.group must be {COMMIT_GROUP_LEN} bytes (SHA-256 of the group id)"
                 ))
             })?,
-            epoch: tag.epoch,
+            // The position after it must be storable (a signed 64-bit
+            // column): a larger epoch is no real group's.
+            epoch: (tag.epoch < i64::MAX as u64)
+                .then_some(tag.epoch)
+                .ok_or_else(|| ApiError::InvalidRequest("commit.epoch is out of range".into()))?,
         }),
     };
     let now = state.clock().now();

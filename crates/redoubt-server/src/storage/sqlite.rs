@@ -174,8 +174,9 @@ async fn window_count(
 }
 
 /// One enqueue inside the writer's transaction. Everything before the
-/// inserts only reads, so an outcome other than `Queued` leaves nothing
-/// behind in a shared transaction.
+/// inserts only reads, except the commit position, which moves only when
+/// the envelope is then queued, so an outcome other than `Queued` leaves
+/// nothing behind in a shared transaction.
 async fn enqueue_in(
     conn: &mut sqlx::SqliteConnection,
     envelope: &NewEnvelope,

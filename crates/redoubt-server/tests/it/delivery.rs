@@ -253,6 +253,16 @@ async fn a_second_commit_from_the_same_epoch_is_refused_as_stale() {
         (status, body.error.code),
         (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest)
     );
+    let (status, body) = api_error(
+        alice
+            .post("/v1/messages", &commit(u64::MAX, vec![9; 32], b"x"))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest)
+    );
     let page = bob.fetch().await;
     assert_eq!(
         page.envelopes.iter().map(|e| e.id).collect::<Vec<_>>(),
