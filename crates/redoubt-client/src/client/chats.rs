@@ -6,6 +6,19 @@
 use super::commits::{self, after_races};
 use super::*;
 
+/// A chat's description as its members are told it: its kind, and its name
+/// for a group (a direct chat is named after the other person by each).
+pub(super) fn chat_info(kind: ChatKind, name: &str) -> AppMessage {
+    AppMessage::ChatInfo {
+        kind,
+        name: if kind == ChatKind::Group {
+            name.to_owned()
+        } else {
+            String::new()
+        },
+    }
+}
+
 impl Client {
     /// Claims a key package for each listed device of `accounts` and
     /// checks each: its certificate verifies under the account's identity
@@ -121,18 +134,7 @@ impl Client {
         let epoch = group.epoch().as_u64();
         self.joined_chat(&group_id, epoch).await?;
         let info = self
-            .app_bytes(
-                &group_id,
-                epoch,
-                AppMessage::ChatInfo {
-                    kind,
-                    name: if kind == ChatKind::Group {
-                        name.clone()
-                    } else {
-                        String::new()
-                    },
-                },
-            )
+            .app_bytes(&group_id, epoch, chat_info(kind, &name))
             .await?;
         let info = group
             .create_message(&self.provider, &self.identity.signer, &info)

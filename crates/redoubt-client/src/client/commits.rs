@@ -209,30 +209,24 @@ impl Client {
         // A failure may come after the relay stored the commit (the answer
         // was lost): the same bytes go again under the same envelope id,
         // which the relay recognises.
-        let mut sent = self
-            .send_envelope_as(
-                record.id,
-                record.recipients.clone(),
-                record.bytes.clone(),
-                tag.clone(),
-            )
-            .await;
-        for attempt in 1..=COMMIT_RETRIES {
+        let mut attempt = 0;
+        let sent = loop {
+            let sent = self
+                .send_envelope_as(
+                    record.id,
+                    record.recipients.clone(),
+                    record.bytes.clone(),
+                    tag.clone(),
+                )
+                .await;
             match &sent {
-                Err(e) if fate_unknown(e) => {
+                Err(e) if fate_unknown(e) && attempt < COMMIT_RETRIES => {
+                    attempt += 1;
                     tokio::time::sleep(COMMIT_RETRY_WAIT * attempt).await;
-                    sent = self
-                        .send_envelope_as(
-                            record.id,
-                            record.recipients.clone(),
-                            record.bytes.clone(),
-                            tag.clone(),
-                        )
-                        .await;
                 }
-                _ => break,
+                _ => break sent,
             }
-        }
+        };
         let group = self
             .groups
             .get_mut(group_id)
@@ -285,50 +279,29 @@ impl Client {
         else {
             return Ok(None);
         };
-        let (recipients, payload) = self.chat_info(&chat).await?;
-        Ok(Some(OutboxEntry {
-            envelope_id: EnvelopeId::random(),
-            message_id: Uuid::new_v4(),
-            group_id: group_id.to_vec(),
-            recipients,
-            payload,
-        }))
-    }
-
-    /// The chat's description, encrypted for its members now, and who they
-    /// are.
-    pub(super) async fn chat_info(
-        &mut self,
-        chat: &ChatRecord,
-    ) -> Result<(Vec<DeviceId>, Vec<u8>)> {
-        let epoch = self.active_group(chat)?.epoch().as_u64();
+        let epoch = self.active_group(&chat)?.epoch().as_u64();
         let info = self
             .app_bytes(
-                &chat.group_id,
+                group_id,
                 epoch,
-                AppMessage::ChatInfo {
-                    kind: chat.kind,
-                    name: if chat.kind == ChatKind::Group {
-                        chat.name.clone()
-                    } else {
-                        String::new()
-                    },
-                },
+                super::chats::chat_info(chat.kind, &chat.name),
             )
             .await?;
         let (provider, signer) = (&self.provider, &self.identity.signer);
         let group = self
             .groups
-            .get_mut(&chat.group_id)
+            .get_mut(group_id)
             .ok_or(ClientError::NotAMember)?;
         let out = group
             .create_message(provider, signer, &info)
             .map_err(ClientError::mls)?;
-        let everyone = self.recipients(self.active_group(chat)?)?;
-        Ok((
-            everyone,
-            out.tls_serialize_detached().map_err(ClientError::mls)?,
-        ))
+        Ok(Some(OutboxEntry {
+            envelope_id: EnvelopeId::random(),
+            message_id: Uuid::new_v4(),
+            group_id: group_id.to_vec(),
+            recipients: self.recipients(self.active_group(&chat)?)?,
+            payload: out.tls_serialize_detached().map_err(ClientError::mls)?,
+        }))
     }
 }
 

@@ -58,17 +58,7 @@ fn devices_in(client: &Client, chat: &ChatRecord) -> Vec<redoubt_proto::DeviceId
 
 /// Alice and Bob with a direct chat that works both ways.
 async fn pair(server: &TestServer) -> (Profile, Profile, ChatRecord, ChatRecord) {
-    let mut alice = register(server, &fresh_phone()).await;
-    let mut bob = register(server, &fresh_phone()).await;
-    let chat = alice.client.start_direct(bob.client.phone()).await.unwrap();
-    alice.client.send_text(&chat, "hello").await.unwrap();
-    bob.client.sync().await.unwrap();
-    let bob_chat = bob
-        .client
-        .find_chat(alice.client.phone().e164())
-        .await
-        .unwrap();
-    (alice, bob, chat, bob_chat)
+    direct_pair(server, Some("hello")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

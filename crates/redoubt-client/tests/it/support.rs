@@ -139,3 +139,29 @@ pub async fn assert_no_false_alarms(client: &Client, chat: &redoubt_client::mode
         "{notices:?}"
     );
 }
+
+/// Alice and Bob in a direct chat, Bob joined; Alice first writes
+/// `greeting`, if given (so the chat is known to work both ways).
+pub async fn direct_pair(
+    server: &TestServer,
+    greeting: Option<&str>,
+) -> (
+    Profile,
+    Profile,
+    redoubt_client::model::ChatRecord,
+    redoubt_client::model::ChatRecord,
+) {
+    let mut alice = register(server, &test_support::fresh_phone()).await;
+    let mut bob = register(server, &test_support::fresh_phone()).await;
+    let chat = alice.client.start_direct(bob.client.phone()).await.unwrap();
+    if let Some(text) = greeting {
+        alice.client.send_text(&chat, text).await.unwrap();
+    }
+    bob.client.sync().await.unwrap();
+    let bob_chat = bob
+        .client
+        .find_chat(alice.client.phone().e164())
+        .await
+        .unwrap();
+    (alice, bob, chat, bob_chat)
+}

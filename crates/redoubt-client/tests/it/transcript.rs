@@ -14,16 +14,7 @@ use crate::support::*;
 
 /// Alice and Bob in a direct chat, Bob joined.
 async fn pair(server: &TestServer) -> (Profile, Profile, ChatRecord, ChatRecord) {
-    let mut alice = register(server, &fresh_phone()).await;
-    let mut bob = register(server, &fresh_phone()).await;
-    let chat = alice.client.start_direct(bob.client.phone()).await.unwrap();
-    bob.client.sync().await.unwrap();
-    let bob_chat = bob
-        .client
-        .find_chat(alice.client.phone().e164())
-        .await
-        .unwrap();
-    (alice, bob, chat, bob_chat)
+    direct_pair(server, None).await
 }
 
 /// A device's queue at the relay, in delivery order: (seq, envelope id).

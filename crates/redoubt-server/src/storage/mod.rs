@@ -258,9 +258,26 @@ impl CommitPosition {
     }
 }
 
-/// Moves a group's commit position past `commit` unless a commit was
-/// already accepted from its epoch; true if it moved. One statement for
-/// both backends: the upsert's condition reads the row under its lock.
+/// Moves a group's commit position past `$commit` (a `&CommitPosition`)
+/// on connection `$conn` unless a commit was already accepted from its
+/// epoch; evaluates to true if it moved. One statement for both backends:
+/// the upsert's condition reads the row under its lock.
+macro_rules! advance_commit_position {
+    ($conn:expr, $commit:expr, $now:expr) => {{
+        let (epoch, next) = $commit.columns();
+        sqlx::query($crate::storage::ADVANCE_COMMIT_POSITION)
+            .bind($commit.group.to_vec())
+            .bind(next)
+            .bind(ms($now))
+            .bind(epoch)
+            .fetch_optional($conn)
+            .await?
+            .is_some()
+    }};
+}
+pub(crate) use advance_commit_position;
+
+/// The statement behind [`advance_commit_position`].
 pub(crate) const ADVANCE_COMMIT_POSITION: &str =
     "INSERT INTO commit_positions (group_hash, next_epoch, updated_at) VALUES ($1, $2, $3)
      ON CONFLICT (group_hash) DO UPDATE SET next_epoch = excluded.next_epoch,

@@ -545,15 +545,7 @@ impl Store for PgStore {
             return Ok(refused);
         }
         if let Some(commit) = &envelope.commit {
-            let (epoch, next) = commit.columns();
-            let moved = sqlx::query(ADVANCE_COMMIT_POSITION)
-                .bind(commit.group.to_vec())
-                .bind(next)
-                .bind(ms(envelope.now))
-                .bind(epoch)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if moved.is_none() {
+            if !advance_commit_position!(&mut *tx, commit, envelope.now) {
                 return Ok(EnqueueOutcome::StaleCommit);
             }
         }

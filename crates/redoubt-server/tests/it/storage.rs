@@ -546,6 +546,20 @@ pub async fn purge_removes_only_what_expired(store: Arc<dyn Store>) {
     assert_eq!(store.pending(a.device_id, now, 10).await.unwrap().len(), 1);
 }
 
+/// Enqueues every envelope at once, each on its own task; their outcomes
+/// in the same order.
+async fn enqueue_all(store: &Arc<dyn Store>, envelopes: &[NewEnvelope]) -> Vec<EnqueueOutcome> {
+    let tasks = envelopes.iter().cloned().map(|e| {
+        let store = store.clone();
+        tokio::spawn(async move { store.enqueue(e).await.unwrap() })
+    });
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// Two members changing one group from the same epoch at once: exactly one
 /// commit is accepted, the other refused with nothing queued; a retry of
 /// the accepted one is still recognised; the next epoch's commit goes in;
@@ -561,16 +575,7 @@ pub async fn one_commit_is_accepted_per_group_and_epoch(store: Arc<dyn Store>) {
         ..envelope(vec![a.device_id, b.device_id], payload, 1000)
     };
     let racing: Vec<NewEnvelope> = (0..8u8).map(|i| commit(1, 4, &[i])).collect();
-    let mut tasks = Vec::new();
-    for e in racing.iter().cloned() {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.enqueue(e).await.unwrap() }));
-    }
-    let outcomes: Vec<EnqueueOutcome> = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let outcomes = enqueue_all(&store, &racing).await;
     let accepted: Vec<usize> = (0..outcomes.len())
         .filter(|i| outcomes[*i] == EnqueueOutcome::Queued)
         .collect();
@@ -646,16 +651,7 @@ pub async fn concurrent_sends_and_acks_each_get_their_own_answer(store: Arc<dyn 
         payload: b"different".to_vec(),
         ..envelopes[5].clone()
     };
-    let mut tasks = Vec::new();
-    for e in envelopes.iter().cloned() {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.enqueue(e).await.unwrap() }));
-    }
-    let outcomes: Vec<EnqueueOutcome> = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let outcomes = enqueue_all(&store, &envelopes).await;
     assert!(
         outcomes.iter().all(|o| *o == EnqueueOutcome::Queued),
         "{outcomes:?}"
