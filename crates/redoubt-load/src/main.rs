@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 use redoubt_load::cluster::{Cluster, ClusterSpec, CodeSource, Codes, Storage};
 use redoubt_load::relay::Target;
 use redoubt_load::report::Report;
-use redoubt_load::workload::{Pattern, Scenario, Workload};
+use redoubt_load::workload::{Pattern, Scenario, Transport, Workload};
 
 /// Drive a Redoubt relay with simulated devices and measure it.
 ///
@@ -36,6 +36,11 @@ struct Cli {
     /// real OpenMLS clients that encrypt and decrypt (the whole path).
     #[arg(long, value_enum, default_value_t = Mode::Relay)]
     mode: Mode,
+    /// How relay-mode devices send: binary frames on their open WebSocket
+    /// (the fast path), or one HTTP request each with JSON frames on the
+    /// socket (the simple path; for before-and-after comparisons).
+    #[arg(long, value_enum, default_value_t = Transport::Websocket)]
+    transport: Transport,
     /// Simulated devices.
     #[arg(long)]
     devices: Option<usize>,
@@ -159,6 +164,7 @@ fn workload(cli: &Cli) -> anyhow::Result<Workload> {
         }
         None => {}
     }
+    w.transport = cli.transport;
     if cli.senders.is_some() {
         w.senders = cli.senders;
     }

@@ -17,6 +17,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use redoubt_proto::api::{RequestCodeRequest, SendRequest, VerifyCodeRequest, VerifyCodeResponse};
+use redoubt_proto::ws::binary::{self, ClientMessage, ServerMessage};
 use redoubt_proto::ws::{ClientFrame, ServerFrame};
 use redoubt_proto::{AuthToken, DeviceId, EnvelopeId, PhoneNumber};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -25,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::CodeSource;
 use crate::report::{histogram, Latency, Report};
-use crate::workload::{recipients_of, senders, Workload};
+use crate::workload::{recipients_of, senders, Transport, Workload};
 use crate::LoadError;
 
 /// The relay under load.
@@ -163,8 +164,9 @@ async fn register_all(
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens a device's delivery socket from its source address.
-async fn connect(d: &Device) -> Result<Socket, LoadError> {
+/// Opens a device's delivery socket from its source address, offering the
+/// binary subprotocol when devices send on the socket.
+async fn connect(d: &Device, transport: Transport) -> Result<Socket, LoadError> {
     let fail = |e: String| LoadError::Relay(format!("websocket: {e}"));
     let url = format!("{}/v1/ws", d.base.replacen("http", "ws", 1));
     let mut request = url.into_client_request().map_err(|e| fail(e.to_string()))?;
@@ -174,6 +176,14 @@ async fn connect(d: &Device) -> Result<Socket, LoadError> {
             .parse()
             .map_err(|_| fail("token".into()))?,
     );
+    if transport == Transport::Websocket {
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            binary::PROTOCOL
+                .parse()
+                .map_err(|_| fail("protocol".into()))?,
+        );
+    }
     let server: SocketAddr = d
         .base
         .trim_start_matches("http://")
@@ -182,11 +192,75 @@ async fn connect(d: &Device) -> Result<Socket, LoadError> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(d.source, 0))?;
     let tcp = socket.connect(server).await?;
-    let (ws, _) =
+    // As clients do: small frames go out at once, not after the last ack.
+    tcp.set_nodelay(true)?;
+    let (ws, response) =
         tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
             .await
             .map_err(|e| fail(e.to_string()))?;
+    if transport == Transport::Websocket
+        && response.headers().get("sec-websocket-protocol").is_none()
+    {
+        return Err(fail(
+            "the relay does not speak the binary subprotocol".into(),
+        ));
+    }
     Ok(ws)
+}
+
+type Answers = Arc<Mutex<HashMap<EnvelopeId, tokio::sync::oneshot::Sender<Result<(), String>>>>>;
+
+/// A device's open socket, for sending on it: frames go out through one
+/// writer task (which flushes once per burst), answers come back by id
+/// through the device's receive loop.
+#[derive(Clone)]
+struct Link {
+    out: tokio::sync::mpsc::UnboundedSender<Message>,
+    answers: Answers,
+    transport: Transport,
+}
+
+/// Connects a device and starts its receive loop and socket writer.
+async fn open(
+    d: &Device,
+    transport: Transport,
+    shared: Arc<Shared>,
+    presence: Presence,
+    stop: tokio::sync::watch::Receiver<bool>,
+    drained: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(tokio::task::JoinHandle<Received>, Link), LoadError> {
+    let (mut sink, stream) = connect(d, transport).await?.split();
+    let (out, mut queue) = tokio::sync::mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        while let Some(first) = queue.recv().await {
+            let closing = matches!(first, Message::Close(_));
+            if sink.feed(first).await.is_err() {
+                break;
+            }
+            while let Ok(next) = queue.try_recv() {
+                if sink.feed(next).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() || closing {
+                break;
+            }
+        }
+    });
+    let link = Link {
+        out,
+        answers: Arc::default(),
+        transport,
+    };
+    let receiver = tokio::spawn(receive(
+        stream,
+        link.clone(),
+        shared,
+        presence,
+        stop,
+        drained,
+    ));
+    Ok((receiver, link))
 }
 
 /// A message on its way: how many online recipients have yet to get it, and
@@ -366,9 +440,11 @@ struct Received {
     latency: Histogram<u64>,
 }
 
-/// Reads a device's socket until `stop`, acknowledging every envelope.
+/// Reads a device's socket until `stop`, acknowledging every envelope and
+/// handing answers to sends back to their senders.
 async fn receive(
-    mut ws: Socket,
+    mut ws: futures::stream::SplitStream<Socket>,
+    link: Link,
     shared: Arc<Shared>,
     presence: Presence,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -379,6 +455,22 @@ async fn receive(
     let mut seen: HashSet<EnvelopeId> = HashSet::new();
     let mut stop = stop;
     let mut drained = drained;
+    let mut got = |e: redoubt_proto::api::Envelope, to_ack: &mut Vec<EnvelopeId>| {
+        if seen.insert(e.id) {
+            let now = shared.micros();
+            if let Some((at, seq)) = header(e.payload.as_slice()) {
+                if presence == Presence::Online {
+                    let _ = latency.record(now.saturating_sub(at).max(1));
+                    shared.online_deliveries.fetch_add(1, Ordering::Relaxed);
+                    shared.delivered(seq);
+                }
+            }
+            shared.all_deliveries.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        to_ack.push(e.id);
+    };
     'run: loop {
         let first = tokio::select! {
             _ = stop.changed() => break,
@@ -394,9 +486,37 @@ async fn receive(
             }
         }
         let mut to_ack = Vec::new();
+        let mut was_drained = false;
         for frame in frames {
-            let text = match frame {
-                Some(Ok(Message::Text(t))) => t,
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    shared
+                        .app_bytes
+                        .fetch_add(text.len() as u64, Ordering::Relaxed);
+                    match serde_json::from_str::<ServerFrame>(text.as_str()) {
+                        Ok(ServerFrame::Envelope(e)) => got(e, &mut to_ack),
+                        Ok(ServerFrame::Drained) => was_drained = true,
+                        Err(_) => shared.error("unparseable frame"),
+                    }
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    shared
+                        .app_bytes
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    match ServerMessage::decode(&bytes) {
+                        Ok(ServerMessage::Envelopes(batch)) => {
+                            for e in batch {
+                                got(e, &mut to_ack);
+                            }
+                        }
+                        Ok(ServerMessage::Drained) => was_drained = true,
+                        Ok(ServerMessage::Accepted { id, .. }) => answer(&link, id, Ok(())),
+                        Ok(ServerMessage::Refused { id, status, .. }) => {
+                            answer(&link, id, Err(format!("refused with {status}")))
+                        }
+                        Err(_) => shared.error("undecodable frame"),
+                    }
+                }
                 Some(Ok(Message::Close(_))) | None => {
                     if !*stop.borrow() {
                         shared.error("a delivery socket closed");
@@ -408,45 +528,96 @@ async fn receive(
                     shared.error(format!("socket: {e}"));
                     break 'run;
                 }
-            };
-            shared
-                .app_bytes
-                .fetch_add(text.len() as u64, Ordering::Relaxed);
-            match serde_json::from_str::<ServerFrame>(text.as_str()) {
-                Ok(ServerFrame::Envelope(e)) => {
-                    if seen.insert(e.id) {
-                        let now = shared.micros();
-                        if let Some((at, seq)) = header(e.payload.as_slice()) {
-                            if presence == Presence::Online {
-                                let _ = latency.record(now.saturating_sub(at).max(1));
-                                shared.online_deliveries.fetch_add(1, Ordering::Relaxed);
-                                shared.delivered(seq);
-                            }
-                        }
-                        shared.all_deliveries.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        shared.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                    to_ack.push(e.id);
-                }
-                Ok(ServerFrame::Drained) => {
-                    if let Some(tx) = drained.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Err(_) => shared.error("unparseable frame"),
+            }
+        }
+        if was_drained {
+            if let Some(tx) = drained.take() {
+                let _ = tx.send(());
             }
         }
         if !to_ack.is_empty() {
-            let ack = serde_json::to_string(&ClientFrame::Ack { ids: to_ack }).unwrap_or_default();
-            if ws.send(Message::text(ack)).await.is_err() {
+            let ack = match link.transport {
+                Transport::Websocket => Message::binary(ClientMessage::Ack(to_ack).encode()),
+                Transport::Http => Message::text(
+                    serde_json::to_string(&ClientFrame::Ack { ids: to_ack }).unwrap_or_default(),
+                ),
+            };
+            if link.out.send(ack).is_err() {
                 shared.error("ack failed");
                 break;
             }
         }
     }
-    let _ = ws.close(None).await;
+    let _ = link.out.send(Message::Close(None));
     Received { latency }
+}
+
+/// Hands the relay's answer to a send back to the sender waiting for it.
+fn answer(link: &Link, id: EnvelopeId, result: Result<(), String>) {
+    let waiting = link
+        .answers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    if let Some(tx) = waiting {
+        let _ = tx.send(result);
+    }
+}
+
+/// Sends one envelope the way the workload's transport does.
+async fn send(
+    d: &Device,
+    link: Option<&Link>,
+    recipients: &[DeviceId],
+    body: Vec<u8>,
+    shared: &Shared,
+) -> bool {
+    match link {
+        Some(link) if link.transport == Transport::Websocket => {
+            send_on_socket(link, recipients, body, shared).await
+        }
+        _ => send_one(d, recipients, body, shared).await,
+    }
+}
+
+/// Sends one envelope on the device's open socket and waits for its answer.
+async fn send_on_socket(
+    link: &Link,
+    recipients: &[DeviceId],
+    body: Vec<u8>,
+    shared: &Shared,
+) -> bool {
+    let id = EnvelopeId::random();
+    let frame = ClientMessage::Send(binary::Send {
+        id,
+        recipients: recipients.to_vec(),
+        commit: None,
+        payload: body,
+    })
+    .encode();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    link.answers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, tx);
+    shared
+        .app_bytes
+        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+    if link.out.send(Message::binary(frame)).is_err() {
+        shared.error("send: the socket is closed");
+        return false;
+    }
+    match tokio::time::timeout(Duration::from_secs(60), rx).await {
+        Ok(Ok(Ok(()))) => true,
+        Ok(Ok(Err(e))) => {
+            shared.error(format!("send: {e}"));
+            false
+        }
+        Ok(Err(_)) | Err(_) => {
+            shared.error("send: no answer on the socket");
+            false
+        }
+    }
 }
 
 /// Sends one envelope; retried with the same id on transport errors so an
@@ -557,19 +728,23 @@ async fn traffic(
     progress.set_position(0);
     progress.set_length(w.devices as u64);
     let mut receivers = Vec::new();
+    let mut links: Vec<Option<Link>> = vec![None; devices.len()];
     for (i, d) in devices.iter().enumerate() {
         if offline.contains(&i) {
             continue;
         }
-        let ws = connect(d).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        receivers.push(tokio::spawn(receive(
-            ws,
+        let (receiver, link) = open(
+            d,
+            w.transport,
             shared.clone(),
             Presence::Online,
             stop_rx.clone(),
             Some(tx),
-        )));
+        )
+        .await?;
+        receivers.push(receiver);
+        links[i] = Some(link);
         let _ = rx.await;
         progress.inc(1);
     }
@@ -596,6 +771,7 @@ async fn traffic(
         None => {
             for &from in &senders {
                 let (shared, d, plan) = (shared.clone(), devices[from].clone(), plan.clone());
+                let link = links[from].clone();
                 let window = Arc::new(Semaphore::new(w.window.max(1)));
                 let size = w.message_size;
                 let progress = progress.clone();
@@ -621,7 +797,7 @@ async fn traffic(
                             break;
                         };
                         let body = payload(s, shared.micros(), size);
-                        if send_one(&d, &to, body, &shared).await {
+                        if send(&d, link.as_ref(), &to, body, &shared).await {
                             shared.sent.fetch_add(1, Ordering::Relaxed);
                             progress.inc(1);
                         } else {
@@ -638,6 +814,7 @@ async fn traffic(
         Some(rate) => {
             let (shared, plan) = (shared.clone(), plan.clone());
             let devices = devices.to_vec();
+            let links = links.clone();
             let size = w.message_size;
             let progress = progress.clone();
             let senders = senders.clone();
@@ -660,9 +837,10 @@ async fn traffic(
                     };
                     let (shared, d, progress) =
                         (shared.clone(), devices[from].clone(), progress.clone());
+                    let link = links[from].clone();
                     tokio::spawn(async move {
                         let body = payload(s, shared.micros(), size);
-                        if send_one(&d, &to, body, &shared).await {
+                        if send(&d, link.as_ref(), &to, body, &shared).await {
                             shared.sent.fetch_add(1, Ordering::Relaxed);
                             progress.inc(1);
                         }
@@ -694,14 +872,16 @@ async fn traffic(
     let expected = plan.expected.load(Ordering::Relaxed);
     for (i, d) in devices.iter().enumerate() {
         if offline.contains(&i) {
-            let ws = connect(d).await?;
-            receivers.push(tokio::spawn(receive(
-                ws,
+            let (receiver, _) = open(
+                d,
+                w.transport,
                 shared.clone(),
                 Presence::Offline,
                 stop_rx.clone(),
                 None,
-            )));
+            )
+            .await?;
+            receivers.push(receiver);
         }
     }
     shared
@@ -754,9 +934,9 @@ async fn idle(
     let sockets: Vec<_> = futures::stream::iter(devices.iter().map(|d| {
         let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
         async move {
-            let ws = connect(d).await?;
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let task = tokio::spawn(receive(ws, shared, Presence::Online, stop_rx, Some(tx)));
+            let (task, _) =
+                open(d, w.transport, shared, Presence::Online, stop_rx, Some(tx)).await?;
             let _ = rx.await;
             progress.inc(1);
             Ok::<_, LoadError>(task)
@@ -798,6 +978,16 @@ async fn backlog(
 ) -> Result<(), LoadError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (from, to) = (&devices[0], devices[1].device_id);
+    // The sender's own socket, to send on (its mailbox stays empty).
+    let (sender, link) = open(
+        from,
+        w.transport,
+        shared.clone(),
+        Presence::Online,
+        stop_rx.clone(),
+        None,
+    )
+    .await?;
     progress.set_message("queueing backlog");
     progress.set_position(0);
     progress.set_length(n);
@@ -805,10 +995,11 @@ async fn backlog(
     let cpu0 = server_cpu(&target.pids);
     let lo0 = crate::procstat::loopback_bytes();
     let sent: Vec<bool> = futures::stream::iter((0..n).map(|s| {
-        let shared = shared.clone();
+        let (shared, link) = (shared.clone(), &link);
         async move {
-            let ok = send_one(
+            let ok = send(
                 from,
+                Some(link),
                 &[to],
                 payload(s, shared.micros(), w.message_size),
                 &shared,
@@ -826,20 +1017,22 @@ async fn backlog(
     progress.set_message("draining");
     progress.set_position(0);
     let t1 = Instant::now();
-    let ws = connect(&devices[1]).await?;
-    let task = tokio::spawn(receive(
-        ws,
+    let (task, _) = open(
+        &devices[1],
+        w.transport,
         shared.clone(),
         Presence::Offline,
         stop_rx,
         None,
-    ));
+    )
+    .await?;
     shared
         .await_deliveries(accepted, Duration::from_secs(600), progress)
         .await;
     let drain = t1.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
     let _ = task.await;
+    let _ = sender.await;
     report.messages_sent = accepted;
     report.deliveries_expected = accepted;
     report.deliveries = shared.all_deliveries.load(Ordering::Relaxed);

@@ -19,9 +19,23 @@ pub enum Pattern {
     },
 }
 
+/// How simulated devices send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Binary frames on the open delivery WebSocket (`redoubt.bin.1`), as
+    /// the CLI and TUI send.
+    Websocket,
+    /// One `POST /v1/messages` per message, with a JSON body, and JSON
+    /// frames on the socket: the path of simple clients.
+    Http,
+}
+
 /// A workload.
 #[derive(Debug, Clone, Serialize)]
 pub struct Workload {
+    /// How devices send (and which frames their sockets use).
+    pub transport: Transport,
     /// Simulated devices.
     pub devices: usize,
     /// Who sends to whom.
@@ -68,6 +82,7 @@ mod secs {
 impl Default for Workload {
     fn default() -> Self {
         Self {
+            transport: Transport::Websocket,
             devices: 100,
             pattern: Pattern::OneToOne,
             senders: None,

@@ -255,25 +255,27 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the body a client is told: the one answer of an HTTP
+    /// call and of a send refused on the WebSocket. Internal detail goes
+    /// to the log here, never into the body.
+    pub fn to_body(&self) -> (StatusCode, ErrorBody) {
         let (status, code) = self.status_and_code();
-        if let ApiError::Internal(source) = &self {
+        if let ApiError::Internal(source) = self {
             // The source names tables and operations, never values: sqlx and
             // the standard library do not put bound parameters in errors.
             tracing::error!(error = %source, "request failed");
         }
-        let devices = match &self {
+        let devices = match self {
             ApiError::KeyPackagesExhausted(d)
             | ApiError::UnknownRecipients(d)
             | ApiError::MailboxFull(d) => d.clone(),
             _ => Vec::new(),
         };
-        let market = match &self {
+        let market = match self {
             ApiError::MarketExited(m) | ApiError::RegistrationClosed(m) => Some((**m).clone()),
             _ => None,
         };
-        let link = market.as_ref().and_then(|m| m.link.clone());
         let body = ErrorBody {
             error: ErrorDetail {
                 code,
@@ -282,6 +284,14 @@ impl IntoResponse for ApiError {
                 market,
             },
         };
+        (status, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.to_body();
+        let link = body.error.market.as_ref().and_then(|m| m.link.clone());
         let mut response = (status, axum::Json(body)).into_response();
         // RFC 7725: a 451 may name, in a Link header, who asked for or
         // caused the blocking; here that is the operator's page on the exit.

@@ -6,6 +6,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use futures::{SinkExt, StreamExt};
 use rand::RngCore;
 use redoubt_proto::api::*;
+use redoubt_proto::ws::binary::{self, ClientMessage, ServerMessage};
 use redoubt_proto::ws::{ClientFrame, ServerFrame};
 use redoubt_proto::{
     AccountId, AuthToken, DeviceId, EnvelopeId, ErrorBody, KeyPackageRef, PhoneNumber,
@@ -242,6 +243,11 @@ impl TestDevice {
     pub async fn ws(&self) -> WsClient {
         WsClient::connect(&self.base, &self.token).await
     }
+
+    /// Opens the delivery WebSocket with the binary subprotocol.
+    pub async fn ws_binary(&self) -> BinaryWs {
+        BinaryWs::connect(&self.base, &self.token).await
+    }
 }
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -392,6 +398,14 @@ impl WsClient {
             .expect("send");
     }
 
+    /// Sends raw bytes as a binary frame (for protocol-violation tests).
+    pub async fn send_bytes(&mut self, bytes: Vec<u8>) {
+        self.stream
+            .send(Message::binary(bytes))
+            .await
+            .expect("send");
+    }
+
     /// Waits for the server to close the socket, skipping frames.
     pub async fn closed(&mut self) -> Option<(u16, String)> {
         loop {
@@ -404,5 +418,124 @@ impl WsClient {
     /// Closes from the client side.
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
+    }
+}
+
+/// A delivery WebSocket in the binary subprotocol (`redoubt.bin.1`), which
+/// can also send.
+pub struct BinaryWs {
+    stream: WsStream,
+}
+
+/// What [`BinaryWs::next`] saw.
+#[derive(Debug)]
+pub enum BinaryEvent {
+    /// A frame.
+    Frame(ServerMessage),
+    /// The server closed the socket with this code and reason.
+    Closed(Option<(u16, String)>),
+}
+
+impl BinaryWs {
+    /// Opens the socket, offering the binary subprotocol, and checks that
+    /// the relay chose it.
+    pub async fn connect(base: &str, token: &AuthToken) -> Self {
+        let mut request = ws_request(base, token);
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            binary::PROTOCOL.parse().expect("header"),
+        );
+        let (stream, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connects");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.as_bytes()),
+            Some(binary::PROTOCOL.as_bytes()),
+            "the relay chose the binary subprotocol"
+        );
+        Self { stream }
+    }
+
+    /// Sends an envelope on the socket.
+    pub async fn send(&mut self, send: binary::Send) {
+        self.send_raw(ClientMessage::Send(send).encode()).await;
+    }
+
+    /// Acknowledges envelopes on the socket.
+    pub async fn ack(&mut self, ids: &[EnvelopeId]) {
+        self.send_raw(ClientMessage::Ack(ids.to_vec()).encode())
+            .await;
+    }
+
+    /// Sends raw bytes as one binary frame.
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        self.stream
+            .send(Message::binary(bytes))
+            .await
+            .expect("send frame");
+    }
+
+    /// Sends raw text as one text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send frame");
+    }
+
+    /// The next frame or close, within [`PATIENCE`].
+    pub async fn next(&mut self) -> BinaryEvent {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.stream.next())
+                .await
+                .expect("websocket event within the patience window");
+            match message {
+                Some(Ok(Message::Binary(bytes))) => {
+                    return BinaryEvent::Frame(
+                        ServerMessage::decode(&bytes).expect("server frames decode"),
+                    )
+                }
+                Some(Ok(Message::Text(text))) => panic!("a text frame on a binary socket: {text}"),
+                Some(Ok(Message::Close(frame))) => {
+                    return BinaryEvent::Closed(
+                        frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    );
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return BinaryEvent::Closed(None),
+            }
+        }
+    }
+
+    /// The next frame, failing the test on a close.
+    pub async fn frame(&mut self) -> ServerMessage {
+        match self.next().await {
+            BinaryEvent::Frame(f) => f,
+            BinaryEvent::Closed(c) => panic!("websocket closed unexpectedly: {c:?}"),
+        }
+    }
+
+    /// Envelopes up to the next `Drained` marker, skipping answers to sends.
+    pub async fn until_drained(&mut self) -> Vec<Envelope> {
+        let mut out = Vec::new();
+        loop {
+            match self.frame().await {
+                ServerMessage::Envelopes(e) => out.extend(e),
+                ServerMessage::Drained => return out,
+                ServerMessage::Accepted { .. } | ServerMessage::Refused { .. } => {}
+            }
+        }
+    }
+
+    /// Waits for the server to close the socket, skipping frames.
+    pub async fn closed(&mut self) -> Option<(u16, String)> {
+        loop {
+            if let BinaryEvent::Closed(c) = self.next().await {
+                return c;
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ pub mod process;
 pub mod server;
 pub mod services;
 
-pub use device::{api_error, TestDevice, WsClient};
+pub use device::{api_error, BinaryEvent, BinaryWs, TestDevice, WsClient};
 pub use process::ServerProcess;
 pub use server::{TestServer, TestServerBuilder};
 

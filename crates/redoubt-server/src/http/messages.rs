@@ -6,7 +6,7 @@ use redoubt_proto::api::{
     AckRequest, AckResponse, Envelope, EnvelopeKind, FetchResponse, SendRequest, SendResponse,
     COMMIT_GROUP_LEN,
 };
-use redoubt_proto::ErrorBody;
+use redoubt_proto::{DeviceId, EnvelopeId, ErrorBody};
 use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiQuery, Authed};
@@ -37,14 +37,65 @@ pub async fn send(
     _auth: Authed,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> Result<(StatusCode, ApiJson<SendResponse>), ApiError> {
+    let commit = match req.commit {
+        None => None,
+        Some(tag) => Some(CommitPosition {
+            group: tag.group.as_slice().try_into().map_err(|_| {
+                ApiError::InvalidRequest(format!(
+                    "commit.group must be {COMMIT_GROUP_LEN} bytes (SHA-256 of the group id)"
+                ))
+            })?,
+            epoch: tag.epoch,
+        }),
+    };
+    let duplicate = submit(
+        &state,
+        Submission {
+            id: req.id,
+            recipients: req.recipients,
+            payload: req.payload.into_vec(),
+            commit,
+        },
+    )
+    .await?;
+    let status = if duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((
+        status,
+        ApiJson(SendResponse {
+            id: req.id,
+            duplicate,
+        }),
+    ))
+}
+
+/// One envelope to queue, from `POST /v1/messages` or a WebSocket send.
+pub(crate) struct Submission {
+    /// The sender's id for it.
+    pub id: EnvelopeId,
+    /// Its recipients, as sent (duplicates allowed).
+    pub recipients: Vec<DeviceId>,
+    /// The MLS message.
+    pub payload: Vec<u8>,
+    /// The group and epoch, for a commit.
+    pub commit: Option<CommitPosition>,
+}
+
+/// Checks and queues one envelope, waking its recipients: the one send
+/// path behind both transports, so they keep the same limits, ids and
+/// errors. Returns whether the id had been accepted before (a retry).
+pub(crate) async fn submit(state: &AppState, s: Submission) -> Result<bool, ApiError> {
     let cfg = &state.config().mailbox;
-    if req.payload.is_empty() {
+    if s.payload.is_empty() {
         return Err(ApiError::InvalidRequest("payload must not be empty".into()));
     }
-    if req.payload.len() > cfg.max_envelope_bytes {
+    if s.payload.len() > cfg.max_envelope_bytes {
         return Err(ApiError::PayloadTooLarge);
     }
-    let recipients = dedup(req.recipients);
+    let recipients = dedup(s.recipients);
     if recipients.is_empty() {
         return Err(ApiError::InvalidRequest(
             "recipients must name at least one device".into(),
@@ -55,33 +106,25 @@ pub async fn send(
             max: cfg.max_recipients,
         });
     }
-    let commit = match req.commit {
-        None => None,
-        Some(tag) => Some(CommitPosition {
-            group: tag.group.as_slice().try_into().map_err(|_| {
-                ApiError::InvalidRequest(format!(
-                    "commit.group must be {COMMIT_GROUP_LEN} bytes (SHA-256 of the group id)"
-                ))
-            })?,
-            // The position after it must be storable (a signed 64-bit
-            // column): a larger epoch is no real group's.
-            epoch: (tag.epoch < i64::MAX as u64)
-                .then_some(tag.epoch)
-                .ok_or_else(|| ApiError::InvalidRequest("commit.epoch is out of range".into()))?,
-        }),
-    };
+    // The position after a commit's epoch must be storable (a signed
+    // 64-bit column): a larger epoch is no real group's.
+    if s.commit.is_some_and(|c| c.epoch >= i64::MAX as u64) {
+        return Err(ApiError::InvalidRequest(
+            "commit.epoch is out of range".into(),
+        ));
+    }
     let now = state.clock().now();
     let outcome = state
         .store()
         .enqueue(NewEnvelope {
-            id: req.id,
+            id: s.id,
             kind: EnvelopeKind::Mls,
-            payload: req.payload.into_vec(),
+            payload: s.payload,
             recipients: recipients.clone(),
             now,
             expires_at: now.plus(cfg.message_ttl),
             max_queued: cfg.max_queued_per_device,
-            commit,
+            commit: s.commit,
         })
         .await?;
     match outcome {
@@ -90,22 +133,17 @@ pub async fn send(
                 .metrics()
                 .envelopes_queued
                 .inc_by(recipients.len() as u64);
-            state.fanout().wake(req.id, &recipients).await;
-            Ok((
-                StatusCode::ACCEPTED,
-                ApiJson(SendResponse {
-                    id: req.id,
-                    duplicate: false,
-                }),
-            ))
+            state.fanout().wake(s.id, &recipients).await;
+            Ok(false)
         }
-        EnqueueOutcome::Duplicate => Ok((
-            StatusCode::OK,
-            ApiJson(SendResponse {
-                id: req.id,
-                duplicate: true,
-            }),
-        )),
+        // A retry wakes the recipients again: the first attempt may have
+        // been cut off (its client gone, its task dropped) after the store
+        // committed and before the wake, and a wake only makes a session
+        // read its mailbox.
+        EnqueueOutcome::Duplicate => {
+            state.fanout().wake(s.id, &recipients).await;
+            Ok(true)
+        }
         EnqueueOutcome::Conflict => Err(ApiError::EnvelopeIdConflict),
         EnqueueOutcome::StaleCommit => Err(ApiError::StaleCommit),
         EnqueueOutcome::UnknownRecipients(d) => Err(ApiError::UnknownRecipients(d)),

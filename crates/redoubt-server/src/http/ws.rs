@@ -5,6 +5,11 @@
 //! as the fan-out wakes the session. Nothing is removed until the device
 //! acks, so a dropped connection re-sends the unacked envelopes next time and
 //! the client drops the ids it has already processed.
+//!
+//! A client that offers the binary subprotocol ([`binary::PROTOCOL`]) gets
+//! compact binary frames, several envelopes to a frame, and may also send
+//! on the socket: each send goes through the same checks and store as
+//! `POST /v1/messages` and is answered `accepted` or `refused` by id.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,22 +17,28 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
+use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
+use redoubt_proto::ws::binary::{self, ClientMessage, ServerMessage};
 use redoubt_proto::ws::{close, ClientFrame, ServerFrame};
 use redoubt_proto::{EnvelopeId, ErrorBody};
 use tracing::Instrument;
 
 use super::extract::Authed;
-use super::messages::{to_wire, MAX_ACK_IDS};
+use super::messages::{submit, to_wire, Submission, MAX_ACK_IDS};
 use crate::sessions::CloseReason;
-use crate::storage::StoreError;
+use crate::storage::{CommitPosition, StoreError};
 use crate::AppState;
+
+/// Sends one session may have waiting for the store; past this the session
+/// stops reading its socket until one is answered (TCP pushes back).
+const MAX_SENDS_IN_FLIGHT: usize = 64;
 
 /// Open the delivery WebSocket.
 #[utoipa::path(
     get, path = "/v1/ws", tag = "messages", security(("bearer" = [])),
     responses(
-        (status = 101, description = "Switching to the WebSocket protocol; frames are JSON ServerFrame/ClientFrame"),
+        (status = 101, description = "Switching to the WebSocket protocol; frames are JSON ServerFrame/ClientFrame, or binary frames (sends too) with the subprotocol redoubt.bin.1"),
         (status = 401, body = ErrorBody),
     )
 )]
@@ -42,21 +53,53 @@ pub async fn upgrade(
     // idle scenario: 132.8 KiB per connection, 8.9 KiB with a 4 KiB
     // buffer, 5.2 KiB with 512 bytes). Frames from clients are small JSON;
     // the buffer grows for the rare large one (a long ack).
-    ws.max_message_size(64 * 1024)
+    // The largest frame a client may send: a send with the largest
+    // envelope to the most recipients, or the largest ack.
+    let mailbox = &state.config().mailbox;
+    let max_frame = (64 + mailbox.max_envelope_bytes + 16 * mailbox.max_recipients).max(64 * 1024);
+    ws.protocols([binary::PROTOCOL])
+        .max_message_size(max_frame)
         .read_buffer_size(512)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
+            let encoding = match socket.protocol() {
+                Some(_) => Encoding::Binary,
+                None => Encoding::Json,
+            };
             tasks.track_future(
-                session(state, auth, socket).instrument(tracing::info_span!("ws_session")),
+                session(state, auth, socket, encoding)
+                    .instrument(tracing::info_span!("ws_session")),
             )
         })
+}
+
+/// How frames are written on this socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// JSON text frames (no subprotocol): pushes and acks only.
+    Json,
+    /// Binary frames of [`binary`]: pushes, acks and sends.
+    Binary,
 }
 
 struct Session {
     state: AppState,
     auth: Authed,
+    encoding: Encoding,
     in_flight: HashSet<EnvelopeId>,
     announced: bool,
+}
+
+/// What one frame from the client asks for.
+enum Incoming {
+    /// Acknowledge these envelopes.
+    Ack(Vec<EnvelopeId>),
+    /// Queue an envelope.
+    Send(binary::Send),
+    /// Nothing (a ping or pong).
+    Nothing,
+    /// End the session.
+    End(End),
 }
 
 enum End {
@@ -66,7 +109,7 @@ enum End {
     Gone,
 }
 
-async fn session(state: AppState, auth: Authed, socket: WebSocket) {
+async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Encoding) {
     let subscription = state
         .sessions()
         .attach(auth.device_id, auth.markets.clone());
@@ -77,6 +120,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket) {
     let mut session = Session {
         state: state.clone(),
         auth: auth.clone(),
+        encoding,
         in_flight: HashSet::new(),
         announced: false,
     };
@@ -85,6 +129,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_heard = tokio::time::Instant::now();
     let shutdown = state.shutdown_token().clone();
+    let mut sending = FuturesUnordered::new();
 
     let end = 'run: {
         if let Err(end) = session.push(&mut sink).await {
@@ -112,35 +157,37 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket) {
                         break 'run end;
                     }
                 }
-                frame = stream.next() => {
+                Some(answer) = sending.next(), if !sending.is_empty() => {
+                    let answer: Result<ServerMessage, _> = answer;
+                    let Ok(answer) = answer else {
+                        break 'run End::Close(1011, "internal error".into());
+                    };
+                    if sink.send(Message::Binary(answer.encode().into())).await.is_err() {
+                        break 'run End::Gone;
+                    }
+                }
+                frame = stream.next(), if sending.len() < MAX_SENDS_IN_FLIGHT => {
                     last_heard = tokio::time::Instant::now();
-                    match frame {
-                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break 'run End::Gone,
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Binary(_))) => {
-                            break 'run End::Close(close::PROTOCOL, "binary frames are not used".into());
-                        }
-                        Some(Ok(Message::Text(text))) => {
-                            match serde_json::from_str::<ClientFrame>(text.as_str()) {
-                                Ok(ClientFrame::Ack { mut ids }) if ids.len() <= MAX_ACK_IDS => {
-                                    // Acks already waiting share this one's
-                                    // commit; a device draining a backlog
-                                    // acks faster than one commit each.
-                                    let after = more_acks(&mut stream, &mut ids);
-                                    if let Err(end) = session.ack(&ids).await {
-                                        break 'run end;
-                                    }
-                                    if let Some(end) = after {
-                                        break 'run end;
-                                    }
-                                    if let Err(end) = session.push(&mut sink).await {
-                                        break 'run end;
-                                    }
-                                }
-                                Ok(ClientFrame::Ack { .. }) => {
-                                    break 'run End::Close(close::PROTOCOL, "too many ids in one ack".into());
-                                }
-                                Err(_) => break 'run End::Close(close::PROTOCOL, "malformed frame".into()),
+                    match classify(frame, encoding) {
+                        Incoming::Nothing => {}
+                        Incoming::End(end) => break 'run end,
+                        Incoming::Send(send) => sending.push(session.send(send)),
+                        Incoming::Ack(mut ids) => {
+                            // Acks (and sends) already waiting share this
+                            // ack's commit; a device draining a backlog acks
+                            // faster than one commit each.
+                            let room = MAX_SENDS_IN_FLIGHT.saturating_sub(sending.len());
+                            let after = more_frames(&mut stream, encoding, &mut ids, room, |send| {
+                                sending.push(session.send(send))
+                            });
+                            if let Err(end) = session.ack(&ids).await {
+                                break 'run end;
+                            }
+                            if let Some(end) = after {
+                                break 'run end;
+                            }
+                            if let Err(end) = session.push(&mut sink).await {
+                                break 'run end;
                             }
                         }
                     }
@@ -187,7 +234,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket) {
 }
 
 impl Session {
-    /// Pushes envelopes not yet in flight, up to the window.
+    /// Pushes envelopes not yet in flight, up to the window, flushing once.
     async fn push<S>(&mut self, sink: &mut S) -> Result<(), End>
     where
         S: futures::Sink<Message> + Unpin,
@@ -207,18 +254,36 @@ impl Session {
             let present: HashSet<EnvelopeId> = batch.iter().map(|e| e.id).collect();
             self.in_flight.retain(|id| present.contains(id));
         }
-        let mut pushed = 0usize;
-        for envelope in batch {
-            if self.in_flight.insert(envelope.id) {
-                send_frame(sink, &ServerFrame::Envelope(to_wire(envelope))).await?;
-                pushed += 1;
+        let fresh: Vec<_> = batch
+            .into_iter()
+            .filter(|e| self.in_flight.insert(e.id))
+            .map(to_wire)
+            .collect();
+        let pushed = !fresh.is_empty();
+        match self.encoding {
+            Encoding::Binary if pushed => {
+                feed(
+                    sink,
+                    Message::Binary(ServerMessage::Envelopes(fresh).encode().into()),
+                )
+                .await?
+            }
+            Encoding::Binary => {}
+            Encoding::Json => {
+                for envelope in fresh {
+                    feed(sink, json(&ServerFrame::Envelope(envelope))?).await?;
+                }
             }
         }
-        if !full && (pushed > 0 || !self.announced) {
+        if !full && (pushed || !self.announced) {
             self.announced = true;
-            send_frame(sink, &ServerFrame::Drained).await?;
+            let drained = match self.encoding {
+                Encoding::Binary => Message::Binary(ServerMessage::Drained.encode().into()),
+                Encoding::Json => json(&ServerFrame::Drained)?,
+            };
+            feed(sink, drained).await?;
         }
-        Ok(())
+        sink.flush().await.map_err(|_| End::Gone)
     }
 
     async fn ack(&mut self, ids: &[EnvelopeId]) -> Result<(), End> {
@@ -234,6 +299,36 @@ impl Session {
         }
         Ok(())
     }
+
+    /// Queues a send on its own task, so that it completes (stored, and
+    /// its recipients woken) even if this session ends first; the handle
+    /// yields the answer for the socket.
+    fn send(&self, send: binary::Send) -> tokio::task::JoinHandle<ServerMessage> {
+        let state = self.state.clone();
+        self.state.tasks().spawn(async move {
+            let id = send.id;
+            let submission = Submission {
+                id,
+                recipients: send.recipients,
+                payload: send.payload,
+                commit: send.commit.map(|c| CommitPosition {
+                    group: c.group,
+                    epoch: c.epoch,
+                }),
+            };
+            match submit(&state, submission).await {
+                Ok(duplicate) => ServerMessage::Accepted { id, duplicate },
+                Err(e) => {
+                    let (status, error) = e.to_body();
+                    ServerMessage::Refused {
+                        id,
+                        status: status.as_u16(),
+                        error,
+                    }
+                }
+            }
+        })
+    }
 }
 
 fn store_failed(e: StoreError) -> End {
@@ -241,52 +336,78 @@ fn store_failed(e: StoreError) -> End {
     End::Close(1011, "internal error".into())
 }
 
-/// Takes the ack frames that have already arrived behind one being
-/// handled, adding their ids to `ids` (up to four acks' worth). Anything
-/// else that has arrived ends the session the way the main loop would,
+/// Reads one frame from the client.
+fn classify(frame: Option<Result<Message, axum::Error>>, encoding: Encoding) -> Incoming {
+    let protocol = |reason: &'static str| Incoming::End(End::Close(close::PROTOCOL, reason.into()));
+    let too_many = || protocol("too many ids in one ack");
+    match (frame, encoding) {
+        (None | Some(Err(_)) | Some(Ok(Message::Close(_))), _) => Incoming::End(End::Gone),
+        (Some(Ok(Message::Ping(_) | Message::Pong(_))), _) => Incoming::Nothing,
+        (Some(Ok(Message::Text(text))), Encoding::Json) => {
+            match serde_json::from_str::<ClientFrame>(text.as_str()) {
+                Ok(ClientFrame::Ack { ids }) if ids.len() <= MAX_ACK_IDS => Incoming::Ack(ids),
+                Ok(ClientFrame::Ack { .. }) => too_many(),
+                Err(_) => protocol("malformed frame"),
+            }
+        }
+        (Some(Ok(Message::Binary(bytes))), Encoding::Binary) => {
+            match ClientMessage::decode(&bytes) {
+                Ok(ClientMessage::Ack(ids)) if ids.len() <= MAX_ACK_IDS => Incoming::Ack(ids),
+                Ok(ClientMessage::Ack(_)) => too_many(),
+                Ok(ClientMessage::Send(send)) => Incoming::Send(send),
+                Err(_) => protocol("malformed frame"),
+            }
+        }
+        (Some(Ok(Message::Binary(_))), Encoding::Json) => {
+            protocol("binary frames need the redoubt.bin.1 subprotocol")
+        }
+        (Some(Ok(Message::Text(_))), Encoding::Binary) => {
+            protocol("text frames are not used with the binary subprotocol")
+        }
+    }
+}
+
+/// Takes the frames that have already arrived behind an ack being handled:
+/// acks join `ids` (up to four acks' worth), sends go to `send` (at most
+/// `room` of them). Anything that ends the session is returned, to act on
 /// after the acks are stored.
-fn more_acks<S>(stream: &mut S, ids: &mut Vec<EnvelopeId>) -> Option<End>
+fn more_frames<S>(
+    stream: &mut S,
+    encoding: Encoding,
+    ids: &mut Vec<EnvelopeId>,
+    mut room: usize,
+    mut send: impl FnMut(binary::Send),
+) -> Option<End>
 where
     S: futures::Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     use futures::FutureExt as _;
-    while ids.len() < 4 * MAX_ACK_IDS {
+    while ids.len() < 4 * MAX_ACK_IDS && room > 0 {
         let frame = stream.next().now_or_never()?;
-        match frame {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Some(End::Gone),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            Some(Ok(Message::Binary(_))) => {
-                return Some(End::Close(
-                    close::PROTOCOL,
-                    "binary frames are not used".into(),
-                ))
+        match classify(frame, encoding) {
+            Incoming::Ack(more) => ids.extend(more),
+            Incoming::Send(s) => {
+                room -= 1;
+                send(s)
             }
-            Some(Ok(Message::Text(text))) => {
-                match serde_json::from_str::<ClientFrame>(text.as_str()) {
-                    Ok(ClientFrame::Ack { ids: more }) if more.len() <= MAX_ACK_IDS => {
-                        ids.extend(more)
-                    }
-                    Ok(ClientFrame::Ack { .. }) => {
-                        return Some(End::Close(
-                            close::PROTOCOL,
-                            "too many ids in one ack".into(),
-                        ))
-                    }
-                    Err(_) => return Some(End::Close(close::PROTOCOL, "malformed frame".into())),
-                }
-            }
+            Incoming::Nothing => {}
+            Incoming::End(end) => return Some(end),
         }
     }
     None
 }
 
-async fn send_frame<S>(sink: &mut S, frame: &ServerFrame) -> Result<(), End>
+/// A JSON text frame.
+fn json(frame: &ServerFrame) -> Result<Message, End> {
+    let text =
+        serde_json::to_string(frame).map_err(|_| End::Close(1011, "internal error".into()))?;
+    Ok(Message::Text(text.into()))
+}
+
+/// Queues a frame without flushing.
+async fn feed<S>(sink: &mut S, message: Message) -> Result<(), End>
 where
     S: futures::Sink<Message> + Unpin,
 {
-    let text =
-        serde_json::to_string(frame).map_err(|_| End::Close(1011, "internal error".into()))?;
-    sink.send(Message::Text(text.into()))
-        .await
-        .map_err(|_| End::Gone)
+    sink.feed(message).await.map_err(|_| End::Gone)
 }

@@ -15,3 +15,4 @@ mod registration;
 mod retention;
 mod scaleout;
 mod storage;
+mod ws_send;

@@ -1,10 +1,18 @@
-//! Frames on the delivery WebSocket (`GET /v1/ws`). Both directions are JSON
-//! text frames tagged by `type`.
+//! Frames on the delivery WebSocket (`GET /v1/ws`).
+//!
+//! Two encodings, chosen when the socket opens. Without a subprotocol, both
+//! directions are JSON text frames tagged by `type` ([`ServerFrame`],
+//! [`ClientFrame`]): the relay pushes envelopes and the client acks them.
+//! A client that offers [`binary::PROTOCOL`] gets the compact binary
+//! encoding of [`binary`], which can also *send* envelopes on the open
+//! socket: the fast path the CLI, the TUI and the load tool use.
 
 use serde::{Deserialize, Serialize};
 
 use crate::api::Envelope;
 use crate::ids::EnvelopeId;
+
+pub mod binary;
 
 /// What the server sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
