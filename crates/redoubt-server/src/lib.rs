@@ -337,6 +337,12 @@ pub async fn serve(
 
     let grace = state.config().http.shutdown_grace;
     let trigger = token.clone();
+    // No Nagle delay: a pushed envelope or a send's answer is one small
+    // write that the peer waits for, and Nagle would hold it until the
+    // previous one is acknowledged (up to 40 ms with delayed acks).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),

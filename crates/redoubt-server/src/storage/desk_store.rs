@@ -17,6 +17,7 @@ use sqlx::Row;
 use super::legal_view::RelayRecords;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
+use super::BeginWrite as _;
 
 fn failed(e: sqlx::Error) -> LegalError {
     LegalError::Store(e.to_string())
@@ -134,7 +135,7 @@ impl DeskStore for PgStore {
         entries: Vec<String>,
         blobs: Vec<(String, Vec<u8>)>,
     ) -> Result<bool, LegalError> {
-        let mut tx = self.pool().begin().await.map_err(failed)?;
+        let mut tx = self.pool().begin_write().await.map_err(failed)?;
         // One desk writer at a time across every node; released at commit
         // or rollback.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -26,6 +26,7 @@ use sqlx::Row;
 use super::legal_view::RelayRecords;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
+use super::BeginWrite as _;
 
 /// Rows per multi-row insert: two parameters each, well under both
 /// backends' limits.
@@ -151,7 +152,7 @@ macro_rules! kt_database {
                 _state: DbSetState,
             ) -> Result<(), StorageError> {
                 let (nodes, values) = rows(records)?;
-                let mut tx = self.$write().begin().await.map_err(failed)?;
+                let mut tx = self.$write().begin_write().await.map_err(failed)?;
                 for table in [nodes, values] {
                     for chunk in table.chunks(CHUNK) {
                         let sql = ($sql)(&upsert(chunk));
@@ -422,7 +423,7 @@ macro_rules! kt_tables {
                 &self,
                 published: &[(Vec<u8>, Vec<u8>)],
             ) -> Result<(), StorageError> {
-                let mut tx = self.$write().begin().await.map_err(failed)?;
+                let mut tx = self.$write().begin_write().await.map_err(failed)?;
                 for (label, value) in published {
                     sqlx::query(&($sql)("DELETE FROM kt_pending WHERE label = ? AND value = ?"))
                         .bind(label.clone())

@@ -29,6 +29,9 @@ pub enum StoreError {
     /// The database reported an error.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// SQLite reported an error on the hot path's own connections.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// Applying schema migrations failed.
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
@@ -38,6 +41,44 @@ pub enum StoreError {
     /// The store's writer task has stopped (the server is shutting down).
     #[error("the store is shut down")]
     Stopped,
+}
+
+/// Beginning a transaction that will write.
+///
+/// On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): the hot
+/// path's writer thread is a second connection, and a deferred transaction
+/// that read first could not write after the other committed in between
+/// (`SQLITE_BUSY_SNAPSHOT`, which no busy timeout retries). Waiting for the
+/// lock at the start is retried under the busy timeout. PostgreSQL needs no
+/// such thing.
+pub(crate) trait BeginWrite {
+    /// The database.
+    type Db: sqlx::Database;
+    /// Begins the transaction.
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+           + Send;
+}
+
+impl BeginWrite for sqlx::SqlitePool {
+    type Db = sqlx::Sqlite;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+           + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl BeginWrite for sqlx::PgPool {
+    type Db = sqlx::Postgres;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+           + Send {
+        self.begin()
+    }
 }
 
 /// A SHA-256 digest used as a lookup key (tokens, codes, phone numbers).

@@ -1,9 +1,11 @@
 //! The embedded SQLite backend: the zero-setup default for one node.
 //!
-//! Writes go through a pool of exactly one connection. SQLite allows one
-//! writer at a time anyway; funnelling writes through one connection turns
-//! lock contention (`SQLITE_BUSY`) into an orderly queue inside the process,
-//! while reads use their own connections and never wait for writes (WAL).
+//! The hot path (sends, acks, mailbox reads) runs on threads of its own with
+//! synchronous connections ([`queue`]). Every other write goes through a
+//! sqlx pool of exactly one connection; SQLite allows one writer at a time
+//! anyway, and both writers take the lock when their transaction begins
+//! (`BEGIN IMMEDIATE`), waiting for each other under the busy timeout.
+//! Reads use their own connections and never wait for writes (WAL).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -11,7 +13,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redoubt_proto::{AccountId, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber, Timestamp};
-use sha2::{Digest as _, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
@@ -22,12 +23,14 @@ use crate::config::{SqliteConfig, SqliteSync};
 /// Rows per multi-row insert, well under SQLite's bound-parameter limit.
 const INSERT_CHUNK: usize = 400;
 
+mod queue;
+
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
-    jobs: tokio::sync::mpsc::UnboundedSender<(Job, Reply)>,
+    queue: std::sync::Arc<queue::Queue>,
 }
 
 impl SqliteStore {
@@ -68,18 +71,8 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(writer(write.clone(), queue));
-        Ok(Self { read, write, jobs })
-    }
-
-    /// Hands a write to the group-commit writer and waits for its commit.
-    async fn write_job(&self, job: Job) -> Result<Done, StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send((job, reply))
-            .map_err(|_| StoreError::Stopped)?;
-        answer.await.map_err(|_| StoreError::Stopped)?
+        let queue = std::sync::Arc::new(queue::Queue::start(path, config.synchronous)?);
+        Ok(Self { read, write, queue })
     }
 
     /// The read pool, for the legal desk's read-only queries (`legal_view`).
@@ -93,8 +86,11 @@ impl SqliteStore {
         &self.write
     }
 
-    /// Closes both pools, checkpointing the WAL.
+    /// Stops the hot path's threads and closes both pools, checkpointing
+    /// the WAL.
     pub async fn close(&self) {
+        let queue = self.queue.clone();
+        let _ = tokio::task::spawn_blocking(move || queue.close()).await;
         self.read.close().await;
         self.write.close().await;
     }
@@ -173,176 +169,6 @@ async fn window_count(
     Ok((row.get(0), row.get(1)))
 }
 
-/// One enqueue inside the writer's transaction. Everything before the
-/// inserts only reads, except the commit position, which moves only when
-/// the envelope is then queued, so an outcome other than `Queued` leaves
-/// nothing behind in a shared transaction.
-async fn enqueue_in(
-    conn: &mut sqlx::SqliteConnection,
-    envelope: &NewEnvelope,
-) -> Result<EnqueueOutcome, StoreError> {
-    let payload_hash = Sha256::digest(&envelope.payload).to_vec();
-    let id = envelope.id.as_bytes().to_vec();
-    let receipt = sqlx::query("SELECT payload_hash FROM envelope_receipts WHERE id = ?")
-        .bind(id.clone())
-        .fetch_optional(&mut *conn)
-        .await?;
-    if let Some(row) = receipt {
-        let stored: Vec<u8> = row.get(0);
-        return Ok(if stored == payload_hash {
-            EnqueueOutcome::Duplicate
-        } else {
-            EnqueueOutcome::Conflict
-        });
-    }
-    // Queue lengths are kept by triggers (migration 0003), so the caps cost
-    // the same however long the queues are.
-    let active = active_devices(&mut *conn, &envelope.recipients).await?;
-    if let Some(refused) = refuse_recipients(&envelope.recipients, &active, envelope.max_queued) {
-        return Ok(refused);
-    }
-    if let Some(commit) = &envelope.commit {
-        if !advance_commit_position!(&mut *conn, commit, envelope.now) {
-            return Ok(EnqueueOutcome::StaleCommit);
-        }
-    }
-    sqlx::query(
-        "INSERT INTO envelopes (id, kind, payload, received_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(id.clone())
-    .bind(kind_to_str(envelope.kind))
-    .bind(&envelope.payload)
-    .bind(ms(envelope.now))
-    .bind(ms(envelope.expires_at))
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("INSERT INTO envelope_receipts (id, payload_hash, received_at) VALUES (?, ?, ?)")
-        .bind(id.clone())
-        .bind(payload_hash)
-        .bind(ms(envelope.now))
-        .execute(&mut *conn)
-        .await?;
-    for chunk in envelope.recipients.chunks(INSERT_CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO mailbox (device_id, envelope_id) ");
-        q.push_values(chunk, |mut b, d| {
-            b.push_bind(d.as_bytes().to_vec()).push_bind(id.clone());
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(EnqueueOutcome::Queued)
-}
-
-/// One acknowledgement inside the writer's transaction.
-async fn ack_in(
-    conn: &mut sqlx::SqliteConnection,
-    device: DeviceId,
-    ids: &[EnvelopeId],
-) -> Result<u64, StoreError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let mut removed = 0;
-    for chunk in ids.chunks(INSERT_CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM mailbox WHERE device_id = ");
-        q.push_bind(device.as_bytes().to_vec());
-        q.push(" AND envelope_id IN (");
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_bind(id.as_bytes().to_vec());
-        }
-        q.push(")");
-        removed += q.build().execute(&mut *conn).await?.rows_affected();
-
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM envelopes WHERE id IN (");
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_bind(id.as_bytes().to_vec());
-        }
-        q.push(") AND NOT EXISTS (SELECT 1 FROM mailbox WHERE mailbox.envelope_id = envelopes.id)");
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(removed)
-}
-
-/// A write the group-commit writer runs.
-enum Job {
-    /// Queue an envelope.
-    Enqueue(NewEnvelope),
-    /// Acknowledge envelopes for a device.
-    Ack(DeviceId, Vec<EnvelopeId>),
-}
-
-/// What a job did.
-enum Done {
-    /// The enqueue's outcome.
-    Enqueued(EnqueueOutcome),
-    /// How many mailbox entries an ack removed.
-    Acked(u64),
-}
-
-type Reply = tokio::sync::oneshot::Sender<Result<Done, StoreError>>;
-
-async fn run_job(conn: &mut sqlx::SqliteConnection, job: &Job) -> Result<Done, StoreError> {
-    Ok(match job {
-        Job::Enqueue(envelope) => Done::Enqueued(enqueue_in(conn, envelope).await?),
-        Job::Ack(device, ids) => Done::Acked(ack_in(conn, *device, ids).await?),
-    })
-}
-
-/// Runs `jobs` in one transaction, committing once.
-async fn run_batch(pool: &SqlitePool, jobs: &[Job]) -> Result<Vec<Done>, StoreError> {
-    let mut tx = pool.begin().await?;
-    let mut done = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        done.push(run_job(&mut tx, job).await?);
-    }
-    tx.commit().await?;
-    Ok(done)
-}
-
-/// Group commit for the hot writes (sends and acks). Jobs that arrive while
-/// a transaction runs wait and then share the next one, so under load one
-/// commit (and one fsync) covers many sends and acks instead of one each.
-/// No job is answered before its transaction commits. If a shared
-/// transaction fails, each of its jobs is run again alone, so one bad job
-/// cannot fail the others.
-async fn writer(pool: SqlitePool, mut jobs: tokio::sync::mpsc::UnboundedReceiver<(Job, Reply)>) {
-    const MAX_BATCH: usize = 256;
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let (work, replies): (Vec<Job>, Vec<Reply>) = batch.into_iter().unzip();
-        match run_batch(&pool, &work).await {
-            Ok(done) => {
-                for (reply, d) in replies.into_iter().zip(done) {
-                    let _ = reply.send(Ok(d));
-                }
-            }
-            Err(_) if work.len() > 1 => {
-                for (job, reply) in work.into_iter().zip(replies) {
-                    let _ =
-                        reply.send(run_batch(&pool, std::slice::from_ref(&job)).await.and_then(
-                            |mut d| {
-                                d.pop()
-                                    .ok_or(StoreError::Corrupt("a job ran without a result"))
-                            },
-                        ));
-                }
-            }
-            Err(e) => {
-                if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(e));
-                }
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn health(&self) -> Result<(), StoreError> {
@@ -351,7 +177,7 @@ impl Store for SqliteStore {
     }
 
     async fn issue_code(&self, req: CodeIssue) -> Result<IssueOutcome, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_write().await?;
         let now = req.now;
         let (count, oldest) = window_count(
             &mut tx,
@@ -397,7 +223,7 @@ impl Store for SqliteStore {
     }
 
     async fn verify_code(&self, req: Verification) -> Result<VerifyOutcome, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_write().await?;
         let row = sqlx::query(
             "SELECT code_hash, expires_at, attempts FROM verification_codes WHERE phone_key = ?",
         )
@@ -510,7 +336,7 @@ impl Store for SqliteStore {
         device: DeviceId,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_write().await?;
         let done = sqlx::query(
             "UPDATE devices SET revoked_at = ? WHERE id = ? AND account_id = ? AND revoked_at IS NULL",
         )
@@ -564,7 +390,7 @@ impl Store for SqliteStore {
         now: Timestamp,
         max_per_device: u64,
     ) -> Result<AddKeyPackagesOutcome, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_write().await?;
         let dev = device.as_bytes().to_vec();
         for kp in &packages {
             if kp.last_resort {
@@ -600,7 +426,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim_key_packages(&self, devices: &[DeviceId]) -> Result<ClaimOutcome, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_write().await?;
         let active = active_devices(&mut tx, devices).await?;
         let unknown: Vec<DeviceId> = devices
             .iter()
@@ -657,10 +483,7 @@ impl Store for SqliteStore {
     }
 
     async fn enqueue(&self, envelope: NewEnvelope) -> Result<EnqueueOutcome, StoreError> {
-        match self.write_job(Job::Enqueue(envelope)).await? {
-            Done::Enqueued(outcome) => Ok(outcome),
-            Done::Acked(_) => Err(StoreError::Corrupt("writer answered the wrong job")),
-        }
+        self.queue.enqueue(envelope).await
     }
 
     async fn pending(
@@ -669,30 +492,14 @@ impl Store for SqliteStore {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<QueuedEnvelope>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT e.id, e.kind, e.received_at, e.payload FROM mailbox m
-             JOIN envelopes e ON e.id = m.envelope_id
-             WHERE m.device_id = ? AND e.expires_at > ?
-             ORDER BY m.seq LIMIT ?",
-        )
-        .bind(device.as_bytes().to_vec())
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?;
-        rows.into_iter()
-            .map(|row| queued_envelope(row.get(0), row.get(1), row.get(2), row.get(3)))
-            .collect()
+        self.queue.pending(device, now, limit).await
     }
 
     async fn ack(&self, device: DeviceId, ids: &[EnvelopeId]) -> Result<u64, StoreError> {
         if ids.is_empty() {
             return Ok(0);
         }
-        match self.write_job(Job::Ack(device, ids.to_vec())).await? {
-            Done::Acked(n) => Ok(n),
-            Done::Enqueued(_) => Err(StoreError::Corrupt("writer answered the wrong job")),
-        }
+        self.queue.ack(device, ids).await
     }
 
     async fn record_ip(&self, o: IpObservation) -> Result<(), StoreError> {
@@ -724,7 +531,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, c: PurgeCutoffs) -> Result<PurgeCounts, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_write().await?;
         sqlx::query(
             "DELETE FROM mailbox WHERE envelope_id IN (SELECT id FROM envelopes WHERE expires_at <= ?)",
         )
@@ -831,7 +638,7 @@ impl Store for SqliteStore {
         list: Vec<u8>,
         now: Timestamp,
     ) -> Result<DeviceListOutcome, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_write().await?;
         let latest: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(version), 0) FROM device_lists WHERE account_id = ?",
         )
@@ -932,7 +739,7 @@ impl Store for SqliteStore {
         device: NewDevice,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_write().await?;
         let done = sqlx::query(
             "UPDATE links SET account_id = ?, device_id = ?, signature_key = ?
              WHERE id = ? AND expires_at > ? AND account_id IS NULL",
@@ -993,7 +800,7 @@ impl Store for SqliteStore {
         token_hash: &Digest,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_write().await?;
         let device: Option<Vec<u8>> = sqlx::query_scalar(
             "UPDATE links SET claimed = 1
              WHERE id = ? AND expires_at > ? AND account_id IS NOT NULL AND claimed = 0
@@ -1016,7 +823,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_region(&self, region: &str) -> Result<RegionPurgeCounts, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_write().await?;
         let phones: Vec<String> = sqlx::query("SELECT phone FROM accounts WHERE region = ?")
             .bind(region)
             .fetch_all(&mut *tx)
