@@ -34,6 +34,9 @@ use crate::AppState;
 /// stops reading its socket until one is answered (TCP pushes back).
 const MAX_SENDS_IN_FLIGHT: usize = 64;
 
+/// Acks one session may have waiting for their commit, likewise.
+const MAX_ACKS_IN_FLIGHT: usize = 4;
+
 /// Open the delivery WebSocket.
 #[utoipa::path(
     get, path = "/v1/ws", tag = "messages", security(("bearer" = [])),
@@ -86,7 +89,11 @@ struct Session {
     state: AppState,
     auth: Authed,
     encoding: Encoding,
+    /// Pushed and not acknowledged.
     in_flight: HashSet<EnvelopeId>,
+    /// Acknowledged, with the ack not yet committed: still in the mailbox,
+    /// so never pushed again, but no longer holding the window.
+    acking: HashSet<EnvelopeId>,
     announced: bool,
 }
 
@@ -122,6 +129,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
         auth: auth.clone(),
         encoding,
         in_flight: HashSet::new(),
+        acking: HashSet::new(),
         announced: false,
     };
     let mut close_rx = subscription.close.clone();
@@ -130,6 +138,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
     let mut last_heard = tokio::time::Instant::now();
     let shutdown = state.shutdown_token().clone();
     let mut sending = FuturesUnordered::new();
+    let mut acks = FuturesUnordered::new();
 
     let end = 'run: {
         if let Err(end) = session.push(&mut sink).await {
@@ -166,7 +175,20 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                         break 'run End::Gone;
                     }
                 }
-                frame = stream.next(), if sending.len() < MAX_SENDS_IN_FLIGHT => {
+                Some(acked) = acks.next(), if !acks.is_empty() => {
+                    let acked: Result<Result<Vec<EnvelopeId>, StoreError>, _> = acked;
+                    let Ok(Ok(ids)) = acked else {
+                        break 'run End::Close(1011, "internal error".into());
+                    };
+                    for id in &ids {
+                        session.acking.remove(id);
+                    }
+                    if let Err(end) = session.push(&mut sink).await {
+                        break 'run end;
+                    }
+                }
+                frame = stream.next(), if sending.len() < MAX_SENDS_IN_FLIGHT
+                    && acks.len() < MAX_ACKS_IN_FLIGHT => {
                     last_heard = tokio::time::Instant::now();
                     match classify(frame, encoding) {
                         Incoming::Nothing => {}
@@ -180,9 +202,10 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                             let after = more_frames(&mut stream, encoding, &mut ids, room, |send| {
                                 sending.push(session.send(send))
                             });
-                            if let Err(end) = session.ack(&ids).await {
-                                break 'run end;
-                            }
+                            // The ack commits on its own task while the
+                            // window refills: a device draining a backlog
+                            // gets the next envelopes during the fsync.
+                            acks.push(session.ack(ids));
                             if let Some(end) = after {
                                 break 'run end;
                             }
@@ -240,25 +263,30 @@ impl Session {
         S: futures::Sink<Message> + Unpin,
     {
         let window = self.state.config().mailbox.push_window;
+        // Envelopes being acked are still stored and come back first.
+        let limit = window.saturating_add(u32::try_from(self.acking.len()).unwrap_or(u32::MAX));
         let now = self.state.clock().now();
         let batch = self
             .state
             .store()
-            .pending(self.auth.device_id, now, window)
+            .pending(self.auth.device_id, now, limit)
             .await
             .map_err(store_failed)?;
-        let full = batch.len() >= window as usize;
+        let full = batch.len() >= limit as usize;
         if !full {
             // Everything pending is in this batch: ids in flight but absent
             // were acked elsewhere (over HTTP) or expired.
             let present: HashSet<EnvelopeId> = batch.iter().map(|e| e.id).collect();
             self.in_flight.retain(|id| present.contains(id));
         }
+        let room = (window as usize).saturating_sub(self.in_flight.len());
         let fresh: Vec<_> = batch
             .into_iter()
-            .filter(|e| self.in_flight.insert(e.id))
+            .filter(|e| !self.acking.contains(&e.id) && !self.in_flight.contains(&e.id))
+            .take(room)
             .map(to_wire)
             .collect();
+        self.in_flight.extend(fresh.iter().map(|e| e.id));
         let pushed = !fresh.is_empty();
         match self.encoding {
             Encoding::Binary if pushed => {
@@ -286,18 +314,26 @@ impl Session {
         sink.flush().await.map_err(|_| End::Gone)
     }
 
-    async fn ack(&mut self, ids: &[EnvelopeId]) -> Result<(), End> {
-        let removed = self
-            .state
-            .store()
-            .ack(self.auth.device_id, ids)
-            .await
-            .map_err(store_failed)?;
-        self.state.metrics().envelopes_delivered.inc_by(removed);
-        for id in ids {
+    /// Frees the window of acknowledged envelopes and commits the ack on a
+    /// task of its own (it completes even if the session ends); the handle
+    /// yields the ids once they are deleted.
+    fn ack(
+        &mut self,
+        ids: Vec<EnvelopeId>,
+    ) -> tokio::task::JoinHandle<Result<Vec<EnvelopeId>, StoreError>> {
+        for id in &ids {
             self.in_flight.remove(id);
+            self.acking.insert(*id);
         }
-        Ok(())
+        let state = self.state.clone();
+        let device = self.auth.device_id;
+        self.state.tasks().spawn(async move {
+            let removed = state.store().ack(device, &ids).await.inspect_err(|e| {
+                tracing::error!(error = %e, "storage failed during websocket session");
+            })?;
+            state.metrics().envelopes_delivered.inc_by(removed);
+            Ok(ids)
+        })
     }
 
     /// Queues a send on its own task, so that it completes (stored, and

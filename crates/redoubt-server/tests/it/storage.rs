@@ -560,6 +560,92 @@ async fn enqueue_all(store: &Arc<dyn Store>, envelopes: &[NewEnvelope]) -> Vec<E
         .collect()
 }
 
+/// Sends and acks that arrive together share the writer's batches: every
+/// rule still holds per job. A retry in the same batch is a duplicate, an
+/// id reused for other bytes is refused, an unknown recipient refuses only
+/// its own send, the cap counts the batch's own envelopes, and what was
+/// accepted is exactly what the mailboxes hold.
+pub async fn sends_and_acks_arriving_together_keep_every_rule(store: Arc<dyn Store>) {
+    let b = device(&*store, &phone()).await;
+    let c = device(&*store, &phone()).await;
+    let old: Vec<NewEnvelope> = (0..2u8)
+        .map(|i| envelope(vec![b.device_id], &[i], 5))
+        .collect();
+    for e in &old {
+        assert_eq!(
+            store.enqueue(e.clone()).await.unwrap(),
+            EnqueueOutcome::Queued
+        );
+    }
+    let mut sends: Vec<NewEnvelope> = (0..10u8)
+        .map(|i| envelope(vec![b.device_id, c.device_id], &[100 + i], 5))
+        .collect();
+    let retried = sends[0].clone();
+    let reused = NewEnvelope {
+        payload: b"other bytes".to_vec(),
+        ..sends[1].clone()
+    };
+    let unknown = DeviceId::random();
+    sends.extend([
+        retried,
+        reused,
+        envelope(vec![c.device_id, unknown], b"to nobody", 5),
+    ]);
+    let ack = {
+        let store = store.clone();
+        let ids: Vec<EnvelopeId> = old.iter().map(|e| e.id).collect();
+        tokio::spawn(async move { store.ack(b.device_id, &ids).await.unwrap() })
+    };
+    let outcomes = enqueue_all(&store, &sends).await;
+    assert_eq!(ack.await.unwrap(), 2, "the ack removed both old envelopes");
+    assert_eq!(
+        outcomes[12],
+        EnqueueOutcome::UnknownRecipients(vec![unknown])
+    );
+    let queued: Vec<EnvelopeId> = (0..12)
+        .filter(|&i| outcomes[i] == EnqueueOutcome::Queued)
+        .map(|i| sends[i].id)
+        .collect();
+    let distinct: std::collections::HashSet<EnvelopeId> = queued.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        queued.len(),
+        "one id is queued once: {outcomes:?}"
+    );
+    // Two old envelopes, a cap of five: three to five new ones fit,
+    // depending on whether the ack ran before them.
+    assert!((3..=5).contains(&queued.len()), "{outcomes:?}");
+    for (i, outcome) in outcomes.iter().enumerate().take(12) {
+        assert!(
+            matches!(
+                outcome,
+                EnqueueOutcome::Queued
+                    | EnqueueOutcome::MailboxFull(_)
+                    | EnqueueOutcome::Duplicate
+                    | EnqueueOutcome::Conflict
+            ),
+            "send {i}: {outcome:?}"
+        );
+    }
+    if outcomes[10] == EnqueueOutcome::Duplicate || outcomes[11] == EnqueueOutcome::Conflict {
+        // Recognised only against an envelope that was stored.
+        assert!(queued.contains(&sends[10].id) || queued.contains(&sends[11].id));
+    }
+    for device in [b.device_id, c.device_id] {
+        let held: std::collections::HashSet<EnvelopeId> = store
+            .pending(device, T0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            held, distinct,
+            "the mailboxes hold exactly what was accepted"
+        );
+    }
+}
+
 /// Two members changing one group from the same epoch at once: exactly one
 /// commit is accepted, the other refused with nothing queued; a retry of
 /// the accepted one is still recognised; the next epoch's commit goes in;
@@ -1001,6 +1087,7 @@ macro_rules! storage_suite {
                 purging_a_region_leaves_other_markets_alone,
                 concurrent_sends_and_acks_each_get_their_own_answer,
                 one_commit_is_accepted_per_group_and_epoch,
+                sends_and_acks_arriving_together_keep_every_rule,
                 device_lists_grow_one_version_at_a_time,
                 a_link_is_written_once_approved_once_and_claimed_once,
             );

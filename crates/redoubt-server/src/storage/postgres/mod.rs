@@ -9,6 +9,7 @@
 //!   order and its size cap holds;
 //! - an ack locks the envelopes it touches, so the last acknowledger deletes
 //!   the bytes;
+//! - sends and acks waiting on a node share one transaction ([`queue`]);
 //! - code issuing takes transaction-scoped advisory locks on the number and
 //!   the address, so rate limits hold across nodes.
 
@@ -24,14 +25,17 @@ use super::codec::*;
 use super::*;
 use crate::config::PostgresConfig;
 
+mod queue;
+
 /// The PostgreSQL store.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    queue: std::sync::Arc<queue::Queue>,
 }
 
 /// Ids as the byte arrays PostgreSQL binds as `bytea[]`.
-fn id_list<const N: usize>(ids: impl IntoIterator<Item = [u8; N]>) -> Vec<Vec<u8>> {
+pub(super) fn id_list<const N: usize>(ids: impl IntoIterator<Item = [u8; N]>) -> Vec<Vec<u8>> {
     ids.into_iter().map(|b| b.to_vec()).collect()
 }
 
@@ -84,7 +88,8 @@ impl PgStore {
         // Nodes starting together must not run the migrations twice; sqlx
         // takes an advisory lock for that.
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        let queue = std::sync::Arc::new(queue::Queue::start(pool.clone()));
+        Ok(Self { pool, queue })
     }
 
     /// The pool, for the legal desk's read-only view.
@@ -139,7 +144,7 @@ pub struct Lease {
     _tx: sqlx::Transaction<'static, sqlx::Postgres>,
 }
 
-async fn active_devices(
+pub(super) async fn active_devices(
     conn: &mut sqlx::PgConnection,
     devices: &[DeviceId],
     lock: bool,
@@ -511,65 +516,7 @@ impl Store for PgStore {
     }
 
     async fn enqueue(&self, envelope: NewEnvelope) -> Result<EnqueueOutcome, StoreError> {
-        let payload_hash = Sha256::digest(&envelope.payload).to_vec();
-        let id = envelope.id.as_bytes().to_vec();
-        let mut tx = self.pool.begin().await?;
-        // Claim the id first: a concurrent send of the same id on another
-        // node waits here for this transaction and then sees the receipt.
-        let claimed = sqlx::query(
-            "INSERT INTO envelope_receipts (id, payload_hash, received_at) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO NOTHING RETURNING id",
-        )
-        .bind(id.clone())
-        .bind(payload_hash.clone())
-        .bind(ms(envelope.now))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if claimed.is_none() {
-            let stored: Vec<u8> =
-                sqlx::query_scalar("SELECT payload_hash FROM envelope_receipts WHERE id = $1")
-                    .bind(id.clone())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            return Ok(if stored == payload_hash {
-                EnqueueOutcome::Duplicate
-            } else {
-                EnqueueOutcome::Conflict
-            });
-        }
-        // The device rows are locked, so their queue lengths (kept by a
-        // trigger, migration 0002) cannot change under the cap check.
-        let active = active_devices(&mut tx, &envelope.recipients, true).await?;
-        if let Some(refused) = refuse_recipients(&envelope.recipients, &active, envelope.max_queued)
-        {
-            return Ok(refused);
-        }
-        if let Some(commit) = &envelope.commit {
-            if !advance_commit_position!(&mut *tx, commit, envelope.now) {
-                return Ok(EnqueueOutcome::StaleCommit);
-            }
-        }
-        let recipients = id_list(envelope.recipients.iter().map(|d| *d.as_bytes()));
-        sqlx::query(
-            "INSERT INTO envelopes (id, kind, payload, received_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id.clone())
-        .bind(kind_to_str(envelope.kind))
-        .bind(&envelope.payload)
-        .bind(ms(envelope.now))
-        .bind(ms(envelope.expires_at))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO mailbox (device_id, envelope_id)
-             SELECT d, $2 FROM UNNEST($1::bytea[]) WITH ORDINALITY AS r(d, n) ORDER BY n",
-        )
-        .bind(&recipients)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(EnqueueOutcome::Queued)
+        self.queue.enqueue(envelope).await
     }
 
     async fn pending(
@@ -598,18 +545,7 @@ impl Store for PgStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let ids = id_list(ids.iter().map(|i| *i.as_bytes()));
-        let mut tx = self.pool.begin().await?;
-        let removed: Vec<Vec<u8>> = sqlx::query_scalar(
-            "DELETE FROM mailbox WHERE device_id = $1 AND envelope_id = ANY($2) RETURNING envelope_id",
-        )
-        .bind(device.as_bytes().to_vec())
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        delete_orphans(&mut tx, &removed).await?;
-        tx.commit().await?;
-        Ok(removed.len() as u64)
+        self.queue.ack(device, ids).await
     }
 
     async fn record_ip(&self, o: IpObservation) -> Result<(), StoreError> {
@@ -1018,7 +954,7 @@ impl Store for PgStore {
 /// Deletes the bytes of envelopes no mailbox holds any more. The envelope
 /// rows are locked first, so when two devices acknowledge the same envelope
 /// at once on different nodes, the second waits and sees the first's delete.
-async fn delete_orphans(
+pub(super) async fn delete_orphans(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     ids: &[Vec<u8>],
 ) -> Result<(), StoreError> {
@@ -1037,4 +973,93 @@ async fn delete_orphans(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// One enqueue in a transaction of its own: the path for a batch that
+/// could not run together.
+pub(super) async fn enqueue_one(
+    pool: &PgPool,
+    envelope: &NewEnvelope,
+) -> Result<EnqueueOutcome, StoreError> {
+    let payload_hash = Sha256::digest(&envelope.payload).to_vec();
+    let id = envelope.id.as_bytes().to_vec();
+    let mut tx = pool.begin().await?;
+    // Claim the id first: a concurrent send of the same id on another
+    // node waits here for this transaction and then sees the receipt.
+    let claimed = sqlx::query(
+        "INSERT INTO envelope_receipts (id, payload_hash, received_at) VALUES ($1, $2, $3)
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(id.clone())
+    .bind(payload_hash.clone())
+    .bind(ms(envelope.now))
+    .fetch_optional(&mut *tx)
+    .await?;
+    if claimed.is_none() {
+        let stored: Vec<u8> =
+            sqlx::query_scalar("SELECT payload_hash FROM envelope_receipts WHERE id = $1")
+                .bind(id.clone())
+                .fetch_one(&mut *tx)
+                .await?;
+        return Ok(if stored == payload_hash {
+            EnqueueOutcome::Duplicate
+        } else {
+            EnqueueOutcome::Conflict
+        });
+    }
+    // The device rows are locked, so their queue lengths (kept by a
+    // trigger, migration 0002) cannot change under the cap check.
+    let active = active_devices(&mut tx, &envelope.recipients, true).await?;
+    if let Some(refused) = refuse_recipients(&envelope.recipients, &active, envelope.max_queued) {
+        return Ok(refused);
+    }
+    if let Some(commit) = &envelope.commit {
+        if !advance_commit_position!(&mut *tx, commit, envelope.now) {
+            return Ok(EnqueueOutcome::StaleCommit);
+        }
+    }
+    let recipients = id_list(envelope.recipients.iter().map(|d| *d.as_bytes()));
+    sqlx::query(
+        "INSERT INTO envelopes (id, kind, payload, received_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id.clone())
+    .bind(kind_to_str(envelope.kind))
+    .bind(&envelope.payload)
+    .bind(ms(envelope.now))
+    .bind(ms(envelope.expires_at))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO mailbox (device_id, envelope_id)
+         SELECT d, $2 FROM UNNEST($1::bytea[]) WITH ORDINALITY AS r(d, n) ORDER BY n",
+    )
+    .bind(&recipients)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(EnqueueOutcome::Queued)
+}
+
+/// One ack in a transaction of its own.
+pub(super) async fn ack_one(
+    pool: &PgPool,
+    device: DeviceId,
+    ids: &[EnvelopeId],
+) -> Result<u64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let ids = id_list(ids.iter().map(|i| *i.as_bytes()));
+    let mut tx = pool.begin().await?;
+    let removed: Vec<Vec<u8>> = sqlx::query_scalar(
+        "DELETE FROM mailbox WHERE device_id = $1 AND envelope_id = ANY($2) RETURNING envelope_id",
+    )
+    .bind(device.as_bytes().to_vec())
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    delete_orphans(&mut tx, &removed).await?;
+    tx.commit().await?;
+    Ok(removed.len() as u64)
 }
