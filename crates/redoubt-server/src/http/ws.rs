@@ -137,8 +137,8 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_heard = tokio::time::Instant::now();
     let shutdown = state.shutdown_token().clone();
-    let mut sending = FuturesUnordered::new();
-    let mut acks = FuturesUnordered::new();
+    let mut sending = Waiting::default();
+    let mut acks = Waiting::default();
 
     let end = 'run: {
         if let Err(end) = session.push(&mut sink).await {
@@ -431,6 +431,39 @@ where
         }
     }
     None
+}
+
+/// Tasks a session waits for (its sends or its acks). The set is made on
+/// first use: most sessions never send, and an empty `FuturesUnordered`
+/// already costs two allocations, a tenth of an idle session's memory.
+struct Waiting<T>(Option<FuturesUnordered<tokio::task::JoinHandle<T>>>);
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T> Waiting<T> {
+    fn push(&mut self, task: tokio::task::JoinHandle<T>) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(task);
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next task to finish; never resolves while none waits.
+    async fn next(&mut self) -> Option<Result<T, tokio::task::JoinError>> {
+        match &mut self.0 {
+            Some(tasks) if !tasks.is_empty() => tasks.next().await,
+            _ => std::future::pending().await,
+        }
+    }
 }
 
 /// A JSON text frame.

@@ -4,9 +4,9 @@
 //! flush however many jobs it holds. Before, every send was its own
 //! transaction of five statements and its own flush.
 //!
-//! What keeps nodes apart is unchanged: recipients' device rows are locked
-//! in id order for the cap check, and envelopes in id order before their
-//! bytes are collected. A batch decides every job before it writes (the
+//! What keeps nodes apart is unchanged: the device rows a batch touches are
+//! locked in id order before anything changes, and envelopes in id order
+//! before their bytes are collected. A batch decides every job before it writes (the
 //! caps count the batch's own earlier envelopes), so a refused job leaves
 //! nothing behind. If the batch fails, or another node stored one of its
 //! ids meanwhile (a receipt insert that did not insert), it is rolled back
@@ -134,6 +134,23 @@ async fn write_batch(pool: &PgPool, jobs: &[Write]) -> Result<Option<Vec<Written
     let mut tx = pool.begin().await?;
     let mut done: Vec<Option<Written>> = jobs.iter().map(|_| None).collect();
 
+    // Every device row the batch changes is locked first, in id order: an
+    // ack's delete updates its device's queue length through a trigger, so
+    // without this two nodes' batches could lock devices in opposite
+    // orders and wait on each other until PostgreSQL's deadlock check
+    // (a second by default) broke one.
+    let mut devices: Vec<DeviceId> = jobs
+        .iter()
+        .flat_map(|job| match job {
+            Write::Enqueue(e) => e.recipients.clone(),
+            Write::Ack(d, _) => vec![*d],
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    devices.sort();
+    active_devices(&mut tx, &devices, true).await?;
+
     // Acks first, so that the caps below see the room they make.
     let mut pairs: HashMap<(DeviceId, EnvelopeId), usize> = HashMap::new();
     for (i, job) in jobs.iter().enumerate() {
@@ -191,14 +208,9 @@ async fn write_batch(pool: &PgPool, jobs: &[Write]) -> Result<Option<Vec<Written
         {
             known.insert(row.get(0), row.get(1));
         }
-        let mut everyone: Vec<DeviceId> = sends
-            .iter()
-            .flat_map(|(_, e)| e.recipients.iter().copied())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        everyone.sort();
-        let mut queued = active_devices(&mut tx, &everyone, true).await?;
+        // Read after the acks, so the caps see the room they made (the
+        // rows are locked already).
+        let mut queued = active_devices(&mut tx, &devices, false).await?;
 
         let mut accepted: Vec<(&NewEnvelope, Vec<u8>)> = Vec::new();
         for (i, e) in sends {
