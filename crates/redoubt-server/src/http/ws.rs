@@ -94,6 +94,8 @@ struct Session {
     /// Acknowledged, with the ack not yet committed: still in the mailbox,
     /// so never pushed again, but no longer holding the window.
     acking: HashSet<EnvelopeId>,
+    /// The last read filled the window: more may be waiting behind it.
+    backlogged: bool,
     announced: bool,
 }
 
@@ -130,6 +132,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
         encoding,
         in_flight: HashSet::new(),
         acking: HashSet::new(),
+        backlogged: false,
         announced: false,
     };
     let mut close_rx = subscription.close.clone();
@@ -180,11 +183,10 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                     let Ok(Ok(ids)) = acked else {
                         break 'run End::Close(1011, "internal error".into());
                     };
+                    // Nothing to push: the ack's arrival already freed
+                    // the window and refilled it.
                     for id in &ids {
                         session.acking.remove(id);
-                    }
-                    if let Err(end) = session.push(&mut sink).await {
-                        break 'run end;
                     }
                 }
                 frame = stream.next(), if sending.len() < MAX_SENDS_IN_FLIGHT
@@ -209,8 +211,14 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                             if let Some(end) = after {
                                 break 'run end;
                             }
-                            if let Err(end) = session.push(&mut sink).await {
-                                break 'run end;
+                            // Only a mailbox that had more than the window
+                            // can have more to push now; anything newer
+                            // wakes the session. (A read per ack was half
+                            // of PostgreSQL's queries in the one-to-one run.)
+                            if session.backlogged {
+                                if let Err(end) = session.push(&mut sink).await {
+                                    break 'run end;
+                                }
                             }
                         }
                     }
@@ -273,6 +281,7 @@ impl Session {
             .await
             .map_err(store_failed)?;
         let full = batch.len() >= limit as usize;
+        self.backlogged = full;
         if !full {
             // Everything pending is in this batch: ids in flight but absent
             // were acked elsewhere (over HTTP) or expired.
