@@ -326,6 +326,40 @@ pub(crate) const ADVANCE_COMMIT_POSITION: &str =
      WHERE commit_positions.next_epoch <= $4
      RETURNING next_epoch";
 
+/// A hot-path write, as each backend's group-commit writer takes it.
+pub(crate) enum Write {
+    /// Queue an envelope.
+    Enqueue(NewEnvelope),
+    /// Acknowledge envelopes for a device.
+    Ack(DeviceId, Vec<EnvelopeId>),
+}
+
+/// What a [`Write`] did.
+pub(crate) enum Written {
+    /// The enqueue's outcome.
+    Enqueued(EnqueueOutcome),
+    /// How many mailbox entries an ack removed.
+    Acked(u64),
+}
+
+impl Written {
+    /// The outcome of an enqueue.
+    pub(crate) fn enqueued(self) -> Result<EnqueueOutcome, StoreError> {
+        match self {
+            Self::Enqueued(outcome) => Ok(outcome),
+            Self::Acked(_) => Err(StoreError::Corrupt("the writer answered another job")),
+        }
+    }
+
+    /// The count of an ack.
+    pub(crate) fn acked(self) -> Result<u64, StoreError> {
+        match self {
+            Self::Acked(n) => Ok(n),
+            Self::Enqueued(_) => Err(StoreError::Corrupt("the writer answered another job")),
+        }
+    }
+}
+
 /// The result of [`Store::enqueue`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnqueueOutcome {

@@ -21,23 +21,13 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::codec::*;
-use super::super::{advance_commit_position, EnqueueOutcome, NewEnvelope, StoreError};
+use super::super::{
+    advance_commit_position, EnqueueOutcome, NewEnvelope, StoreError, Write, Written,
+};
 use super::{ack_one, active_devices, delete_orphans, enqueue_one, id_list};
 
 /// Jobs one transaction takes at most.
 const MAX_BATCH: usize = 256;
-
-/// A write for the node's writer.
-enum Write {
-    Enqueue(NewEnvelope),
-    Ack(DeviceId, Vec<EnvelopeId>),
-}
-
-/// What a write did.
-enum Written {
-    Enqueued(EnqueueOutcome),
-    Acked(u64),
-}
 
 type Job = (Write, oneshot::Sender<Result<Written, StoreError>>);
 
@@ -67,10 +57,7 @@ impl Queue {
         &self,
         envelope: NewEnvelope,
     ) -> Result<EnqueueOutcome, StoreError> {
-        match self.call(Write::Enqueue(envelope)).await? {
-            Written::Enqueued(outcome) => Ok(outcome),
-            Written::Acked(_) => Err(StoreError::Corrupt("the writer answered another job")),
-        }
+        self.call(Write::Enqueue(envelope)).await?.enqueued()
     }
 
     /// Removes acknowledged envelopes once the batch commits.
@@ -79,10 +66,7 @@ impl Queue {
         device: DeviceId,
         ids: &[EnvelopeId],
     ) -> Result<u64, StoreError> {
-        match self.call(Write::Ack(device, ids.to_vec())).await? {
-            Written::Acked(n) => Ok(n),
-            Written::Enqueued(_) => Err(StoreError::Corrupt("the writer answered another job")),
-        }
+        self.call(Write::Ack(device, ids.to_vec())).await?.acked()
     }
 }
 

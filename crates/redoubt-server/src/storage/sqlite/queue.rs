@@ -31,27 +31,11 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;
 
 use super::super::codec::*;
-use super::super::{EnqueueOutcome, NewEnvelope, QueuedEnvelope, StoreError};
+use super::super::{EnqueueOutcome, NewEnvelope, QueuedEnvelope, StoreError, Write, Written};
 use crate::config::SqliteSync;
 
 /// Jobs one transaction (or one read pass) takes at most.
 const MAX_BATCH: usize = 256;
-
-/// A write on the writer thread.
-enum Write {
-    /// Queue an envelope.
-    Enqueue(NewEnvelope),
-    /// Acknowledge envelopes for a device.
-    Ack(DeviceId, Vec<EnvelopeId>),
-}
-
-/// What a write did.
-enum Written {
-    /// The enqueue's outcome.
-    Enqueued(EnqueueOutcome),
-    /// How many mailbox entries an ack removed.
-    Acked(u64),
-}
 
 /// A mailbox read on the reader thread.
 struct Read {
@@ -103,10 +87,9 @@ impl Queue {
         &self,
         envelope: NewEnvelope,
     ) -> Result<EnqueueOutcome, StoreError> {
-        match call(&self.writes, Write::Enqueue(envelope)).await? {
-            Written::Enqueued(outcome) => Ok(outcome),
-            Written::Acked(_) => Err(StoreError::Corrupt("the writer answered another job")),
-        }
+        call(&self.writes, Write::Enqueue(envelope))
+            .await?
+            .enqueued()
     }
 
     /// Removes acknowledged envelopes from a mailbox once committed.
@@ -115,10 +98,9 @@ impl Queue {
         device: DeviceId,
         ids: &[EnvelopeId],
     ) -> Result<u64, StoreError> {
-        match call(&self.writes, Write::Ack(device, ids.to_vec())).await? {
-            Written::Acked(n) => Ok(n),
-            Written::Enqueued(_) => Err(StoreError::Corrupt("the writer answered another job")),
-        }
+        call(&self.writes, Write::Ack(device, ids.to_vec()))
+            .await?
+            .acked()
     }
 
     /// The oldest unexpired envelopes in a mailbox.
