@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use redoubt_proto::{DeviceId, EnvelopeId};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 /// Why the server ends a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +27,62 @@ pub enum CloseReason {
 struct Entry {
     conn: u64,
     markets: Vec<String>,
-    wake: Arc<Notify>,
-    close: watch::Sender<Option<CloseReason>>,
+    signal: Arc<Signal>,
+}
+
+/// What the rest of the relay tells one session: its mailbox may have
+/// more, or it must close (and why). One allocation per session; a watch
+/// channel for the close and a separate `Notify` cost a few hundred bytes
+/// more per idle connection (redoubt-load's idle scenario).
+#[derive(Default)]
+pub struct Signal {
+    wake: Notify,
+    close: Notify,
+    reason: Mutex<Option<CloseReason>>,
+}
+
+impl Signal {
+    /// Wakes the session (a permit is kept if it is busy).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when the session is woken.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Asks the session to close; the first reason stands. Returns whether
+    /// this call gave it.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let mut current = self.lock();
+        if current.is_some() {
+            return false;
+        }
+        *current = Some(reason);
+        self.close.notify_one();
+        true
+    }
+
+    /// Why the session must close, if it must.
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.lock().clone()
+    }
+
+    /// Resolves with the reason once the session must close.
+    pub async fn closed(&self) -> CloseReason {
+        loop {
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            self.close.notified().await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<CloseReason>> {
+        // A single assignment: a panic cannot leave it half-written.
+        self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The sessions connected to this node.
@@ -43,10 +97,8 @@ pub struct Subscription {
     sessions: Arc<Sessions>,
     device: DeviceId,
     conn: u64,
-    /// Notified when the device's mailbox may have new envelopes.
-    pub wake: Arc<Notify>,
-    /// Set when the server wants the session closed.
-    pub close: watch::Receiver<Option<CloseReason>>,
+    /// Wake-ups and the close request.
+    pub signal: Arc<Signal>,
 }
 
 impl Sessions {
@@ -54,38 +106,35 @@ impl Sessions {
     /// are the markets the session was placed in when it connected.
     pub fn attach(self: &Arc<Self>, device: DeviceId, markets: Vec<String>) -> Subscription {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let wake = Arc::new(Notify::new());
-        let (close_tx, close_rx) = watch::channel(None);
+        let signal = Arc::new(Signal::default());
         let entry = Entry {
             conn,
             markets,
-            wake: wake.clone(),
-            close: close_tx,
+            signal: signal.clone(),
         };
         let previous = self.lock().insert(device, entry);
         if let Some(previous) = previous {
-            let _ = previous.close.send(Some(CloseReason::Replaced));
+            previous.signal.close(CloseReason::Replaced);
         }
         Subscription {
             sessions: self.clone(),
             device,
             conn,
-            wake,
-            close: close_rx,
+            signal,
         }
     }
 
     /// Wakes the session of `device`, if it is connected here.
     pub fn wake(&self, device: &DeviceId) {
         if let Some(entry) = self.lock().get(device) {
-            entry.wake.notify_one();
+            entry.signal.wake();
         }
     }
 
     /// Closes the session of `device`, if it is connected here.
     pub fn close(&self, device: &DeviceId, reason: CloseReason) {
         if let Some(entry) = self.lock().get(device) {
-            let _ = entry.close.send(Some(reason));
+            entry.signal.close(reason);
         }
     }
 
@@ -97,10 +146,10 @@ impl Sessions {
             .values()
             .filter(|e| e.markets.iter().any(|m| m == market))
         {
-            if entry.close.borrow().is_none() {
-                let _ = entry
-                    .close
-                    .send(Some(CloseReason::MarketExited(market.to_owned())));
+            if entry
+                .signal
+                .close(CloseReason::MarketExited(market.to_owned()))
+            {
                 closed += 1;
             }
         }
@@ -183,16 +232,16 @@ mod tests {
         let device = DeviceId::random();
         let first = sessions.attach(device, vec![]);
         let second = sessions.attach(device, vec!["FR".into()]);
-        assert_eq!(*first.close.borrow(), Some(CloseReason::Replaced));
+        assert_eq!(first.signal.reason(), Some(CloseReason::Replaced));
         drop(first);
         // Dropping the replaced session must not unregister its successor.
         assert_eq!(sessions.connected(), 1);
         sessions.wake(&device);
-        second.wake.notified().await;
+        second.signal.woken().await;
         assert_eq!(sessions.close_market("DE"), 0);
         assert_eq!(sessions.close_market("FR"), 1);
         assert_eq!(
-            *second.close.borrow(),
+            second.signal.reason(),
             Some(CloseReason::MarketExited("FR".into()))
         );
         drop(second);

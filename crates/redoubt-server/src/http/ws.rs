@@ -22,7 +22,6 @@ use futures::{SinkExt, StreamExt};
 use redoubt_proto::ws::binary::{self, ClientMessage, ServerMessage};
 use redoubt_proto::ws::{close, ClientFrame, ServerFrame};
 use redoubt_proto::{EnvelopeId, ErrorBody};
-use tracing::Instrument;
 
 use super::extract::Authed;
 use super::messages::{submit, to_wire, Submission, MAX_ACK_IDS};
@@ -69,10 +68,10 @@ pub async fn upgrade(
                 Some(_) => Encoding::Binary,
                 None => Encoding::Json,
             };
-            tasks.track_future(
-                session(state, auth, socket, encoding)
-                    .instrument(tracing::info_span!("ws_session")),
-            )
+            // No tracing span per session: each costs an entry in the
+            // subscriber's registry for the session's whole life, and the
+            // session logs little (its open and close, at debug).
+            tasks.track_future(session(state, auth, socket, encoding))
         })
 }
 
@@ -118,6 +117,9 @@ enum End {
     Gone,
 }
 
+/// A session's task. Every await that an idle session is not parked in is
+/// boxed (`Box::pin`): the task's future is as large as its largest await
+/// state, and an idle session should pay only for the one it waits in.
 async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Encoding) {
     let subscription = state
         .sessions()
@@ -135,7 +137,6 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
         backlogged: false,
         announced: false,
     };
-    let mut close_rx = subscription.close.clone();
     let ping_every = state.config().mailbox.ws_ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_heard = tokio::time::Instant::now();
@@ -144,28 +145,27 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
     let mut acks = Waiting::default();
 
     let end = 'run: {
-        if let Err(end) = session.push(&mut sink).await {
+        if let Err(end) = Box::pin(session.push(&mut sink)).await {
             break 'run end;
         }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break 'run End::Close(1001, "server shutting down".into()),
-                _ = close_rx.changed() => {
-                    let reason = close_rx.borrow().clone();
+                reason = subscription.signal.closed() => {
                     break 'run match reason {
-                        Some(CloseReason::Revoked) => End::Close(close::REVOKED, "device revoked".into()),
+                        CloseReason::Revoked => End::Close(close::REVOKED, "device revoked".into()),
                         // A close reason has room for 123 bytes: name the
                         // market; the notice itself is in the mailbox and in
                         // the 451 every later request gets.
-                        Some(CloseReason::MarketExited(market)) => End::Close(
+                        CloseReason::MarketExited(market) => End::Close(
                             close::MARKET_EXITED,
                             format!("unavailable for legal reasons: the service has left {market}").into(),
                         ),
-                        _ => End::Close(close::REPLACED, "replaced by a newer connection".into()),
+                        CloseReason::Replaced => End::Close(close::REPLACED, "replaced by a newer connection".into()),
                     };
                 }
-                _ = subscription.wake.notified() => {
-                    if let Err(end) = session.push(&mut sink).await {
+                _ = subscription.signal.woken() => {
+                    if let Err(end) = Box::pin(session.push(&mut sink)).await {
                         break 'run end;
                     }
                 }
@@ -174,7 +174,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                     let Ok(answer) = answer else {
                         break 'run End::Close(1011, "internal error".into());
                     };
-                    if sink.send(Message::Binary(answer.encode().into())).await.is_err() {
+                    if Box::pin(sink.send(Message::Binary(answer.encode().into()))).await.is_err() {
                         break 'run End::Gone;
                     }
                 }
@@ -216,7 +216,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                             // wakes the session. (A read per ack was half
                             // of PostgreSQL's queries in the one-to-one run.)
                             if session.backlogged {
-                                if let Err(end) = session.push(&mut sink).await {
+                                if let Err(end) = Box::pin(session.push(&mut sink)).await {
                                     break 'run end;
                                 }
                             }
@@ -227,15 +227,15 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                     if last_heard.elapsed() > ping_every * 2 {
                         break 'run End::Close(1001, "no answer to pings".into());
                     }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    if Box::pin(sink.send(Message::Ping(Default::default()))).await.is_err() {
                         break 'run End::Gone;
                     }
-                    state.ip_recorder().observe(auth.account_id, auth.addr, false).await;
+                    Box::pin(state.ip_recorder().observe(auth.account_id, auth.addr, false)).await;
                     // A safety net for wake-ups that can be lost (another
                     // node's, over the network): look at the mailbox on
                     // every ping. In-process wake-ups cannot be lost.
                     if state.fanout().may_lose_wakeups() {
-                        if let Err(end) = session.push(&mut sink).await {
+                        if let Err(end) = Box::pin(session.push(&mut sink)).await {
                             break 'run end;
                         }
                     }
@@ -248,17 +248,19 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
             code,
             reason: reason.into_owned().into(),
         };
-        let _ = tokio::time::timeout(
+        let _ = Box::pin(tokio::time::timeout(
             Duration::from_secs(5),
             sink.send(Message::Close(Some(frame))),
-        )
+        ))
         .await;
     }
     // The session's last sighting is recorded exactly, for the IP log.
-    state
-        .ip_recorder()
-        .observe(auth.account_id, auth.addr, true)
-        .await;
+    Box::pin(
+        state
+            .ip_recorder()
+            .observe(auth.account_id, auth.addr, true),
+    )
+    .await;
     state.metrics().connected_devices.dec();
     drop(subscription);
     tracing::debug!("websocket session closed");
