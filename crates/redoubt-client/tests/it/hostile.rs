@@ -31,12 +31,7 @@ async fn drained_key_packages_leave_the_contact_reachable() {
         .send_text(&chat, "still reachable")
         .await
         .unwrap();
-    bob.client.sync().await.unwrap();
-    let bob_chat = bob
-        .client
-        .find_chat(alice.client.phone().e164())
-        .await
-        .unwrap();
+    let bob_chat = chat_with(&mut bob, &alice).await;
     assert_eq!(texts(&bob.client, &bob_chat).await, ["still reachable"]);
 }
 
@@ -164,12 +159,7 @@ async fn hiding_or_dropping_a_device_does_not_remove_it_from_chats() {
     hostile::hide_device(&server, bob2.client.device_id(), false).await;
     alice.client.send_text(&chat, "shown again").await.unwrap();
     assert_eq!(devices_in(&alice.client, &chat), both);
-    bob2.client.sync().await.unwrap();
-    let chat2 = bob2
-        .client
-        .find_chat(alice.client.phone().e164())
-        .await
-        .unwrap();
+    let chat2 = chat_with(&mut bob2, &alice).await;
     assert_eq!(
         texts(&bob2.client, &chat2).await.last().unwrap(),
         "shown again"

@@ -128,12 +128,7 @@ async fn tampered_and_replayed_ciphertext_is_rejected_visibly() {
         .await
         .unwrap();
 
-    bob.client.sync().await.unwrap();
-    let bob_chat = bob
-        .client
-        .find_chat(alice.client.phone().e164())
-        .await
-        .unwrap();
+    let bob_chat = chat_with(&mut bob, &alice).await;
     assert_eq!(
         texts(&bob.client, &bob_chat).await,
         vec!["genuine"],

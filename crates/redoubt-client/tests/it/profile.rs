@@ -50,12 +50,7 @@ async fn two_processes_on_one_profile_keep_every_chat_intact() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
 
-    bob.client.sync().await.unwrap();
-    let bob_chat = bob
-        .client
-        .find_chat(alice.client.phone().e164())
-        .await
-        .unwrap();
+    let bob_chat = chat_with(&mut bob, &alice).await;
     let mut got = texts(&bob.client, &bob_chat).await;
     got.sort();
     assert_eq!(
@@ -180,12 +175,7 @@ async fn messages_written_offline_wait_in_the_outbox_and_go_once_when_the_relay_
     .await
     .unwrap();
     assert!(synced.status.success(), "{}", stderr(&synced));
-    bob.client.sync().await.unwrap();
-    let bob_chat = bob
-        .client
-        .find_chat(alice.client.phone().e164())
-        .await
-        .unwrap();
+    let bob_chat = chat_with(&mut bob, &alice).await;
     assert_eq!(
         texts(&bob.client, &bob_chat).await,
         [

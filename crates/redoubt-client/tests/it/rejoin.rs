@@ -54,12 +54,7 @@ async fn a_device_that_lost_its_state_rejoins_and_the_key_change_is_loud() {
         .send_text(&chat, "are you there?")
         .await
         .unwrap();
-    bob.client.sync().await.unwrap();
-    let bob_chat = bob
-        .client
-        .find_chat(alice.client.phone().e164())
-        .await
-        .unwrap();
+    let bob_chat = chat_with(&mut bob, &alice).await;
     assert_eq!(
         texts(&bob.client, &bob_chat).await,
         vec!["are you there?"],

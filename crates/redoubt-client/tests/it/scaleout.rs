@@ -40,12 +40,7 @@ async fn profiles_on_different_nodes_chat_one_to_one_and_in_groups() {
     let chat = alice.client.start_direct(bob.client.phone()).await.unwrap();
     alice.client.send_text(&chat, "across nodes").await.unwrap();
     bob_ws.envelope().await;
-    bob.client.sync().await.unwrap();
-    let bob_chat = bob
-        .client
-        .find_chat(alice.client.phone().e164())
-        .await
-        .unwrap();
+    let bob_chat = chat_with(&mut bob, &alice).await;
     assert_eq!(texts(&bob.client, &bob_chat).await, vec!["across nodes"]);
     bob.client.send_text(&bob_chat, "and back").await.unwrap();
     alice.client.sync().await.unwrap();

@@ -140,6 +140,16 @@ pub async fn assert_no_false_alarms(client: &Client, chat: &redoubt_client::mode
     );
 }
 
+/// `me` after a sync: its direct chat with `other`, found by `other`'s
+/// number.
+pub async fn chat_with(me: &mut Profile, other: &Profile) -> redoubt_client::model::ChatRecord {
+    me.client.sync().await.unwrap();
+    me.client
+        .find_chat(other.client.phone().e164())
+        .await
+        .unwrap()
+}
+
 /// Alice and Bob in a direct chat, Bob joined; Alice first writes
 /// `greeting`, if given (so the chat is known to work both ways).
 pub async fn direct_pair(
@@ -157,11 +167,6 @@ pub async fn direct_pair(
     if let Some(text) = greeting {
         alice.client.send_text(&chat, text).await.unwrap();
     }
-    bob.client.sync().await.unwrap();
-    let bob_chat = bob
-        .client
-        .find_chat(alice.client.phone().e164())
-        .await
-        .unwrap();
+    let bob_chat = chat_with(&mut bob, &alice).await;
     (alice, bob, chat, bob_chat)
 }
