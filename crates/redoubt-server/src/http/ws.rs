@@ -128,19 +128,19 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
     state.metrics().connected_devices.inc();
     tracing::debug!("websocket session opened");
     let (mut sink, mut stream) = socket.split();
+    let ping_every = state.config().mailbox.ws_ping_interval;
+    let shutdown = state.shutdown_token().clone();
     let mut session = Session {
-        state: state.clone(),
-        auth: auth.clone(),
+        state,
+        auth,
         encoding,
         in_flight: HashSet::new(),
         acking: HashSet::new(),
         backlogged: false,
         announced: false,
     };
-    let ping_every = state.config().mailbox.ws_ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_heard = tokio::time::Instant::now();
-    let shutdown = state.shutdown_token().clone();
     let mut sending = Waiting::default();
     let mut acks = Waiting::default();
 
@@ -230,11 +230,12 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                     if Box::pin(sink.send(Message::Ping(Default::default()))).await.is_err() {
                         break 'run End::Gone;
                     }
-                    Box::pin(state.ip_recorder().observe(auth.account_id, auth.addr, false)).await;
+                    let Authed { account_id, addr, .. } = session.auth;
+                    Box::pin(session.state.ip_recorder().observe(account_id, addr, false)).await;
                     // A safety net for wake-ups that can be lost (another
                     // node's, over the network): look at the mailbox on
                     // every ping. In-process wake-ups cannot be lost.
-                    if state.fanout().may_lose_wakeups() {
+                    if session.state.fanout().may_lose_wakeups() {
                         if let Err(end) = Box::pin(session.push(&mut sink)).await {
                             break 'run end;
                         }
@@ -255,6 +256,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
         .await;
     }
     // The session's last sighting is recorded exactly, for the IP log.
+    let Session { state, auth, .. } = session;
     Box::pin(
         state
             .ip_recorder()

@@ -326,6 +326,10 @@ pub(crate) const ADVANCE_COMMIT_POSITION: &str =
      WHERE commit_positions.next_epoch <= $4
      RETURNING next_epoch";
 
+/// Jobs one group commit (or one pass of mailbox reads) takes at most, on
+/// every backend.
+pub(crate) const MAX_BATCH: usize = 256;
+
 /// A hot-path write, as each backend's group-commit writer takes it.
 pub(crate) enum Write {
     /// Queue an envelope.

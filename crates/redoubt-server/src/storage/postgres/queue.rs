@@ -22,12 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::super::codec::*;
 use super::super::{
-    advance_commit_position, EnqueueOutcome, NewEnvelope, StoreError, Write, Written,
+    advance_commit_position, EnqueueOutcome, NewEnvelope, StoreError, Write, Written, MAX_BATCH,
 };
 use super::{ack_one, active_devices, delete_orphans, enqueue_one, id_list};
-
-/// Jobs one transaction takes at most.
-const MAX_BATCH: usize = 256;
 
 type Job = (Write, oneshot::Sender<Result<Written, StoreError>>);
 

@@ -31,11 +31,10 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;
 
 use super::super::codec::*;
-use super::super::{EnqueueOutcome, NewEnvelope, QueuedEnvelope, StoreError, Write, Written};
+use super::super::{
+    EnqueueOutcome, NewEnvelope, QueuedEnvelope, StoreError, Write, Written, MAX_BATCH,
+};
 use crate::config::SqliteSync;
-
-/// Jobs one transaction (or one read pass) takes at most.
-const MAX_BATCH: usize = 256;
 
 /// A mailbox read on the reader thread.
 struct Read {
