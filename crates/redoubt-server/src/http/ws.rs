@@ -285,7 +285,6 @@ impl Session {
             .await
             .map_err(store_failed)?;
         let full = batch.len() >= limit as usize;
-        self.backlogged = full;
         if !full {
             // Everything pending is in this batch: ids in flight but absent
             // were acked elsewhere (over HTTP) or expired.
@@ -293,12 +292,16 @@ impl Session {
             self.in_flight.retain(|id| present.contains(id));
         }
         let room = (window as usize).saturating_sub(self.in_flight.len());
-        let fresh: Vec<_> = batch
+        let waiting: Vec<_> = batch
             .into_iter()
             .filter(|e| !self.acking.contains(&e.id) && !self.in_flight.contains(&e.id))
-            .take(room)
-            .map(to_wire)
             .collect();
+        // More is waiting if the read was cut at its limit, or if it found
+        // more than the window has room for (an ack that committed before
+        // this read still counts in `acking`, so the read's limit can
+        // exceed what is left and leave envelopes unpushed).
+        self.backlogged = full || waiting.len() > room;
+        let fresh: Vec<_> = waiting.into_iter().take(room).map(to_wire).collect();
         self.in_flight.extend(fresh.iter().map(|e| e.id));
         let pushed = !fresh.is_empty();
         match self.encoding {
@@ -316,7 +319,7 @@ impl Session {
                 }
             }
         }
-        if !full && (pushed || !self.announced) {
+        if !self.backlogged && (pushed || !self.announced) {
             self.announced = true;
             let drained = match self.encoding {
                 Encoding::Binary => Message::Binary(ServerMessage::Drained.encode().into()),

@@ -250,3 +250,36 @@ async fn a_frame_that_does_not_decode_closes_the_socket_and_loses_nothing() {
     assert_eq!(json.closed().await.map(|c| c.0), Some(close::PROTOCOL));
     assert_eq!(bob.fetch().await.envelopes[0].id, id);
 }
+
+#[tokio::test]
+async fn a_backlog_drains_whole_through_a_small_window_with_acks_in_flight() {
+    // Acks commit while the window refills, so a read can happen while an
+    // ack it no longer needs to wait for is still being counted; every
+    // envelope must still come, in order, and the mailbox end be announced.
+    let server = TestServer::builder()
+        .configure(|c| c.mailbox.push_window = 3)
+        .start()
+        .await;
+    let alice = server.register_fresh().await;
+    let bob = server.register_fresh().await;
+    let mut sent = Vec::new();
+    for i in 0..90u8 {
+        sent.push(alice.send_ok(&[bob.device_id], &[i, 1]).await);
+    }
+    let mut ws = bob.ws_binary().await;
+    let mut received = Vec::new();
+    loop {
+        match ws.frame().await {
+            ServerMessage::Envelopes(batch) => {
+                assert!(batch.len() <= 3, "the window holds");
+                let ids: Vec<EnvelopeId> = batch.iter().map(|e| e.id).collect();
+                ws.ack(&ids).await;
+                received.extend(ids);
+            }
+            ServerMessage::Drained if received.len() == sent.len() => break,
+            ServerMessage::Drained => panic!("drained after {} of 90", received.len()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, sent);
+}
