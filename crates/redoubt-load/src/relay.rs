@@ -587,7 +587,7 @@ async fn send_on_socket(
     body: Vec<u8>,
     shared: &Shared,
 ) -> bool {
-    let id = EnvelopeId::random();
+    let id = EnvelopeId::time_ordered();
     let frame = ClientMessage::Send(binary::Send {
         id,
         recipients: recipients.to_vec(),
@@ -624,7 +624,7 @@ async fn send_on_socket(
 /// accepted message is never sent twice under two ids.
 async fn send_one(d: &Device, recipients: &[DeviceId], body: Vec<u8>, shared: &Shared) -> bool {
     let request = SendRequest {
-        id: EnvelopeId::random(),
+        id: EnvelopeId::time_ordered(),
         recipients: recipients.to_vec(),
         payload: body.into(),
         commit: None,

@@ -142,13 +142,13 @@ impl Client {
         // The Welcome goes first: the same mailbox order makes every new
         // device join before it reads the chat's name.
         self.send_envelope(
-            EnvelopeId::random(),
+            EnvelopeId::time_ordered(),
             recipients.clone(),
             welcome.tls_serialize_detached().map_err(ClientError::mls)?,
         )
         .await?;
         self.send_envelope(
-            EnvelopeId::random(),
+            EnvelopeId::time_ordered(),
             recipients,
             info.tls_serialize_detached().map_err(ClientError::mls)?,
         )
@@ -567,7 +567,7 @@ impl Client {
             .leave_group(provider, signer)
             .map_err(ClientError::mls)?;
         self.send_envelope(
-            EnvelopeId::random(),
+            EnvelopeId::time_ordered(),
             recipients,
             proposal
                 .tls_serialize_detached()

@@ -97,7 +97,7 @@ impl Client {
             None => None,
         };
         let record = Unconfirmed {
-            id: EnvelopeId::random(),
+            id: EnvelopeId::time_ordered(),
             group_id: group_id.to_vec(),
             epoch,
             recipients,
@@ -172,7 +172,7 @@ impl Client {
         let mut changes = Changes::default();
         if let Some((devices, bytes)) = &record.welcome {
             changes.outbox_add.push(OutboxEntry {
-                envelope_id: EnvelopeId::random(),
+                envelope_id: EnvelopeId::time_ordered(),
                 message_id: Uuid::new_v4(),
                 group_id: group_id.clone(),
                 recipients: devices.clone(),
@@ -296,7 +296,7 @@ impl Client {
             .create_message(provider, signer, &info)
             .map_err(ClientError::mls)?;
         Ok(Some(OutboxEntry {
-            envelope_id: EnvelopeId::random(),
+            envelope_id: EnvelopeId::time_ordered(),
             message_id: Uuid::new_v4(),
             group_id: group_id.to_vec(),
             recipients: self.recipients(self.active_group(&chat)?)?,

@@ -368,7 +368,7 @@ impl Client {
         use openmls::prelude::tls_codec::Serialize as _;
         let payload = out.tls_serialize_detached().map_err(ClientError::mls)?;
         match self
-            .send_envelope(EnvelopeId::random(), recipients, payload)
+            .send_envelope(EnvelopeId::time_ordered(), recipients, payload)
             .await
         {
             Ok(()) | Err(ClientError::Server { .. }) | Err(ClientError::Unreachable { .. }) => {

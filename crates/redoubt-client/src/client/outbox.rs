@@ -108,7 +108,7 @@ impl Client {
         recipients: Vec<DeviceId>,
         payload: Vec<u8>,
     ) -> Result<EnvelopeId> {
-        let envelope_id = EnvelopeId::random();
+        let envelope_id = EnvelopeId::time_ordered();
         let mut record = record.clone();
         record.delivery = Delivery::Queued;
         self.persist(Changes {
