@@ -120,6 +120,11 @@ impl AppState {
             Arc::new(kt::Transparency::open(records, clock.now_offset().unix_timestamp()).await?);
         let code_sender = code_sender::from_config(&config.registration.code_sender);
         let sessions = Arc::new(Sessions::default());
+        // SQLite has one writer (and one node): its commits are ordered, so
+        // it can hand them to the sessions as they commit (`sessions`).
+        if let Some(sqlite) = &sqlite {
+            sqlite.feed_commits_to(sessions.clone());
+        }
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let fanout: Arc<dyn Fanout> = match &config.fanout {

@@ -4,6 +4,14 @@
 //! stored, the [`Fanout`] wakes the recipients' sessions, which then read
 //! their mailbox from storage: the wake-up carries no message data, so the
 //! store stays the single source of truth and nothing is lost if a wake-up is.
+//!
+//! A backend with one writer (SQLite) also hands each envelope, right after
+//! its commit and in commit order, to the sessions here ([`CommitFeed`]):
+//! it waits in the session's inbox with its mailbox sequence number, and a
+//! session that has pushed everything older takes it from there instead of
+//! reading it back. The mailbox stays the truth: the inbox is bounded, a
+//! session that falls behind or is unsure reads the store, and nothing
+//! leaves the mailbox before the device acknowledges it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +20,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use redoubt_proto::{DeviceId, EnvelopeId};
 use tokio::sync::Notify;
+
+use crate::storage::{CommitFeed, Committed};
+
+/// Envelopes a session's inbox holds at most; past this it notes that it
+/// overflowed and the session reads its mailbox instead.
+pub const INBOX_CAPACITY: usize = 256;
 
 /// Why the server ends a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,20 +45,61 @@ struct Entry {
 }
 
 /// What the rest of the relay tells one session: its mailbox may have
-/// more, or it must close (and why). One allocation per session; a watch
-/// channel for the close and a separate `Notify` cost a few hundred bytes
-/// more per idle connection (redoubt-load's idle scenario).
+/// more, what was just committed for it, or it must close (and why). One
+/// allocation per session; a watch channel for the close and a separate
+/// `Notify` cost a few hundred bytes more per idle connection
+/// (redoubt-load's idle scenario).
 #[derive(Default)]
 pub struct Signal {
     wake: Notify,
     close: Notify,
-    reason: Mutex<Option<CloseReason>>,
+    state: Mutex<SignalState>,
+}
+
+#[derive(Default)]
+struct SignalState {
+    reason: Option<CloseReason>,
+    inbox: Inbox,
+}
+
+/// Envelopes committed for a session since it last looked, in commit
+/// order, and whether it must read its mailbox anyway.
+#[derive(Default)]
+pub struct Inbox {
+    /// Each envelope with its sequence number in this device's mailbox.
+    pub envelopes: std::collections::VecDeque<(i64, Arc<Committed>)>,
+    /// Something may be in the mailbox that is not here: a wake-up without
+    /// data (another path of the relay, another node), or the inbox was
+    /// full.
+    pub must_read: bool,
 }
 
 impl Signal {
-    /// Wakes the session (a permit is kept if it is busy).
+    /// Wakes the session to read its mailbox (a permit is kept if it is
+    /// busy).
     pub fn wake(&self) {
+        self.lock().inbox.must_read = true;
         self.wake.notify_one();
+    }
+
+    /// Hands the session an envelope just committed for it, at mailbox
+    /// position `seq`, and wakes it.
+    fn deliver(&self, seq: i64, envelope: &Arc<Committed>) {
+        {
+            let mut state = self.lock();
+            let inbox = &mut state.inbox;
+            if inbox.envelopes.len() < INBOX_CAPACITY {
+                inbox.envelopes.push_back((seq, envelope.clone()));
+            } else {
+                inbox.must_read = true;
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Takes what the inbox holds, leaving it empty (and unallocated).
+    pub fn take_inbox(&self) -> Inbox {
+        std::mem::take(&mut self.lock().inbox)
     }
 
     /// Resolves when the session is woken.
@@ -55,18 +110,18 @@ impl Signal {
     /// Asks the session to close; the first reason stands. Returns whether
     /// this call gave it.
     pub fn close(&self, reason: CloseReason) -> bool {
-        let mut current = self.lock();
-        if current.is_some() {
+        let mut state = self.lock();
+        if state.reason.is_some() {
             return false;
         }
-        *current = Some(reason);
+        state.reason = Some(reason);
         self.close.notify_one();
         true
     }
 
     /// Why the session must close, if it must.
     pub fn reason(&self) -> Option<CloseReason> {
-        self.lock().clone()
+        self.lock().reason.clone()
     }
 
     /// Resolves with the reason once the session must close.
@@ -79,9 +134,10 @@ impl Signal {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<CloseReason>> {
-        // A single assignment: a panic cannot leave it half-written.
-        self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, SignalState> {
+        // Each critical section is one assignment, push or take: a panic
+        // cannot leave the state half-written.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -170,6 +226,20 @@ impl Sessions {
     }
 }
 
+impl CommitFeed for Sessions {
+    fn committed(&self, envelopes: Vec<Committed>) {
+        let map = self.lock();
+        for envelope in envelopes {
+            let envelope = Arc::new(envelope);
+            for (device, seq) in &envelope.mailboxes {
+                if let Some(entry) = map.get(device) {
+                    entry.signal.deliver(*seq, &envelope);
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut map = self.sessions.lock();
@@ -225,6 +295,46 @@ impl Fanout for LocalFanout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn committed(to: &[(DeviceId, i64)]) -> Committed {
+        Committed {
+            id: EnvelopeId::random(),
+            kind: redoubt_proto::api::EnvelopeKind::Mls,
+            received_at: redoubt_proto::Timestamp(0),
+            payload: Arc::new(vec![1, 2, 3]),
+            mailboxes: to.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_reach_live_sessions_in_order_until_the_inbox_is_full() {
+        let sessions = Arc::new(Sessions::default());
+        let (bob, carol, offline) = (DeviceId::random(), DeviceId::random(), DeviceId::random());
+        let b = sessions.attach(bob, vec![]);
+        let c = sessions.attach(carol, vec![]);
+        let first = committed(&[(bob, 7), (carol, 3), (offline, 1)]);
+        let second = committed(&[(bob, 8)]);
+        sessions.committed(vec![first.clone(), second.clone()]);
+        b.signal.woken().await;
+        let inbox = b.signal.take_inbox();
+        assert!(!inbox.must_read);
+        let got: Vec<(i64, EnvelopeId)> = inbox.envelopes.iter().map(|(s, e)| (*s, e.id)).collect();
+        assert_eq!(got, vec![(7, first.id), (8, second.id)]);
+        assert_eq!(inbox.envelopes[0].1.queued(7).payload, vec![1, 2, 3]);
+        assert_eq!(c.signal.take_inbox().envelopes.len(), 1);
+        // Taken means gone.
+        assert!(b.signal.take_inbox().envelopes.is_empty());
+        // A full inbox keeps what it has and asks for a mailbox read.
+        for seq in 0..INBOX_CAPACITY as i64 + 1 {
+            sessions.committed(vec![committed(&[(bob, 100 + seq)])]);
+        }
+        let inbox = b.signal.take_inbox();
+        assert_eq!(inbox.envelopes.len(), INBOX_CAPACITY);
+        assert!(inbox.must_read);
+        // A wake-up without data asks for a read too.
+        sessions.wake(&carol);
+        assert!(c.signal.take_inbox().must_read);
+    }
 
     #[tokio::test]
     async fn a_new_session_replaces_the_old_one() {

@@ -133,7 +133,12 @@ pub(crate) async fn submit(state: &AppState, s: Submission) -> Result<bool, ApiE
                 .metrics()
                 .envelopes_queued
                 .inc_by(recipients.len() as u64);
-            state.fanout().wake(s.id, &recipients).await;
+            // A store that feeds its commits to the sessions has handed
+            // them this envelope already; a wake-up would only make them
+            // read the mailbox for it.
+            if !state.store().feeds_commits() {
+                state.fanout().wake(s.id, &recipients).await;
+            }
             Ok(false)
         }
         // A retry wakes the recipients again: the first attempt may have

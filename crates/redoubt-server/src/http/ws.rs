@@ -6,6 +6,16 @@
 //! acks, so a dropped connection re-sends the unacked envelopes next time and
 //! the client drops the ids it has already processed.
 //!
+//! Where the store hands committed envelopes to the sessions in commit order
+//! (SQLite, see [`crate::sessions`]), a session that has pushed everything
+//! older pushes new envelopes from its inbox without reading the mailbox.
+//! It knows what is older by mailbox sequence number: `seen` is the highest
+//! one it has pushed or read, and an inbox envelope above it was committed
+//! after everything the session has read. Whenever that cannot be relied
+//! on (the session is behind, its inbox overflowed, a wake-up came without
+//! data, the window has no room for all of it) the session reads the
+//! mailbox as before.
+//!
 //! A client that offers the binary subprotocol ([`binary::PROTOCOL`]) gets
 //! compact binary frames, several envelopes to a frame, and may also send
 //! on the socket: each send goes through the same checks and store as
@@ -25,8 +35,8 @@ use redoubt_proto::{EnvelopeId, ErrorBody};
 
 use super::extract::Authed;
 use super::messages::{submit, to_wire, Submission, MAX_ACK_IDS};
-use crate::sessions::CloseReason;
-use crate::storage::{CommitPosition, StoreError};
+use crate::sessions::{CloseReason, Inbox, Signal};
+use crate::storage::{CommitPosition, QueuedEnvelope, StoreError};
 use crate::AppState;
 
 /// Sends one session may have waiting for the store; past this the session
@@ -96,6 +106,8 @@ struct Session {
     /// The last read filled the window: more may be waiting behind it.
     backlogged: bool,
     announced: bool,
+    /// The highest mailbox sequence number pushed or read so far.
+    seen: i64,
 }
 
 /// What one frame from the client asks for.
@@ -138,6 +150,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
         acking: HashSet::new(),
         backlogged: false,
         announced: false,
+        seen: 0,
     };
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_heard = tokio::time::Instant::now();
@@ -145,7 +158,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
     let mut acks = Waiting::default();
 
     let end = 'run: {
-        if let Err(end) = Box::pin(session.push(&mut sink)).await {
+        if let Err(end) = Box::pin(session.push(&subscription.signal, &mut sink)).await {
             break 'run end;
         }
         loop {
@@ -165,12 +178,12 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                     };
                 }
                 _ = subscription.signal.woken() => {
-                    if let Err(end) = Box::pin(session.push(&mut sink)).await {
+                    if let Err(end) = Box::pin(session.push(&subscription.signal, &mut sink)).await {
                         break 'run end;
                     }
                 }
                 Some(answer) = sending.next(), if !sending.is_empty() => {
-                    let answer: Result<ServerMessage, _> = answer;
+                    let answer: Result<ServerMessage, Lost> = answer;
                     let Ok(answer) = answer else {
                         break 'run End::Close(1011, "internal error".into());
                     };
@@ -179,7 +192,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                     }
                 }
                 Some(acked) = acks.next(), if !acks.is_empty() => {
-                    let acked: Result<Result<Vec<EnvelopeId>, StoreError>, _> = acked;
+                    let acked: Result<Result<Vec<EnvelopeId>, StoreError>, Lost> = acked;
                     let Ok(Ok(ids)) = acked else {
                         break 'run End::Close(1011, "internal error".into());
                     };
@@ -216,7 +229,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                             // wakes the session. (A read per ack was half
                             // of PostgreSQL's queries in the one-to-one run.)
                             if session.backlogged {
-                                if let Err(end) = Box::pin(session.push(&mut sink)).await {
+                                if let Err(end) = Box::pin(session.push(&subscription.signal, &mut sink)).await {
                                     break 'run end;
                                 }
                             }
@@ -236,7 +249,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                     // node's, over the network): look at the mailbox on
                     // every ping. In-process wake-ups cannot be lost.
                     if session.state.fanout().may_lose_wakeups() {
-                        if let Err(end) = Box::pin(session.push(&mut sink)).await {
+                        if let Err(end) = Box::pin(session.push(&subscription.signal, &mut sink)).await {
                             break 'run end;
                         }
                     }
@@ -255,6 +268,14 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
         ))
         .await;
     }
+    // Sends and acks the client made before the end still happen: those not
+    // yet handed to the store are, and an ack the client sent just before
+    // closing is not lost. (Their answers have nowhere to go.)
+    Box::pin(async {
+        sending.finish().await;
+        acks.finish().await;
+    })
+    .await;
     // The session's last sighting is recorded exactly, for the IP log.
     let Session { state, auth, .. } = session;
     Box::pin(
@@ -269,39 +290,18 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
 }
 
 impl Session {
-    /// Pushes envelopes not yet in flight, up to the window, flushing once.
-    async fn push<S>(&mut self, sink: &mut S) -> Result<(), End>
+    /// Pushes envelopes not yet in flight, up to the window, flushing once:
+    /// from the inbox when it can be trusted to hold everything new, else
+    /// read from the mailbox.
+    async fn push<S>(&mut self, signal: &Signal, sink: &mut S) -> Result<(), End>
     where
         S: futures::Sink<Message> + Unpin,
     {
-        let window = self.state.config().mailbox.push_window;
-        // Envelopes being acked are still stored and come back first.
-        let limit = window.saturating_add(u32::try_from(self.acking.len()).unwrap_or(u32::MAX));
-        let now = self.state.clock().now();
-        let batch = self
-            .state
-            .store()
-            .pending(self.auth.device_id, now, limit)
-            .await
-            .map_err(store_failed)?;
-        let full = batch.len() >= limit as usize;
-        if !full {
-            // Everything pending is in this batch: ids in flight but absent
-            // were acked elsewhere (over HTTP) or expired.
-            let present: HashSet<EnvelopeId> = batch.iter().map(|e| e.id).collect();
-            self.in_flight.retain(|id| present.contains(id));
-        }
-        let room = (window as usize).saturating_sub(self.in_flight.len());
-        let waiting: Vec<_> = batch
-            .into_iter()
-            .filter(|e| !self.acking.contains(&e.id) && !self.in_flight.contains(&e.id))
-            .collect();
-        // More is waiting if the read was cut at its limit, or if it found
-        // more than the window has room for (an ack that committed before
-        // this read still counts in `acking`, so the read's limit can
-        // exceed what is left and leave envelopes unpushed).
-        self.backlogged = full || waiting.len() > room;
-        let fresh: Vec<_> = waiting.into_iter().take(room).map(to_wire).collect();
+        let fresh = match self.pushable_from(signal.take_inbox()) {
+            Some(fresh) => fresh,
+            None => self.read().await?,
+        };
+        let fresh: Vec<_> = fresh.into_iter().map(to_wire).collect();
         self.in_flight.extend(fresh.iter().map(|e| e.id));
         let pushed = !fresh.is_empty();
         match self.encoding {
@@ -330,20 +330,77 @@ impl Session {
         sink.flush().await.map_err(|_| End::Gone)
     }
 
-    /// Frees the window of acknowledged envelopes and commits the ack on a
-    /// task of its own (it completes even if the session ends); the handle
-    /// yields the ids once they are deleted.
-    fn ack(
-        &mut self,
-        ids: Vec<EnvelopeId>,
-    ) -> tokio::task::JoinHandle<Result<Vec<EnvelopeId>, StoreError>> {
+    /// The inbox's envelopes newer than anything pushed or read, if the
+    /// inbox can stand in for a mailbox read: the session is caught up,
+    /// nothing asked for a read, and the window has room for all of them.
+    fn pushable_from(&mut self, inbox: Inbox) -> Option<Vec<QueuedEnvelope>> {
+        if inbox.must_read
+            || self.backlogged
+            || !self.announced
+            || !self.state.store().feeds_commits()
+        {
+            return None;
+        }
+        let seen = self.seen;
+        let new: Vec<_> = inbox
+            .envelopes
+            .into_iter()
+            .filter(|(seq, _)| *seq > seen)
+            .collect();
+        let window = self.state.config().mailbox.push_window as usize;
+        if new.len() > window.saturating_sub(self.in_flight.len()) {
+            return None;
+        }
+        self.seen = new.last().map_or(seen, |(seq, _)| (*seq).max(seen));
+        Some(new.into_iter().map(|(seq, e)| e.queued(seq)).collect())
+    }
+
+    /// The oldest envelopes in the mailbox not yet in flight, up to the
+    /// window's room; notes whether more wait behind them.
+    async fn read(&mut self) -> Result<Vec<QueuedEnvelope>, End> {
+        let window = self.state.config().mailbox.push_window;
+        // Envelopes being acked are still stored and come back first.
+        let limit = window.saturating_add(u32::try_from(self.acking.len()).unwrap_or(u32::MAX));
+        let now = self.state.clock().now();
+        let batch = self
+            .state
+            .store()
+            .pending(self.auth.device_id, now, limit)
+            .await
+            .map_err(store_failed)?;
+        if let Some(last) = batch.iter().map(|e| e.seq).max() {
+            self.seen = self.seen.max(last);
+        }
+        let full = batch.len() >= limit as usize;
+        if !full {
+            // Everything pending is in this batch: ids in flight but absent
+            // were acked elsewhere (over HTTP) or expired.
+            let present: HashSet<EnvelopeId> = batch.iter().map(|e| e.id).collect();
+            self.in_flight.retain(|id| present.contains(id));
+        }
+        let room = (window as usize).saturating_sub(self.in_flight.len());
+        let waiting: Vec<_> = batch
+            .into_iter()
+            .filter(|e| !self.acking.contains(&e.id) && !self.in_flight.contains(&e.id))
+            .collect();
+        // More is waiting if the read was cut at its limit, or if it found
+        // more than the window has room for (an ack that committed before
+        // this read still counts in `acking`, so the read's limit can
+        // exceed what is left and leave envelopes unpushed).
+        self.backlogged = full || waiting.len() > room;
+        Ok(waiting.into_iter().take(room).collect())
+    }
+
+    /// Frees the window of acknowledged envelopes and commits the ack; the
+    /// future yields the ids once they are deleted.
+    fn ack(&mut self, ids: Vec<EnvelopeId>) -> Pending<Result<Vec<EnvelopeId>, StoreError>> {
         for id in &ids {
             self.in_flight.remove(id);
             self.acking.insert(*id);
         }
         let state = self.state.clone();
         let device = self.auth.device_id;
-        self.state.tasks().spawn(async move {
+        self.detach(async move {
             let removed = state.store().ack(device, &ids).await.inspect_err(|e| {
                 tracing::error!(error = %e, "storage failed during websocket session");
             })?;
@@ -352,12 +409,29 @@ impl Session {
         })
     }
 
-    /// Queues a send on its own task, so that it completes (stored, and
-    /// its recipients woken) even if this session ends first; the handle
-    /// yields the answer for the socket.
-    fn send(&self, send: binary::Send) -> tokio::task::JoinHandle<ServerMessage> {
+    /// Runs a store call for this session. Where the store feeds its
+    /// commits to the sessions, the call runs within the session (which
+    /// finishes its calls before it ends), and the writer itself hands a
+    /// queued envelope to its recipients. Elsewhere the waking is the caller's work after the
+    /// commit, so the call gets a task of its own that finishes even if
+    /// the session ends first. (A task per send and per ack was a thread
+    /// hop and an allocation each on the hot path.)
+    fn detach<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Pending<T> {
+        use futures::FutureExt as _;
+        if self.state.store().feeds_commits() {
+            Box::pin(work.map(Ok))
+        } else {
+            Box::pin(self.state.tasks().spawn(work).map(|r| r.map_err(|_| Lost)))
+        }
+    }
+
+    /// Queues a send; the future yields the answer for the socket.
+    fn send(&self, send: binary::Send) -> Pending<ServerMessage> {
         let state = self.state.clone();
-        self.state.tasks().spawn(async move {
+        self.detach(async move {
             let id = send.id;
             let submission = Submission {
                 id,
@@ -449,10 +523,18 @@ where
     None
 }
 
-/// Tasks a session waits for (its sends or its acks). The set is made on
-/// first use: most sessions never send, and an empty `FuturesUnordered`
+/// A store call a session waits for: `Err` if its task was lost (panicked
+/// or cancelled at shutdown).
+type Pending<T> = futures::future::BoxFuture<'static, Result<T, Lost>>;
+
+/// A store call's task ended without an answer.
+#[derive(Debug)]
+struct Lost;
+
+/// Store calls a session waits for (its sends or its acks). The set is made
+/// on first use: most sessions never send, and an empty `FuturesUnordered`
 /// already costs two allocations, a tenth of an idle session's memory.
-struct Waiting<T>(Option<FuturesUnordered<tokio::task::JoinHandle<T>>>);
+struct Waiting<T>(Option<FuturesUnordered<Pending<T>>>);
 
 impl<T> Default for Waiting<T> {
     fn default() -> Self {
@@ -461,7 +543,7 @@ impl<T> Default for Waiting<T> {
 }
 
 impl<T> Waiting<T> {
-    fn push(&mut self, task: tokio::task::JoinHandle<T>) {
+    fn push(&mut self, task: Pending<T>) {
         self.0.get_or_insert_with(FuturesUnordered::new).push(task);
     }
 
@@ -474,10 +556,17 @@ impl<T> Waiting<T> {
     }
 
     /// The next task to finish; never resolves while none waits.
-    async fn next(&mut self) -> Option<Result<T, tokio::task::JoinError>> {
+    async fn next(&mut self) -> Option<Result<T, Lost>> {
         match &mut self.0 {
             Some(tasks) if !tasks.is_empty() => tasks.next().await,
             _ => std::future::pending().await,
+        }
+    }
+
+    /// Waits for every call in the set to finish.
+    async fn finish(&mut self) {
+        if let Some(tasks) = &mut self.0 {
+            while tasks.next().await.is_some() {}
         }
     }
 }

@@ -123,12 +123,14 @@ pub(crate) fn device_record(
 
 /// A queued envelope from its row (id, kind, received time, payload).
 pub(crate) fn queued_envelope(
+    seq: i64,
     id: Vec<u8>,
     kind: &str,
     received_at: i64,
     payload: Vec<u8>,
 ) -> Result<QueuedEnvelope, StoreError> {
     Ok(QueuedEnvelope {
+        seq,
         id: EnvelopeId::from_bytes(id16(id)?),
         kind: kind_from_str(kind)?,
         received_at: Timestamp(received_at),

@@ -364,6 +364,44 @@ impl Written {
     }
 }
 
+/// An envelope as its transaction committed, with its place in each
+/// mailbox it joined.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// Its id.
+    pub id: EnvelopeId,
+    /// What it carries.
+    pub kind: EnvelopeKind,
+    /// When it was accepted.
+    pub received_at: Timestamp,
+    /// The bytes, shared by every mailbox's copy.
+    pub payload: std::sync::Arc<Vec<u8>>,
+    /// Each recipient and the envelope's sequence number in its mailbox.
+    pub mailboxes: Vec<(DeviceId, i64)>,
+}
+
+impl Committed {
+    /// The envelope as a mailbox read at `seq` would have returned it.
+    pub fn queued(&self, seq: i64) -> QueuedEnvelope {
+        QueuedEnvelope {
+            seq,
+            id: self.id,
+            kind: self.kind,
+            received_at: self.received_at,
+            payload: self.payload.as_ref().clone(),
+        }
+    }
+}
+
+/// Where a backend whose commits are totally ordered (one writer) hands
+/// each queued envelope right after its commit, in commit order, so that a
+/// connected device is pushed what was just written without reading it
+/// back. Called on the writer's thread: it must not block.
+pub trait CommitFeed: Send + Sync + 'static {
+    /// These envelopes committed, in this order, before any later commit.
+    fn committed(&self, envelopes: Vec<Committed>);
+}
+
 /// The result of [`Store::enqueue`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnqueueOutcome {
@@ -385,6 +423,9 @@ pub enum EnqueueOutcome {
 /// An envelope waiting in a mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedEnvelope {
+    /// Its place in the mailbox: larger for later envelopes of a device.
+    /// With one writer (SQLite) larger also means committed later.
+    pub seq: i64,
     /// Its id.
     pub id: EnvelopeId,
     /// What it carries.
@@ -600,6 +641,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Queues an envelope for all its recipients, or for none.
     async fn enqueue(&self, envelope: NewEnvelope) -> Result<EnqueueOutcome, StoreError>;
+
+    /// Whether every envelope [`Store::enqueue`] queues reaches this node's
+    /// [`CommitFeed`] before `enqueue` returns, so that no other wake-up is
+    /// needed for it.
+    fn feeds_commits(&self) -> bool {
+        false
+    }
 
     /// The oldest `limit` unexpired envelopes in a device's mailbox, in order.
     async fn pending(

@@ -283,3 +283,74 @@ async fn a_backlog_drains_whole_through_a_small_window_with_acks_in_flight() {
     }
     assert_eq!(received, sent);
 }
+
+#[tokio::test]
+async fn sends_racing_a_connected_device_reach_it_once_each_in_each_senders_order() {
+    // New envelopes reach a caught-up session from its inbox, and a session
+    // that falls behind its small window reads the mailbox: across the
+    // switches between the two, nothing is skipped, repeated or reordered.
+    let server = TestServer::builder()
+        .configure(|c| c.mailbox.push_window = 4)
+        .start()
+        .await;
+    let alice = server.register_fresh().await;
+    let carol = server.register_fresh().await;
+    let bob = server.register_fresh().await;
+    let mut bob_ws = bob.ws_binary().await;
+    assert_eq!(bob_ws.frame().await, ServerMessage::Drained);
+    let mut senders = Vec::new();
+    for (tag, device) in [(1u8, &alice), (2u8, &carol)] {
+        let mut ws = device.ws_binary().await;
+        let to = bob.device_id;
+        senders.push(tokio::spawn(async move {
+            let ids: Vec<EnvelopeId> = (0..40u8).map(|_| EnvelopeId::time_ordered()).collect();
+            for (i, id) in ids.iter().enumerate() {
+                ws.send(send(*id, &[to], &[tag, i as u8])).await;
+            }
+            for id in &ids {
+                assert_eq!(
+                    answer(&mut ws).await,
+                    ServerMessage::Accepted {
+                        id: *id,
+                        duplicate: false
+                    }
+                );
+            }
+            ids
+        }));
+    }
+    let mut received: Vec<(u8, u8)> = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    while received.len() < 80 {
+        match bob_ws.frame().await {
+            ServerMessage::Envelopes(batch) => {
+                assert!(batch.len() <= 4, "the window holds");
+                for e in &batch {
+                    assert!(ids.insert(e.id), "pushed twice: {}", e.id);
+                    let p = e.payload.as_slice();
+                    received.push((p[0], p[1]));
+                }
+                let acked: Vec<EnvelopeId> = batch.iter().map(|e| e.id).collect();
+                bob_ws.ack(&acked).await;
+            }
+            ServerMessage::Drained => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for sender in senders {
+        let sent = sender.await.unwrap();
+        assert!(sent.iter().all(|id| ids.contains(id)));
+    }
+    for tag in [1u8, 2] {
+        let order: Vec<u8> = received
+            .iter()
+            .filter(|(t, _)| *t == tag)
+            .map(|(_, i)| *i)
+            .collect();
+        assert_eq!(order, (0..40).collect::<Vec<u8>>(), "sender {tag}'s order");
+    }
+    test_support::eventually("every ack is stored", || async {
+        bob.fetch().await.envelopes.is_empty()
+    })
+    .await;
+}

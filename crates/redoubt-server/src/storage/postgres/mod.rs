@@ -526,7 +526,7 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<QueuedEnvelope>, StoreError> {
         let rows = sqlx::query(
-            "SELECT e.id, e.kind, e.received_at, e.payload FROM mailbox m
+            "SELECT m.seq, e.id, e.kind, e.received_at, e.payload FROM mailbox m
              JOIN envelopes e ON e.id = m.envelope_id
              WHERE m.device_id = $1 AND e.expires_at > $2
              ORDER BY m.seq LIMIT $3",
@@ -537,7 +537,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|row| queued_envelope(row.get(0), row.get(1), row.get(2), row.get(3)))
+            .map(|row| queued_envelope(row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
             .collect()
     }
 

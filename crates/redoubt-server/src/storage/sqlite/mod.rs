@@ -31,6 +31,7 @@ pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
     queue: std::sync::Arc<queue::Queue>,
+    feed: queue::FeedSlot,
 }
 
 impl SqliteStore {
@@ -71,8 +72,22 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        let queue = std::sync::Arc::new(queue::Queue::start(path, config.synchronous)?);
-        Ok(Self { read, write, queue })
+        let feed = queue::FeedSlot::default();
+        let queue =
+            std::sync::Arc::new(queue::Queue::start(path, config.synchronous, feed.clone())?);
+        Ok(Self {
+            read,
+            write,
+            queue,
+            feed,
+        })
+    }
+
+    /// Hands every envelope queued from now on to `feed` after its commit,
+    /// in commit order (the live sessions). Only the first feed installed
+    /// counts; returns whether this one was.
+    pub fn feed_commits_to(&self, feed: std::sync::Arc<dyn super::CommitFeed>) -> bool {
+        self.feed.set(feed).is_ok()
     }
 
     /// The read pool, for the legal desk's read-only queries (`legal_view`).
@@ -484,6 +499,10 @@ impl Store for SqliteStore {
 
     async fn enqueue(&self, envelope: NewEnvelope) -> Result<EnqueueOutcome, StoreError> {
         self.queue.enqueue(envelope).await
+    }
+
+    fn feeds_commits(&self) -> bool {
+        self.feed.get().is_some()
     }
 
     async fn pending(

@@ -16,13 +16,18 @@
 //! the envelope is then queued), so a refused job leaves nothing behind in a
 //! shared transaction.
 //!
+//! After each commit, and before answering its jobs, the writer hands the
+//! envelopes it queued to the [`CommitFeed`] if one is installed (the live
+//! sessions): commits happen one after another on this one thread, so the
+//! feed sees them in commit order and mailbox sequence numbers only grow.
+//!
 //! This writer is a second writing connection beside sqlx's, which keeps the
 //! rarer writes (registration, key packages, the IP log, purges). SQLite
 //! lets one write at a time; both sides take the lock at the start of their
 //! transactions (`BEGIN IMMEDIATE`) and wait for it under the busy timeout.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 
 use redoubt_proto::{DeviceId, EnvelopeId, Timestamp};
@@ -32,7 +37,8 @@ use tokio::sync::oneshot;
 
 use super::super::codec::*;
 use super::super::{
-    EnqueueOutcome, NewEnvelope, QueuedEnvelope, StoreError, Write, Written, MAX_BATCH,
+    CommitFeed, Committed, EnqueueOutcome, NewEnvelope, QueuedEnvelope, StoreError, Write, Written,
+    MAX_BATCH,
 };
 use crate::config::SqliteSync;
 
@@ -48,6 +54,9 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// The way into a thread; `None` once closed.
 type Inbox<J, T> = std::sync::Mutex<Option<mpsc::Sender<(J, Reply<T>)>>>;
 
+/// Where the writer hands committed envelopes, once installed.
+pub(super) type FeedSlot = Arc<OnceLock<Arc<dyn CommitFeed>>>;
+
 /// The two threads, reached through channels. Dropping the last handle ends
 /// them; [`Queue::close`] ends them and waits.
 pub(super) struct Queue {
@@ -59,7 +68,7 @@ pub(super) struct Queue {
 impl Queue {
     /// Opens the writer's and the reader's connections to the database at
     /// `path` (already created and migrated) and starts their threads.
-    pub(super) fn start(path: &Path, sync: SqliteSync) -> Result<Self, StoreError> {
+    pub(super) fn start(path: &Path, sync: SqliteSync, feed: FeedSlot) -> Result<Self, StoreError> {
         let writer = open(path, sync)?;
         let reader = open(path, sync)?;
         let (writes, write_jobs) = mpsc::channel();
@@ -67,7 +76,11 @@ impl Queue {
         let threads = vec![
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || serve(writer, write_jobs, write_batch))
+                .spawn(move || {
+                    serve(writer, write_jobs, |conn, jobs| {
+                        write_batch(conn, jobs, &feed)
+                    })
+                })
                 .map_err(|_| StoreError::Stopped)?,
             std::thread::Builder::new()
                 .name("sqlite-reader".into())
@@ -169,7 +182,7 @@ fn open(path: &Path, sync: SqliteSync) -> Result<Connection, StoreError> {
 fn serve<J, T>(
     mut conn: Connection,
     jobs: mpsc::Receiver<(J, Reply<T>)>,
-    run: fn(&mut Connection, &[J]) -> Result<Vec<T>, StoreError>,
+    mut run: impl FnMut(&mut Connection, &[J]) -> Result<Vec<T>, StoreError>,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -204,17 +217,41 @@ fn serve<J, T>(
     }
 }
 
-/// Runs writes in one transaction, committing once.
-fn write_batch(conn: &mut Connection, jobs: &[Write]) -> Result<Vec<Written>, StoreError> {
+/// Runs writes in one transaction, committing once, then hands what it
+/// queued to the feed.
+fn write_batch(
+    conn: &mut Connection,
+    jobs: &[Write],
+    feed: &FeedSlot,
+) -> Result<Vec<Written>, StoreError> {
+    let feed = feed.get();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut done = Vec::with_capacity(jobs.len());
+    let mut committed = Vec::new();
     for job in jobs {
         done.push(match job {
-            Write::Enqueue(envelope) => Written::Enqueued(enqueue(&tx, envelope)?),
+            Write::Enqueue(envelope) => {
+                let (outcome, mailboxes) = enqueue(&tx, envelope)?;
+                if feed.is_some() && !mailboxes.is_empty() {
+                    committed.push(Committed {
+                        id: envelope.id,
+                        kind: envelope.kind,
+                        received_at: envelope.now,
+                        payload: Arc::new(envelope.payload.clone()),
+                        mailboxes,
+                    });
+                }
+                Written::Enqueued(outcome)
+            }
             Write::Ack(device, ids) => Written::Acked(ack(&tx, *device, ids)?),
         });
     }
     tx.commit()?;
+    if let Some(feed) = feed {
+        if !committed.is_empty() {
+            feed.committed(committed);
+        }
+    }
     Ok(done)
 }
 
@@ -227,7 +264,7 @@ fn read_batch(
     let mut done = Vec::with_capacity(jobs.len());
     {
         let mut query = tx.prepare_cached(
-            "SELECT e.id, e.kind, e.received_at, e.payload FROM mailbox m
+            "SELECT m.seq, e.id, e.kind, e.received_at, e.payload FROM mailbox m
              JOIN envelopes e ON e.id = m.envelope_id
              WHERE m.device_id = ?1 AND e.expires_at > ?2
              ORDER BY m.seq LIMIT ?3",
@@ -237,17 +274,18 @@ fn read_batch(
                 params![job.device.as_bytes(), ms(job.now), i64::from(job.limit)],
                 |row| {
                     Ok((
-                        row.get::<_, Vec<u8>>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, Vec<u8>>(3)?,
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Vec<u8>>(4)?,
                     ))
                 },
             )?;
             let mut envelopes = Vec::new();
             for row in rows {
-                let (id, kind, received_at, payload) = row?;
-                envelopes.push(queued_envelope(id, &kind, received_at, payload)?);
+                let (seq, id, kind, received_at, payload) = row?;
+                envelopes.push(queued_envelope(seq, id, &kind, received_at, payload)?);
             }
             done.push(envelopes);
         }
@@ -256,11 +294,23 @@ fn read_batch(
     Ok(done)
 }
 
-/// One enqueue inside the writer's transaction.
+/// One enqueue inside the writer's transaction; when queued, also the
+/// envelope's sequence number in each mailbox.
 fn enqueue(
     tx: &rusqlite::Transaction<'_>,
     envelope: &NewEnvelope,
-) -> Result<EnqueueOutcome, StoreError> {
+) -> Result<(EnqueueOutcome, Vec<(DeviceId, i64)>), StoreError> {
+    Ok(match enqueue_or_refuse(tx, envelope)? {
+        Ok(mailboxes) => (EnqueueOutcome::Queued, mailboxes),
+        Err(outcome) => (outcome, Vec::new()),
+    })
+}
+
+/// [`enqueue`]'s work: the mailbox positions, or why nothing was queued.
+fn enqueue_or_refuse(
+    tx: &rusqlite::Transaction<'_>,
+    envelope: &NewEnvelope,
+) -> Result<Result<Vec<(DeviceId, i64)>, EnqueueOutcome>, StoreError> {
     let payload_hash = Sha256::digest(&envelope.payload).to_vec();
     let id = envelope.id.as_bytes();
     let stored: Option<Vec<u8>> = tx
@@ -268,11 +318,11 @@ fn enqueue(
         .query_row([id], |row| row.get(0))
         .optional()?;
     if let Some(stored) = stored {
-        return Ok(if stored == payload_hash {
+        return Ok(Err(if stored == payload_hash {
             EnqueueOutcome::Duplicate
         } else {
             EnqueueOutcome::Conflict
-        });
+        }));
     }
     // Queue lengths are kept by triggers (migration 0003), so the caps cost
     // the same however long the queues are.
@@ -290,7 +340,7 @@ fn enqueue(
         }
     }
     if let Some(refused) = refuse_recipients(&envelope.recipients, &active, envelope.max_queued) {
-        return Ok(refused);
+        return Ok(Err(refused));
     }
     if let Some(commit) = &envelope.commit {
         let (epoch, next) = commit.columns();
@@ -302,7 +352,7 @@ fn enqueue(
             )
             .optional()?;
         if moved.is_none() {
-            return Ok(EnqueueOutcome::StaleCommit);
+            return Ok(Err(EnqueueOutcome::StaleCommit));
         }
     }
     tx.prepare_cached(
@@ -322,10 +372,14 @@ fn enqueue(
     .execute(params![id, payload_hash, ms(envelope.now)])?;
     let mut mailbox =
         tx.prepare_cached("INSERT INTO mailbox (device_id, envelope_id) VALUES (?1, ?2)")?;
+    let mut mailboxes = Vec::with_capacity(envelope.recipients.len());
     for d in &envelope.recipients {
         mailbox.execute(params![d.as_bytes(), id])?;
+        // The trigger that counts the queue inserts nothing, so this is
+        // the mailbox row's own `seq`.
+        mailboxes.push((*d, tx.last_insert_rowid()));
     }
-    Ok(EnqueueOutcome::Queued)
+    Ok(Ok(mailboxes))
 }
 
 /// One acknowledgement inside the writer's transaction: the mailbox rows
