@@ -236,8 +236,13 @@ impl Config {
         if self.mailbox.max_queued_per_device == 0 || self.mailbox.max_recipients == 0 {
             return bad("mailbox limits must be at least 1");
         }
-        if self.mailbox.fetch_page == 0 || self.mailbox.push_window == 0 {
-            return bad("mailbox.fetch_page and mailbox.push_window must be at least 1");
+        if self.mailbox.fetch_page == 0
+            || self.mailbox.push_window == 0
+            || self.mailbox.push_window_bytes == 0
+        {
+            return bad(
+                "mailbox.fetch_page, mailbox.push_window and mailbox.push_window_bytes must be at least 1",
+            );
         }
         if self.registration.max_attempts == 0 {
             return bad("registration.max_attempts must be at least 1");
@@ -566,6 +571,12 @@ pub struct MailboxConfig {
     pub fetch_page: u32,
     /// Envelopes pushed on the WebSocket ahead of the device's acks.
     pub push_window: u32,
+    /// Payload bytes pushed on the WebSocket ahead of the device's acks
+    /// (at least one envelope is pushed, however large). With the envelope
+    /// count this bounds what a session holds in flight, and lets the
+    /// count be large for small messages: a device draining a backlog waits
+    /// one round trip per window.
+    pub push_window_bytes: usize,
     /// How often the server pings an idle WebSocket; two silent intervals close it.
     #[serde(with = "humantime_serde")]
     pub ws_ping_interval: Duration,
@@ -580,7 +591,10 @@ impl Default for MailboxConfig {
             dedup_window: Duration::from_secs(7 * 86_400),
             max_recipients: 1000,
             fetch_page: 100,
-            push_window: 64,
+            // 512 small envelopes per round trip drained a 100,000-envelope
+            // backlog at 104k/s, against 69k/s with 64 (redoubt-load).
+            push_window: 512,
+            push_window_bytes: 1024 * 1024,
             ws_ping_interval: Duration::from_secs(30),
         }
     }

@@ -21,7 +21,7 @@
 //! on the socket: each send goes through the same checks and store as
 //! `POST /v1/messages` and is answered `accepted` or `refused` by id.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -99,7 +99,7 @@ struct Session {
     auth: Authed,
     encoding: Encoding,
     /// Pushed and not acknowledged.
-    in_flight: HashSet<EnvelopeId>,
+    in_flight: InFlight,
     /// Acknowledged, with the ack not yet committed: still in the mailbox,
     /// so never pushed again, but no longer holding the window.
     acking: HashSet<EnvelopeId>,
@@ -146,7 +146,7 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
         state,
         auth,
         encoding,
-        in_flight: HashSet::new(),
+        in_flight: InFlight::default(),
         acking: HashSet::new(),
         backlogged: false,
         announced: false,
@@ -301,8 +301,10 @@ impl Session {
             Some(fresh) => fresh,
             None => self.read().await?,
         };
+        for e in &fresh {
+            self.in_flight.insert(e.id, e.payload.len());
+        }
         let fresh: Vec<_> = fresh.into_iter().map(to_wire).collect();
-        self.in_flight.extend(fresh.iter().map(|e| e.id));
         let pushed = !fresh.is_empty();
         match self.encoding {
             Encoding::Binary if pushed => {
@@ -347,8 +349,7 @@ impl Session {
             .into_iter()
             .filter(|(seq, _)| *seq > seen)
             .collect();
-        let window = self.state.config().mailbox.push_window as usize;
-        if new.len() > window.saturating_sub(self.in_flight.len()) {
+        if new.len() > self.room(new.iter().map(|(_, e)| e.payload.len())) {
             return None;
         }
         self.seen = new.last().map_or(seen, |(seq, _)| (*seq).max(seen));
@@ -378,17 +379,28 @@ impl Session {
             let present: HashSet<EnvelopeId> = batch.iter().map(|e| e.id).collect();
             self.in_flight.retain(|id| present.contains(id));
         }
-        let room = (window as usize).saturating_sub(self.in_flight.len());
         let waiting: Vec<_> = batch
             .into_iter()
             .filter(|e| !self.acking.contains(&e.id) && !self.in_flight.contains(&e.id))
             .collect();
+        let room = self.room(waiting.iter().map(|e| e.payload.len()));
         // More is waiting if the read was cut at its limit, or if it found
         // more than the window has room for (an ack that committed before
         // this read still counts in `acking`, so the read's limit can
         // exceed what is left and leave envelopes unpushed).
         self.backlogged = full || waiting.len() > room;
         Ok(waiting.into_iter().take(room).collect())
+    }
+
+    /// How many envelopes of these payload sizes, in order, the window has
+    /// room for.
+    fn room(&self, sizes: impl Iterator<Item = usize>) -> usize {
+        let mailbox = &self.state.config().mailbox;
+        self.in_flight.room(
+            sizes,
+            mailbox.push_window as usize,
+            mailbox.push_window_bytes,
+        )
     }
 
     /// Frees the window of acknowledged envelopes and commits the ack; the
@@ -521,6 +533,66 @@ where
         }
     }
     None
+}
+
+/// Envelopes pushed and not yet acknowledged, with their payload sizes.
+#[derive(Default)]
+struct InFlight {
+    sizes: HashMap<EnvelopeId, usize>,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn contains(&self, id: &EnvelopeId) -> bool {
+        self.sizes.contains_key(id)
+    }
+
+    fn insert(&mut self, id: EnvelopeId, size: usize) {
+        if let Some(old) = self.sizes.insert(id, size) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+    }
+
+    fn remove(&mut self, id: &EnvelopeId) {
+        if let Some(size) = self.sizes.remove(id) {
+            self.bytes -= size;
+        }
+        // A session that drained a backlog should not keep a window's worth
+        // of table while it idles.
+        if self.sizes.is_empty() && self.sizes.capacity() > 64 {
+            self.sizes = HashMap::new();
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&EnvelopeId) -> bool) {
+        let mut dropped = 0;
+        self.sizes.retain(|id, size| {
+            let kept = keep(id);
+            if !kept {
+                dropped += *size;
+            }
+            kept
+        });
+        self.bytes -= dropped;
+    }
+
+    /// How many envelopes of these payload sizes, in order, fit beside
+    /// those in flight: at most `count` envelopes and `bytes` payload
+    /// bytes in flight, but always one when nothing is (an envelope larger
+    /// than the byte window must still go).
+    fn room(&self, sizes: impl Iterator<Item = usize>, count: usize, bytes: usize) -> usize {
+        let (mut n, mut total) = (0, self.bytes);
+        for size in sizes {
+            let empty = self.sizes.is_empty() && n == 0;
+            if self.sizes.len() + n >= count || (total + size > bytes && !empty) {
+                break;
+            }
+            n += 1;
+            total += size;
+        }
+        n
+    }
 }
 
 /// A store call a session waits for: `Err` if its task was lost (panicked

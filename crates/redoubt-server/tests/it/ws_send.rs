@@ -354,3 +354,37 @@ async fn sends_racing_a_connected_device_reach_it_once_each_in_each_senders_orde
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_push_window_is_bounded_in_bytes_and_still_passes_a_large_envelope() {
+    let server = TestServer::builder()
+        .configure(|c| c.mailbox.push_window_bytes = 100)
+        .start()
+        .await;
+    let alice = server.register_fresh().await;
+    let bob = server.register_fresh().await;
+    let big = alice.send_ok(&[bob.device_id], &[1; 150]).await;
+    let mut small = Vec::new();
+    for i in [2u8, 3, 4] {
+        small.push(alice.send_ok(&[bob.device_id], &[i; 40]).await);
+    }
+    let mut ws = bob.ws_binary().await;
+    let mut batches = Vec::new();
+    loop {
+        match ws.frame().await {
+            ServerMessage::Envelopes(batch) => {
+                let ids: Vec<EnvelopeId> = batch.iter().map(|e| e.id).collect();
+                ws.ack(&ids).await;
+                batches.push(ids);
+            }
+            ServerMessage::Drained => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // 150 bytes exceed the window but go alone; then two of 40 fit in 100
+    // bytes and the third waits for their ack.
+    assert_eq!(
+        batches,
+        vec![vec![big], small[..2].to_vec(), small[2..].to_vec()]
+    );
+}
