@@ -27,7 +27,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use futures::stream::FuturesUnordered;
+use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use redoubt_proto::ws::binary::{self, ClientMessage, ServerMessage};
 use redoubt_proto::ws::{close, ClientFrame, ServerFrame};
@@ -81,7 +81,23 @@ pub async fn upgrade(
             // No tracing span per session: each costs an entry in the
             // subscriber's registry for the session's whole life, and the
             // session logs little (its open and close, at debug).
-            tasks.track_future(session(state, auth, socket, encoding))
+            //
+            // The socket is split here, not in `session`: an async fn keeps
+            // its arguments in its future for its whole life, even once
+            // moved out, and a whole `WebSocket` there was most of an idle
+            // session's task (its future was 1.6 KiB).
+            let (sink, stream) = socket.split();
+            let session = Session {
+                state,
+                auth,
+                encoding,
+                in_flight: InFlight::default(),
+                acking: HashSet::new(),
+                backlogged: false,
+                announced: false,
+                seen: 0,
+            };
+            tasks.track_future(run(session, sink, stream))
         })
 }
 
@@ -131,27 +147,26 @@ enum End {
 
 /// A session's task. Every await that an idle session is not parked in is
 /// boxed (`Box::pin`): the task's future is as large as its largest await
-/// state, and an idle session should pay only for the one it waits in.
-async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Encoding) {
+/// state, and an idle session should pay only for the one it waits in. Its
+/// arguments are small for the same reason (they stay in the future).
+async fn run(
+    mut session: Session,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+) {
+    let (state, encoding) = (session.state.clone(), session.encoding);
+    let device = session.auth.device_id;
     let subscription = state
         .sessions()
-        .attach(auth.device_id, auth.markets.clone());
-    state.fanout().attached(auth.device_id).await;
+        // The session itself has no use for its markets: one copy, where
+        // a market exit looks for them.
+        .attach(device, std::mem::take(&mut session.auth.markets));
+    state.fanout().attached(device).await;
     state.metrics().connected_devices.inc();
     tracing::debug!("websocket session opened");
-    let (mut sink, mut stream) = socket.split();
     let ping_every = state.config().mailbox.ws_ping_interval;
     let shutdown = state.shutdown_token().clone();
-    let mut session = Session {
-        state,
-        auth,
-        encoding,
-        in_flight: InFlight::default(),
-        acking: HashSet::new(),
-        backlogged: false,
-        announced: false,
-        seen: 0,
-    };
+    drop(state);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_heard = tokio::time::Instant::now();
     let mut sending = Waiting::default();
@@ -183,11 +198,11 @@ async fn session(state: AppState, auth: Authed, socket: WebSocket, encoding: Enc
                     }
                 }
                 Some(answer) = sending.next(), if !sending.is_empty() => {
-                    let answer: Result<ServerMessage, Lost> = answer;
+                    let answer: Result<Vec<u8>, Lost> = answer;
                     let Ok(answer) = answer else {
                         break 'run End::Close(1011, "internal error".into());
                     };
-                    if Box::pin(sink.send(Message::Binary(answer.encode().into()))).await.is_err() {
+                    if Box::pin(sink.send(Message::Binary(answer.into()))).await.is_err() {
                         break 'run End::Gone;
                     }
                 }
@@ -441,7 +456,10 @@ impl Session {
     }
 
     /// Queues a send; the future yields the answer for the socket.
-    fn send(&self, send: binary::Send) -> Pending<ServerMessage> {
+    /// The answer comes encoded: a few bytes of frame rather than a
+    /// `ServerMessage`, which would size every wait of the session for the
+    /// largest refusal.
+    fn send(&self, send: binary::Send) -> Pending<Vec<u8>> {
         let state = self.state.clone();
         self.detach(async move {
             let id = send.id;
@@ -465,6 +483,7 @@ impl Session {
                     }
                 }
             }
+            .encode()
         })
     }
 }
