@@ -80,6 +80,14 @@ impl PgStore {
             admin.close().await;
             options = options.options([("search_path", schema.as_str())]);
         }
+        // Plan every statement for the tables as they are now. The queue
+        // tables swing from empty to tens of thousands of dead row versions
+        // between vacuums, and a generic plan cached while they were new
+        // kept scanning `envelopes` sequentially: one scan per message
+        // (38,901 in 14 s of a load run, 444 with this), 2,415 to 2,884
+        // msg/s, p99 84 to 53 ms. Planning these small statements costs
+        // less than that.
+        let options = options.options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(2))
             .acquire_timeout(std::time::Duration::from_secs(30))
