@@ -87,7 +87,7 @@ pub async fn upgrade(
             // subscriber's registry for the session's whole life, and the
             // session logs little (its open and close, at debug).
             //
-            // The socket is split here, not in `session`: an async fn keeps
+            // The socket is split here, not in `run`: an async fn keeps
             // its arguments in its future for its whole life, even once
             // moved out, and a whole `WebSocket` there was most of an idle
             // session's task (its future was 1.6 KiB).
@@ -372,7 +372,10 @@ impl Session {
         if new.len() > self.room(new.iter().map(|(_, e)| e.payload.len())) {
             return None;
         }
-        self.seen = new.last().map_or(seen, |(seq, _)| (*seq).max(seen));
+        // In commit order, all above `seen`: the last is the highest.
+        if let Some(&(seq, _)) = new.last() {
+            self.seen = seq;
+        }
         Some(new.into_iter().map(|(seq, e)| e.queued(seq)).collect())
     }
 
@@ -444,9 +447,9 @@ impl Session {
     /// Runs a store call for this session. Where the store feeds its
     /// commits to the sessions, the call runs within the session (which
     /// finishes its calls before it ends), and the writer itself hands a
-    /// queued envelope to its recipients. Elsewhere the waking is the caller's work after the
-    /// commit, so the call gets a task of its own that finishes even if
-    /// the session ends first. (A task per send and per ack was a thread
+    /// queued envelope to its recipients. Elsewhere the waking is the
+    /// caller's work after the commit, so the call gets a task of its own
+    /// that finishes even if the session ends first. (A task per send and per ack was a thread
     /// hop and an allocation each on the hot path.)
     fn detach<T: Send + 'static>(
         &self,

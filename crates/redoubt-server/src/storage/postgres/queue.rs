@@ -6,12 +6,12 @@
 //!
 //! What keeps nodes apart is unchanged: the device rows a batch touches are
 //! locked in id order before anything changes, and envelopes in id order
-//! before their bytes are collected. A batch decides every job before it writes (the
-//! caps count the batch's own earlier envelopes), so a refused job leaves
-//! nothing behind. If the batch fails, or another node stored one of its
-//! ids meanwhile (a receipt insert that did not insert), it is rolled back
-//! and each job runs again in a transaction of its own ([`super::enqueue_one`]),
-//! which settles such races exactly as before.
+//! before their bytes are collected. A batch decides every job before it
+//! writes (the caps count the batch's own earlier envelopes), so a refused
+//! job leaves nothing behind. If the batch fails, or another node stored
+//! one of its ids meanwhile (a receipt insert that did not insert), it is
+//! rolled back and each job runs again in a transaction of its own
+//! ([`super::enqueue_one`]), which settles such races exactly as before.
 
 use std::collections::{HashMap, HashSet};
 

@@ -230,19 +230,21 @@ fn write_batch(
     let mut committed = Vec::new();
     for job in jobs {
         done.push(match job {
-            Write::Enqueue(envelope) => {
-                let (outcome, mailboxes) = enqueue(&tx, envelope)?;
-                if feed.is_some() && !mailboxes.is_empty() {
-                    committed.push(Committed {
-                        id: envelope.id,
-                        kind: envelope.kind,
-                        received_at: envelope.now,
-                        payload: Arc::new(envelope.payload.clone()),
-                        mailboxes,
-                    });
+            Write::Enqueue(envelope) => match enqueue(&tx, envelope)? {
+                Ok(mailboxes) => {
+                    if feed.is_some() {
+                        committed.push(Committed {
+                            id: envelope.id,
+                            kind: envelope.kind,
+                            received_at: envelope.now,
+                            payload: Arc::new(envelope.payload.clone()),
+                            mailboxes,
+                        });
+                    }
+                    Written::Enqueued(EnqueueOutcome::Queued)
                 }
-                Written::Enqueued(outcome)
-            }
+                Err(refused) => Written::Enqueued(refused),
+            },
             Write::Ack(device, ids) => Written::Acked(ack(&tx, *device, ids)?),
         });
     }
@@ -294,20 +296,9 @@ fn read_batch(
     Ok(done)
 }
 
-/// One enqueue inside the writer's transaction; when queued, also the
-/// envelope's sequence number in each mailbox.
+/// One enqueue inside the writer's transaction: the envelope's sequence
+/// number in each mailbox once queued, or why nothing was.
 fn enqueue(
-    tx: &rusqlite::Transaction<'_>,
-    envelope: &NewEnvelope,
-) -> Result<(EnqueueOutcome, Vec<(DeviceId, i64)>), StoreError> {
-    Ok(match enqueue_or_refuse(tx, envelope)? {
-        Ok(mailboxes) => (EnqueueOutcome::Queued, mailboxes),
-        Err(outcome) => (outcome, Vec::new()),
-    })
-}
-
-/// [`enqueue`]'s work: the mailbox positions, or why nothing was queued.
-fn enqueue_or_refuse(
     tx: &rusqlite::Transaction<'_>,
     envelope: &NewEnvelope,
 ) -> Result<Result<Vec<(DeviceId, i64)>, EnqueueOutcome>, StoreError> {
