@@ -1124,6 +1124,50 @@ async fn postgres_store() -> Option<(Arc<dyn Store>, test_support::services::PgS
 }
 
 storage_suite!(sqlite_backend, sqlite_store());
+
+/// SQLite's writer keeps queue lengths and the next sequence number in
+/// memory (migration 0010): a reopened store must count the queues it finds
+/// and number new envelopes after the ones already stored.
+#[tokio::test]
+async fn a_reopened_sqlite_store_counts_its_queues_and_numbers_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = sqlite::SqliteStore::open(&path, &Default::default())
+        .await
+        .unwrap();
+    let a = device(&store, &phone()).await;
+    let first = envelope(vec![a.device_id], b"1", 2);
+    for e in [first.clone(), envelope(vec![a.device_id], b"2", 2)] {
+        assert_eq!(store.enqueue(e).await.unwrap(), EnqueueOutcome::Queued);
+    }
+    let before = store.pending(a.device_id, T0, 10).await.unwrap();
+    store.close().await;
+
+    let store = sqlite::SqliteStore::open(&path, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .enqueue(envelope(vec![a.device_id], b"3", 2))
+            .await
+            .unwrap(),
+        EnqueueOutcome::MailboxFull(vec![a.device_id]),
+        "the queue stored before the restart counts against the cap"
+    );
+    assert_eq!(store.ack(a.device_id, &[first.id]).await.unwrap(), 1);
+    let third = envelope(vec![a.device_id], b"3", 2);
+    assert_eq!(
+        store.enqueue(third.clone()).await.unwrap(),
+        EnqueueOutcome::Queued
+    );
+    let after = store.pending(a.device_id, T0, 10).await.unwrap();
+    assert_eq!(
+        after.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![before[1].id, third.id],
+        "the new envelope is queued after the old one"
+    );
+    assert!(after[1].seq > before[1].seq, "sequence numbers only grow");
+}
 storage_suite!(postgres_backend, postgres_store());
 
 /// The legal desk's storage on each backend: the conformance checks, then

@@ -137,11 +137,11 @@ async fn backfill_regions(pool: &SqlitePool) -> Result<(), StoreError> {
 async fn active_devices(
     conn: &mut sqlx::SqliteConnection,
     devices: &[DeviceId],
-) -> Result<QueueLengths, StoreError> {
-    let mut found = QueueLengths::new();
+) -> Result<std::collections::HashSet<DeviceId>, StoreError> {
+    let mut found = std::collections::HashSet::new();
     for chunk in devices.chunks(INSERT_CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT id, queued FROM devices WHERE revoked_at IS NULL AND id IN (",
+            "SELECT id FROM devices WHERE revoked_at IS NULL AND id IN (",
         );
         let mut sep = q.separated(", ");
         for d in chunk {
@@ -149,7 +149,7 @@ async fn active_devices(
         }
         q.push(")");
         for row in q.build().fetch_all(&mut *conn).await? {
-            found.insert(device_id(row.get(0))?, row.get(1));
+            found.insert(device_id(row.get(0))?);
         }
     }
     Ok(found)
@@ -379,6 +379,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.queue.queues_shrank();
         Ok(true)
     }
 
@@ -445,7 +446,7 @@ impl Store for SqliteStore {
         let active = active_devices(&mut tx, devices).await?;
         let unknown: Vec<DeviceId> = devices
             .iter()
-            .filter(|d| !active.contains_key(d))
+            .filter(|d| !active.contains(d))
             .copied()
             .collect();
         if !unknown.is_empty() {
@@ -593,6 +594,7 @@ impl Store for SqliteStore {
             .await?
             .rows_affected();
         tx.commit().await?;
+        self.queue.queues_shrank();
         Ok(PurgeCounts {
             envelopes,
             ip_log,
@@ -913,6 +915,7 @@ impl Store for SqliteStore {
             .await?
             .rows_affected();
         tx.commit().await?;
+        self.queue.queues_shrank();
         Ok(counts)
     }
 }

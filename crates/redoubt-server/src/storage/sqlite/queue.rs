@@ -25,8 +25,19 @@
 //! rarer writes (registration, key packages, the IP log, purges). SQLite
 //! lets one write at a time; both sides take the lock at the start of their
 //! transactions (`BEGIN IMMEDIATE`) and wait for it under the busy timeout.
+//!
+//! Being the only one that adds to mailboxes, the writer keeps the hot
+//! state beside itself instead of in rows it would rewrite per message
+//! (migration 0010): the next mailbox sequence number, and the length of
+//! each queue it has counted. The sqlx side only ever removes from
+//! mailboxes (revocation, expiry, market exit); after each such commit it
+//! calls [`Queue::queues_shrank`], and the writer counts again before it
+//! next checks a cap. In between, a length can only be too high, never too
+//! low: a cap may refuse one send too many, never admit one too many.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 
@@ -61,6 +72,8 @@ pub(super) type FeedSlot = Arc<OnceLock<Arc<dyn CommitFeed>>>;
 /// them; [`Queue::close`] ends them and waits.
 pub(super) struct Queue {
     writes: Inbox<Write, Written>,
+    /// Bumped after every commit elsewhere that removed mailbox rows.
+    shrank: Arc<AtomicU64>,
     reads: Inbox<Read, Vec<QueuedEnvelope>>,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -71,6 +84,8 @@ impl Queue {
     pub(super) fn start(path: &Path, sync: SqliteSync, feed: FeedSlot) -> Result<Self, StoreError> {
         let writer = open(path, sync)?;
         let reader = open(path, sync)?;
+        let shrank = Arc::new(AtomicU64::new(0));
+        let mut lengths = Lengths::start(&writer, shrank.clone())?;
         let (writes, write_jobs) = mpsc::channel();
         let (reads, read_jobs) = mpsc::channel();
         let threads = vec![
@@ -78,7 +93,13 @@ impl Queue {
                 .name("sqlite-writer".into())
                 .spawn(move || {
                     serve(writer, write_jobs, |conn, jobs| {
-                        write_batch(conn, jobs, &feed)
+                        let done = write_batch(conn, jobs, &feed, &mut lengths);
+                        if done.is_err() {
+                            // The transaction rolled back, and with it
+                            // whatever this batch counted.
+                            lengths.forget();
+                        }
+                        done
                     })
                 })
                 .map_err(|_| StoreError::Stopped)?,
@@ -89,6 +110,7 @@ impl Queue {
         ];
         Ok(Self {
             writes: std::sync::Mutex::new(Some(writes)),
+            shrank,
             reads: std::sync::Mutex::new(Some(reads)),
             threads: std::sync::Mutex::new(threads),
         })
@@ -123,6 +145,13 @@ impl Queue {
         limit: u32,
     ) -> Result<Vec<QueuedEnvelope>, StoreError> {
         call(&self.reads, Read { device, now, limit }).await
+    }
+
+    /// Tells the writer that a commit of another connection removed rows
+    /// from mailboxes, so the queue lengths it keeps are too high: it
+    /// counts them again before it next needs them.
+    pub(super) fn queues_shrank(&self) {
+        self.shrank.fetch_add(1, Ordering::Release);
     }
 
     /// Stops both threads after the jobs already sent, and waits for them
@@ -223,14 +252,18 @@ fn write_batch(
     conn: &mut Connection,
     jobs: &[Write],
     feed: &FeedSlot,
+    lengths: &mut Lengths,
 ) -> Result<Vec<Written>, StoreError> {
     let feed = feed.get();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Read with the write lock held: a removal committed before it is seen
+    // here or, if its bump came too late, by the next batch.
+    lengths.catch_up();
     let mut done = Vec::with_capacity(jobs.len());
     let mut committed = Vec::new();
     for job in jobs {
         done.push(match job {
-            Write::Enqueue(envelope) => match enqueue(&tx, envelope)? {
+            Write::Enqueue(envelope) => match enqueue(&tx, envelope, lengths)? {
                 Ok(mailboxes) => {
                     if feed.is_some() {
                         committed.push(Committed {
@@ -245,7 +278,7 @@ fn write_batch(
                 }
                 Err(refused) => Written::Enqueued(refused),
             },
-            Write::Ack(device, ids) => Written::Acked(ack(&tx, *device, ids)?),
+            Write::Ack(device, ids) => Written::Acked(ack(&tx, *device, ids, lengths)?),
         });
     }
     tx.commit()?;
@@ -301,6 +334,7 @@ fn read_batch(
 fn enqueue(
     tx: &rusqlite::Transaction<'_>,
     envelope: &NewEnvelope,
+    lengths: &mut Lengths,
 ) -> Result<Result<Vec<(DeviceId, i64)>, EnqueueOutcome>, StoreError> {
     let payload_hash = Sha256::digest(&envelope.payload).to_vec();
     let id = envelope.id.as_bytes();
@@ -315,18 +349,16 @@ fn enqueue(
             EnqueueOutcome::Conflict
         }));
     }
-    // Queue lengths are kept by triggers (migration 0003), so the caps cost
-    // the same however long the queues are.
+    // Revocation is read from the row every time (another connection
+    // revokes); queue lengths come from memory, so the caps cost the same
+    // however long the queues are.
     let mut active = QueueLengths::new();
     {
         let mut device =
-            tx.prepare_cached("SELECT queued FROM devices WHERE id = ?1 AND revoked_at IS NULL")?;
+            tx.prepare_cached("SELECT 1 FROM devices WHERE id = ?1 AND revoked_at IS NULL")?;
         for d in &envelope.recipients {
-            if let Some(queued) = device
-                .query_row([d.as_bytes()], |row| row.get::<_, i64>(0))
-                .optional()?
-            {
-                active.insert(*d, queued);
+            if device.exists([d.as_bytes()])? {
+                active.insert(*d, lengths.get(tx, *d)?);
             }
         }
     }
@@ -362,13 +394,13 @@ fn enqueue(
     )?
     .execute(params![id, payload_hash, ms(envelope.now)])?;
     let mut mailbox =
-        tx.prepare_cached("INSERT INTO mailbox (device_id, envelope_id) VALUES (?1, ?2)")?;
+        tx.prepare_cached("INSERT INTO mailbox (device_id, seq, envelope_id) VALUES (?1, ?2, ?3)")?;
     let mut mailboxes = Vec::with_capacity(envelope.recipients.len());
     for d in &envelope.recipients {
-        mailbox.execute(params![d.as_bytes(), id])?;
-        // The trigger that counts the queue inserts nothing, so this is
-        // the mailbox row's own `seq`.
-        mailboxes.push((*d, tx.last_insert_rowid()));
+        let seq = lengths.next_seq();
+        mailbox.execute(params![d.as_bytes(), seq, id])?;
+        lengths.add(*d, 1);
+        mailboxes.push((*d, seq));
     }
     Ok(Ok(mailboxes))
 }
@@ -379,6 +411,7 @@ fn ack(
     tx: &rusqlite::Transaction<'_>,
     device: DeviceId,
     ids: &[EnvelopeId],
+    lengths: &mut Lengths,
 ) -> Result<u64, StoreError> {
     let mut remove =
         tx.prepare_cached("DELETE FROM mailbox WHERE device_id = ?1 AND envelope_id = ?2")?;
@@ -394,5 +427,82 @@ fn ack(
             collect.execute([id.as_bytes()])?;
         }
     }
+    lengths.add(device, -(removed as i64));
     Ok(removed)
+}
+
+/// The hot state the writer keeps in memory instead of in rows: the next
+/// mailbox sequence number and the queue lengths it has counted.
+struct Lengths {
+    next_seq: i64,
+    /// Queue lengths by device, for the devices counted since the last
+    /// time they were forgotten. Absent means "count it".
+    queued: HashMap<DeviceId, i64>,
+    /// [`Queue::queues_shrank`]'s counter, and its value when `queued` was
+    /// last known to be right.
+    shrank: Arc<AtomicU64>,
+    seen: u64,
+}
+
+/// Beyond this many counted queues, the empty ones are forgotten (they are
+/// one index seek to count again), so memory follows what is queued rather
+/// than every device that ever received.
+const MAX_COUNTED: usize = 100_000;
+
+impl Lengths {
+    fn start(conn: &Connection, shrank: Arc<AtomicU64>) -> Result<Self, StoreError> {
+        // A full scan, once per start: the table is ordered by device.
+        let top: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM mailbox", [], |row| {
+            row.get(0)
+        })?;
+        let seen = shrank.load(Ordering::Acquire);
+        Ok(Self {
+            next_seq: top + 1,
+            queued: HashMap::new(),
+            shrank,
+            seen,
+        })
+    }
+
+    fn next_seq(&mut self) -> i64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Forgets every length if another connection removed rows since the
+    /// last look.
+    fn catch_up(&mut self) {
+        let now = self.shrank.load(Ordering::Acquire);
+        if now != self.seen {
+            self.seen = now;
+            self.forget();
+        }
+    }
+
+    fn forget(&mut self) {
+        self.queued.clear();
+    }
+
+    /// A device's queue length, counted from the table the first time.
+    fn get(&mut self, tx: &rusqlite::Transaction<'_>, device: DeviceId) -> Result<i64, StoreError> {
+        if let Some(&n) = self.queued.get(&device) {
+            return Ok(n);
+        }
+        if self.queued.len() >= MAX_COUNTED {
+            self.queued.retain(|_, n| *n > 0);
+        }
+        let n: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM mailbox WHERE device_id = ?1")?
+            .query_row([device.as_bytes()], |row| row.get(0))?;
+        self.queued.insert(device, n);
+        Ok(n)
+    }
+
+    /// Adds to a counted length; an uncounted one is counted when needed.
+    fn add(&mut self, device: DeviceId, n: i64) {
+        if let Some(queued) = self.queued.get_mut(&device) {
+            *queued += n;
+        }
+    }
 }
