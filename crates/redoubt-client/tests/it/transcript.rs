@@ -28,12 +28,15 @@ async fn queue(pool: &sqlx::SqlitePool, device: DeviceId) -> Vec<(i64, Vec<u8>)>
 
 /// Puts an envelope (back) at the end of a device's queue.
 async fn enqueue_again(pool: &sqlx::SqlitePool, device: DeviceId, envelope: &[u8]) {
-    sqlx::query("INSERT INTO mailbox (device_id, envelope_id) VALUES (?, ?)")
-        .bind(device.as_bytes().to_vec())
-        .bind(envelope.to_vec())
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO mailbox (device_id, seq, envelope_id)
+         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM mailbox), ?)",
+    )
+    .bind(device.as_bytes().to_vec())
+    .bind(envelope.to_vec())
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 async fn take_out(pool: &sqlx::SqlitePool, seq: i64) {
