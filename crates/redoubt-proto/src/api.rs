@@ -218,6 +218,8 @@ pub enum EnvelopeKind {
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     /// Chosen by the sender; a retry with the same id and bytes is accepted once.
+    /// A UUID of version 4 or 7: version 8 is kept for the relay's own
+    /// notices and refused (422 `invalid_request`).
     pub id: EnvelopeId,
     /// Every device that should receive it.
     pub recipients: Vec<DeviceId>,

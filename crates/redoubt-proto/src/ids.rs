@@ -133,6 +133,29 @@ impl EnvelopeId {
         Self::time_ordered_at(ms)
     }
 
+    /// The id of an envelope the relay itself writes (a market-exit or
+    /// disclosure notice), from 16 bytes it derived: a UUID of version 8,
+    /// a version no client makes ([`EnvelopeId::random`] is 4,
+    /// [`EnvelopeId::time_ordered`] 7) and the relay refuses from clients.
+    ///
+    /// Why a namespace of its own: notice ids are derived from values users
+    /// can know (an account id, an order id), so that a retry is recognised
+    /// as the same envelope. In the ids clients write, a user who sent an
+    /// envelope under that id first made the relay's deduplication drop the
+    /// real notice (issue 16).
+    pub fn service(derived: [u8; 16]) -> Self {
+        let mut bytes = derived;
+        bytes[6] = (bytes[6] & 0x0f) | 0x80;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    /// Whether this id is in the relay's own namespace
+    /// ([`EnvelopeId::service`]).
+    pub fn is_service(&self) -> bool {
+        self.0.get_version_num() == 8
+    }
+
     /// [`EnvelopeId::time_ordered`] for a given Unix time in milliseconds.
     pub fn time_ordered_at(unix_ms: u64) -> Self {
         let mut bytes = *Uuid::new_v4().as_bytes();
@@ -202,6 +225,19 @@ mod tests {
         assert!("not-a-uuid".parse::<DeviceId>().is_err());
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<AccountId>(&json).unwrap(), id);
+    }
+
+    #[test]
+    fn only_service_ids_are_in_the_service_namespace() {
+        for _ in 0..100 {
+            assert!(!EnvelopeId::random().is_service());
+            assert!(!EnvelopeId::time_ordered().is_service());
+        }
+        for derived in [[0u8; 16], [0xff; 16], [0x47; 16]] {
+            let id = EnvelopeId::service(derived);
+            assert!(id.is_service());
+            assert_eq!(id.0.get_variant(), uuid::Variant::RFC4122);
+        }
     }
 
     #[test]

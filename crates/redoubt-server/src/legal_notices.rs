@@ -22,8 +22,9 @@ pub enum NoticeError {
 
 /// The envelope id of an order's notice: derived from the issuer and order
 /// id, so a retry after a crash is recognised by the relay's receipts and
-/// never delivered twice.
-fn notice_id(issuer: &str, order_id: &str) -> EnvelopeId {
+/// never delivered twice. Public for the tests that try to pre-empt it.
+#[doc(hidden)]
+pub fn notice_id(issuer: &str, order_id: &str) -> EnvelopeId {
     let digest = Sha256::new()
         .chain_update(b"redoubt/disclosure-notice/v2\0")
         .chain_update(issuer.as_bytes())
@@ -32,7 +33,10 @@ fn notice_id(issuer: &str, order_id: &str) -> EnvelopeId {
         .finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
-    EnvelopeId::from_bytes(bytes)
+    // In the namespace clients cannot write (the relay refuses it from
+    // them), or a user could send under this id first and the real notice
+    // would be dropped as a duplicate.
+    EnvelopeId::service(bytes)
 }
 
 /// Queues a notice from the service itself, signed with the service key,

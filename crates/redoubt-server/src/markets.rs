@@ -227,7 +227,10 @@ fn notice_id(exit_key: &str, phase: &str, account: AccountId) -> EnvelopeId {
         .finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
-    EnvelopeId::from_bytes(bytes)
+    // In the namespace clients cannot write (the relay refuses it from
+    // them), or a user could send under this id first and the real notice
+    // would be dropped as a duplicate.
+    EnvelopeId::service(bytes)
 }
 
 /// Names one announcement: cancelling and announcing again is a new one.
@@ -494,5 +497,7 @@ mod tests {
             }
         }
         assert_eq!(ids[0], notice_id("FR@1", "announced", a));
+        // Clients cannot send under them (issue 16).
+        assert!(ids.iter().all(EnvelopeId::is_service));
     }
 }

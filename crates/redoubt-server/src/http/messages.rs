@@ -89,6 +89,13 @@ pub(crate) struct Submission {
 /// errors. Returns whether the id had been accepted before (a retry).
 pub(crate) async fn submit(state: &AppState, s: Submission) -> Result<bool, ApiError> {
     let cfg = &state.config().mailbox;
+    if s.id.is_service() {
+        return Err(ApiError::InvalidRequest(
+            "id is a UUID of version 8, which only the relay's own notices use; \
+             send a version 4 or 7 id"
+                .into(),
+        ));
+    }
     if s.payload.is_empty() {
         return Err(ApiError::InvalidRequest("payload must not be empty".into()));
     }

@@ -364,6 +364,93 @@ async fn fuzzed_orders_are_rejected_with_a_reason_and_the_chain_stays_valid() {
     assert_eq!(entries, rounds + 3, "three entries set the desk up");
 }
 
+/// Issue 16: notice ids are derived from values a user can know (the
+/// issuer and order id). A user who sends first under the id the relay will
+/// use, whether derived as before or as now, must not suppress the notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_cannot_suppress_a_notice_by_sending_under_its_id_first() {
+    use sha2::Digest as _;
+    let server = TestServer::start().await;
+    let suspect = register_from(&server, "127.0.0.2").await;
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let now = OffsetDateTime::now_utc();
+    let (desk, staff) = desk_for(&server, &key, now).await;
+    let phone = suspect.phone.e164().to_owned();
+    let o = order("FR-S1", &phone, vec![DataCategory::Subscriber], now);
+    let issuer = o.issuing_authority.clone();
+
+    // The derivation of before this fix: public inputs, any uuid version.
+    let digest = sha2::Sha256::new()
+        .chain_update(b"redoubt/disclosure-notice/v2\0")
+        .chain_update(issuer.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(b"FR-S1")
+        .finalize();
+    let old_id = redoubt_proto::EnvelopeId::from_bytes(digest[..16].try_into().unwrap());
+    let response = suspect
+        .send_with_id(old_id, &[suspect.device_id], b"decoy")
+        .await;
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    suspect.ack(&[old_id]).await;
+    // The id the relay uses now is refused from any client, on both paths.
+    let id = redoubt_server::legal_notices::notice_id(&issuer, "FR-S1");
+    let response = suspect
+        .send_with_id(id, &[suspect.device_id], b"decoy")
+        .await;
+    let (status, body) = test_support::api_error(response).await;
+    assert_eq!(
+        (status, body.error.code),
+        (
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+            redoubt_proto::ErrorCode::InvalidRequest
+        )
+    );
+    let mut ws = suspect.ws_binary().await;
+    ws.send(redoubt_proto::ws::binary::Send {
+        id,
+        recipients: vec![suspect.device_id],
+        payload: b"decoy".to_vec(),
+        commit: None,
+    })
+    .await;
+    loop {
+        use redoubt_proto::ws::binary::ServerMessage;
+        match ws.frame().await {
+            ServerMessage::Envelopes(_) | ServerMessage::Drained => {}
+            ServerMessage::Refused {
+                id: refused,
+                status,
+                ..
+            } => {
+                assert_eq!((refused, status), (id, 422));
+                break;
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    staff
+        .intake(&desk, &signed_order(&key, o), "olga", now)
+        .await
+        .unwrap();
+    staff.approve(&desk, "FR-S1", "pierre", now).await.unwrap();
+    assert_eq!(
+        redoubt_server::legal_notices::deliver_due(&server.state)
+            .await
+            .unwrap(),
+        1
+    );
+    let page = suspect.fetch().await;
+    assert_eq!(page.envelopes.len(), 1, "the notice arrived");
+    let notice = &page.envelopes[0];
+    assert_eq!(notice.kind, redoubt_proto::api::EnvelopeKind::ServerNotice);
+    let body = signed_notice(&server, notice.payload.as_slice());
+    assert!(matches!(
+        body.kind,
+        redoubt_proto::NoticeKind::DisclosureNotice { ref order_id } if order_id == "FR-S1"
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_told_once_the_gag_period_ends() {
     let server = TestServer::start().await;
