@@ -81,6 +81,30 @@ struct Inner {
 pub type RelayDesk =
     redoubt_legal::desk::Desk<storage::legal_view::RelayRecords, storage::legal_view::RelayRecords>;
 
+/// Creates the data directory for its owner only (0700): it holds the
+/// database, the service key and the legal desk's files (issue 16). An
+/// existing directory open to other users is left as the operator made it
+/// (it may be shared on purpose, or be a system directory), with a warning;
+/// the database file inside is made private either way.
+fn private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if !path.exists() {
+            return std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path);
+        }
+        if std::fs::metadata(path)?.permissions().mode() & 0o077 != 0 {
+            tracing::warn!("the data directory is open to other users; make it 0700 (chmod 700)");
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(path)
+}
+
 impl AppState {
     /// Opens storage as configured and assembles the state.
     pub async fn open(config: Config, clock: Clock) -> Result<Self, ServerError> {
@@ -88,7 +112,7 @@ impl AppState {
         // The market policy first: a table that does not parse must stop the
         // server before it creates or changes anything.
         let markets = markets::Markets::open(&config)?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        private_dir(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;

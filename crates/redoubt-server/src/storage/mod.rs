@@ -35,6 +35,9 @@ pub enum StoreError {
     /// Applying schema migrations failed.
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// The database file could not be created or its permissions set.
+    #[error("database file: {0}")]
+    File(#[from] std::io::Error),
     /// A stored row does not decode (corruption or a schema bug).
     #[error("stored data is malformed: {0}")]
     Corrupt(&'static str),

@@ -713,3 +713,59 @@ fn a_file_based_desk_from_before_is_not_silently_replaced() {
         "{text}"
     );
 }
+
+/// Issue 16: even at `RUST_LOG=trace` the log carries no message bytes and
+/// no token. tungstenite logs whole frames at `trace`; the relay's log has
+/// a ceiling for such libraries that `RUST_LOG` cannot lift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logging_carries_no_frame_bytes_or_tokens() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(BIN.as_ref(), dir.path(), &[], &[("RUST_LOG", "trace")]);
+    let alice = register(&server, &test_support::fresh_phone()).await;
+    let bob = register(&server, &test_support::fresh_phone()).await;
+    let payload = b"TRACE-LEAK-MARKER-5e0c ciphertext stand-in".to_vec();
+    let mut socket = bob.ws().await;
+    socket.until_drained().await;
+    let id = alice.send_ok(&[bob.device_id], &payload).await;
+    assert_eq!(socket.envelope().await.id, id);
+    socket.ack(&[id]).await;
+    let mut binary = alice.ws_binary().await;
+    binary
+        .send(redoubt_proto::ws::binary::Send {
+            id: EnvelopeId::time_ordered(),
+            recipients: vec![bob.device_id],
+            commit: None,
+            payload: payload.clone(),
+        })
+        .await;
+    socket.envelope().await;
+    socket.close().await;
+
+    let log = server.logs();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains(" TRACE ") || l.contains(" DEBUG "))
+            .count()
+            > 10,
+        "the relay logged below info"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut forms = vec![
+        String::from_utf8(payload.clone()).unwrap(),
+        b64.encode(&payload),
+        payload
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        format!("{:?}", &payload[..16]),
+    ];
+    for device in [&alice, &bob] {
+        forms.push(device.token.expose().to_owned());
+    }
+    for form in &forms {
+        if let Some(line) = log.lines().find(|l| l.contains(form.as_str())) {
+            panic!("{form:?} leaked into the trace log: {line}");
+        }
+    }
+}

@@ -155,3 +155,82 @@ async fn the_server_logs_addresses_and_purges_them_after_retention() {
     })
     .await;
 }
+
+/// Whether `needle` occurs anywhere in the database file or its WAL.
+fn on_disk(db: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for suffix in ["", "-wal"] {
+        let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Issue 16: acknowledged ciphertext must not stay in `redoubt.db` or its
+/// WAL. Deleted rows are overwritten (`secure_delete`), and the purge pass
+/// empties the WAL, so after one pass the bytes are nowhere in the files.
+#[tokio::test]
+async fn acknowledged_ciphertext_is_gone_from_the_database_and_wal_after_a_purge() {
+    let server = TestServer::start().await;
+    let alice = server.register_fresh().await;
+    let bob = server.register_fresh().await;
+    // Long enough to be stored in place and recognisable.
+    let marker: Vec<u8> = b"ACKED-CIPHERTEXT-MARKER-"
+        .iter()
+        .copied()
+        .cycle()
+        .take(600)
+        .collect();
+    let kept: Vec<u8> = b"STILL-QUEUED-MARKER-"
+        .iter()
+        .copied()
+        .cycle()
+        .take(600)
+        .collect();
+    let gone = alice.send_ok(&[bob.device_id], &marker).await;
+    alice.send_ok(&[bob.device_id], &kept).await;
+    assert_eq!(bob.ack(&[gone]).await, 1);
+
+    let purger = redoubt_server::maintenance::Purger::new(
+        server.state.store().clone(),
+        server.clock.clone(),
+        server.state.config().clone(),
+        Default::default(),
+    );
+    purger.once().await.unwrap();
+    let db = server.db_path();
+    assert_eq!(
+        on_disk(&db, &kept[..64]).len(),
+        1,
+        "the check finds what is still queued"
+    );
+    assert_eq!(
+        on_disk(&db, &marker[..64]),
+        Vec::<String>::new(),
+        "acknowledged ciphertext is still on disk"
+    );
+}
+
+/// Issue 16: the data directory is its owner's alone, and so are the
+/// database and its WAL.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_and_database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.data_dir = parent.path().join("fresh").join("redoubtd");
+    let _state = redoubt_server::AppState::open(config.clone(), Clock::system())
+        .await
+        .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&config.data_dir), 0o700);
+    let db = config.sqlite_path();
+    assert_eq!(mode(&db), 0o600);
+    let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+    assert_eq!(mode(&wal), 0o600);
+}

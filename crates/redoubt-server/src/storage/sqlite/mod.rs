@@ -37,6 +37,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
     pub async fn open(path: &Path, config: &SqliteConfig) -> Result<Self, StoreError> {
+        private_file(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -46,7 +47,11 @@ impl SqliteStore {
                 SqliteSync::Normal => SqliteSynchronous::Normal,
             })
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Deleted rows are overwritten with zeros, not left in free
+            // space: acknowledged ciphertext must not stay on disk (issue
+            // 16). The purge then empties the WAL (`purge`).
+            .pragma("secure_delete", "ON");
         // An embedded database needs no pings before use and no recycling of
         // connections (there is no server to time them out). Leaving both off
         // also keeps the pool free of timers, which matters under tokio's
@@ -129,6 +134,36 @@ async fn backfill_regions(pool: &SqlitePool) -> Result<(), StoreError> {
             .bind(id)
             .execute(pool)
             .await?;
+    }
+    Ok(())
+}
+
+/// Creates the database file readable by its owner only (0600), or takes
+/// the other users' permissions off an existing one. SQLite gives its WAL
+/// and shared-memory files the database file's permissions.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mode = std::fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+                    tracing::warn!(
+                        "the database file was readable by other users; \
+                         it is now readable by its owner only"
+                    );
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
@@ -595,6 +630,13 @@ impl Store for SqliteStore {
             .rows_affected();
         tx.commit().await?;
         self.queue.queues_shrank();
+        // Old page images, ciphertext acknowledged since the last pass among
+        // them, stay in the WAL until it is overwritten. Checkpoint it all
+        // and truncate it. Under load this may find readers in the way and
+        // do part of the work; the next pass does the rest.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.write)
+            .await?;
         Ok(PurgeCounts {
             envelopes,
             ip_log,

@@ -187,6 +187,8 @@ fn open(path: &Path, sync: SqliteSync) -> Result<Connection, StoreError> {
     )?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // As on the sqlx connections: acknowledged ciphertext is overwritten.
+    conn.pragma_update(None, "secure_delete", true)?;
     conn.pragma_update(
         None,
         "synchronous",
