@@ -280,6 +280,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/audit/verify", get(audit_verify))
         .route("/admin/v1/audit/checkpoint", get(checkpoint))
         .route("/admin/v1/reports/{period}", get(report))
+        .route("/metrics", get(crate::http::ops::admin_metrics))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(

@@ -43,6 +43,8 @@ pub struct Config {
     pub maintenance: MaintenanceConfig,
     /// The legal desk's admin API.
     pub admin: AdminConfig,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsConfig,
     /// Where users are, and how market exits are enforced.
     pub markets: MarketsConfig,
     /// How nodes tell each other that a mailbox has something new.
@@ -156,6 +158,26 @@ impl Default for MarketsConfig {
     }
 }
 
+/// Who may read the Prometheus metrics. The admin listener (a private
+/// interface) always serves `/metrics`. The public listener serves it only
+/// to a scraper that presents `token`: metrics say how busy the relay is
+/// and which routes fail, which is nobody else's business (issue 16).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A bearer token (at least 32 characters) for `/metrics` on the public
+    /// listener. Unset: `/metrics` there answers 404.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for MetricsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsConfig")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
 /// The legal desk's admin API: off unless given an address. It has its own
 /// listener so it can be bound to a private interface, never the public one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -179,6 +201,7 @@ impl Default for Config {
             ip_log: IpLogConfig::default(),
             maintenance: MaintenanceConfig::default(),
             admin: AdminConfig::default(),
+            metrics: MetricsConfig::default(),
             markets: MarketsConfig::default(),
             fanout: FanoutConfig::default(),
             kt: KtConfig::default(),
@@ -227,6 +250,14 @@ impl Config {
     /// Checks the rules that types alone do not express.
     pub fn validate(&self) -> Result<(), ServerError> {
         let bad = |msg: &str| Err(ServerError::ConfigInvalid(msg.to_owned()));
+        if self
+            .metrics
+            .token
+            .as_ref()
+            .is_some_and(|t| t.chars().count() < 32)
+        {
+            return bad("metrics.token must be at least 32 characters long");
+        }
         if self.mailbox.max_envelope_bytes > self.http.max_body_bytes {
             return bad("mailbox.max_envelope_bytes must not exceed http.max_body_bytes");
         }

@@ -10,6 +10,9 @@ use tokio::task::JoinHandle;
 
 use crate::device::TestDevice;
 
+/// The metrics token of [`TestServer::builder`]'s configuration.
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789abcdef";
+
 /// Builds a [`TestServer`].
 pub struct TestServerBuilder {
     config: Config,
@@ -105,6 +108,7 @@ impl TestServer {
         // Keys reach the key-transparency directory within a tenth of a
         // second, so first contacts in tests rarely wait for an epoch.
         config.kt.epoch_interval = std::time::Duration::from_millis(100);
+        config.metrics.token = Some(METRICS_TOKEN.to_owned());
         TestServerBuilder {
             config,
             clock: Clock::adjustable(),
@@ -126,6 +130,16 @@ impl TestServer {
     /// A full URL for a path.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// `/metrics` from the public listener, with the test token.
+    pub async fn metrics(&self) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .bearer_auth(METRICS_TOKEN)
+            .send()
+            .await
+            .expect("metrics request")
     }
 
     /// The SQLite database file.

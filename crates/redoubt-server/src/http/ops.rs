@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use redoubt_proto::api::{HealthResponse, ServiceKeyResponse};
 use redoubt_proto::ErrorBody;
 use utoipa::OpenApi as _;
@@ -38,12 +38,44 @@ pub async fn service_key(State(state): State<AppState>) -> ApiJson<ServiceKeyRes
     })
 }
 
-/// Prometheus metrics in the OpenMetrics text format.
+/// Prometheus metrics in the OpenMetrics text format, for a scraper that
+/// presents `metrics.token` (the admin listener serves them without one).
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"))
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"),
+        (status = 401, description = "No token, or not `metrics.token`", body = ErrorBody),
+        (status = 404, description = "No `metrics.token` is configured: metrics are on the admin listener only", body = ErrorBody),
+    )
 )]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(token) = &state.config().metrics.token else {
+        return Err(ApiError::NotFound);
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::MissingToken)?;
+    // Compared as digests, so the time taken says nothing about how much
+    // of the token was right.
+    use sha2::{Digest, Sha256};
+    if Sha256::digest(presented.as_bytes()) != Sha256::digest(token.as_bytes()) {
+        return Err(ApiError::InvalidToken);
+    }
+    Ok(metrics_text(&state))
+}
+
+/// The metrics, for the admin listener (private, no token).
+pub async fn admin_metrics(State(state): State<AppState>) -> Response {
+    metrics_text(&state)
+}
+
+fn metrics_text(state: &AppState) -> Response {
     (
         StatusCode::OK,
         [(
@@ -52,6 +84,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics().encode(),
     )
+        .into_response()
 }
 
 /// This document.

@@ -34,12 +34,7 @@ async fn one_send_fans_out_to_three_devices() {
     }
     // The sender's own mailbox did not receive a copy.
     assert!(sender.fetch().await.envelopes.is_empty());
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await.text().await.unwrap();
     assert!(
         metrics.contains("redoubt_envelopes_queued_total 3"),
         "{metrics}"
@@ -80,12 +75,7 @@ async fn a_connected_device_gets_envelopes_pushed_and_acks_over_the_socket() {
     })
     .await;
     socket.close().await;
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await.text().await.unwrap();
     assert!(
         metrics.contains("redoubt_envelopes_delivered_total 2"),
         "{metrics}"

@@ -333,12 +333,7 @@ async fn published_lists_land_in_signed_epochs_and_every_proof_verifies() {
     }
 
     // Operators see the directory's epoch, size and publication times.
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await.text().await.unwrap();
     let value = |name: &str| {
         metrics
             .lines()

@@ -1,5 +1,6 @@
 //! Health, metrics, the OpenAPI document and configuration.
 
+use redoubt_proto::ErrorCode;
 use reqwest::StatusCode;
 use test_support::TestServer;
 
@@ -23,7 +24,7 @@ async fn health_metrics_and_openapi_are_served() {
     let device = server.register_fresh().await;
     let mut socket = device.ws().await;
     socket.until_drained().await;
-    let metrics = reqwest::get(server.url("/metrics")).await.unwrap();
+    let metrics = server.metrics().await;
     assert!(metrics.headers()["content-type"]
         .to_str()
         .unwrap()
@@ -85,4 +86,87 @@ async fn health_metrics_and_openapi_are_served() {
     }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// Issue 16: the method label comes from a bounded set. Requests with
+/// invented methods (any token up to the header limit) each made a new
+/// time series, and 200 of them grew `/metrics` from 43 KB to 20 MB.
+#[tokio::test]
+async fn invented_methods_do_not_grow_the_metrics() {
+    let server = TestServer::start().await;
+    let before = server.metrics().await.text().await.unwrap().len();
+    let client = reqwest::Client::new();
+    let mut names = Vec::new();
+    for i in 0..50 {
+        let name = format!("INVENTED{i}{}", "X".repeat(20_000));
+        let method = reqwest::Method::from_bytes(name.as_bytes()).unwrap();
+        let response = client
+            .request(method, server.url("/v1/messages"))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_client_error());
+        names.push(name);
+    }
+    let text = server.metrics().await.text().await.unwrap();
+    assert!(
+        text.len() < before + 4_096,
+        "metrics grew from {before} to {} bytes",
+        text.len()
+    );
+    assert!(
+        !text.contains("INVENTED"),
+        "an invented method became a label"
+    );
+    assert!(text.contains("method=\"other\""), "{text}");
+}
+
+/// Issue 16: `/metrics` is not public. On the user listener it needs the
+/// configured token (and without one configured it is not there at all);
+/// the admin listener, bound to a private interface, serves it.
+#[tokio::test]
+async fn metrics_need_the_token_on_the_public_listener_and_are_on_the_admin_one() {
+    let server = TestServer::start().await;
+    let (status, body) =
+        test_support::api_error(reqwest::get(server.url("/metrics")).await.unwrap()).await;
+    assert_eq!(
+        (status.as_u16(), body.error.code),
+        (401, ErrorCode::MissingToken)
+    );
+    let wrong = reqwest::Client::new()
+        .get(server.url("/metrics"))
+        .bearer_auth("test-metrics-token-0123456789abcdeX")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = test_support::api_error(wrong).await;
+    assert_eq!(
+        (status.as_u16(), body.error.code),
+        (401, ErrorCode::InvalidToken)
+    );
+    assert_eq!(server.metrics().await.status(), 200);
+
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.metrics.token = None;
+            c.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .start()
+        .await;
+    let (status, body) =
+        test_support::api_error(reqwest::get(server.url("/metrics")).await.unwrap()).await;
+    assert_eq!(
+        (status.as_u16(), body.error.code),
+        (404, ErrorCode::NotFound)
+    );
+    let admin = server.state.admin_addr().expect("admin listener");
+    let scraped = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped
+        .text()
+        .await
+        .unwrap()
+        .contains("redoubt_connected_devices"));
 }
