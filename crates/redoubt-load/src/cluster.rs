@@ -169,6 +169,9 @@ impl Cluster {
             window: Duration::from_secs(3600),
         };
         config.mailbox.max_queued_per_device = spec.max_queued_per_device;
+        // Every simulated device connects from 127.0.0.1, where real ones
+        // would come from addresses of their own.
+        config.http.max_connections_per_address = 10_000_000;
         let mut schema = None;
         if let Storage::Postgres(url) = &spec.storage {
             config.storage = StorageConfig::Postgres(PostgresConfig {

@@ -470,6 +470,17 @@ pub struct HttpConfig {
     /// How long shutdown waits for in-flight requests before giving up.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// The most connections one client address (an IPv6 /64) may hold open
+    /// at once; more are closed as they arrive. Trusted proxies are exempt.
+    pub max_connections_per_address: usize,
+    /// How long a client has to send a request's headers, counted from
+    /// the connection's start or the previous response: an idle connection
+    /// is closed after it too. WebSockets, once upgraded, are not affected.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a client has to send a request's body.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -479,6 +490,9 @@ impl Default for HttpConfig {
             trusted_proxies: Vec::new(),
             client_port_header: None,
             shutdown_grace: Duration::from_secs(30),
+            max_connections_per_address: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod admin;
 pub mod clock;
 pub mod code_sender;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod http;
 pub mod iplog;
@@ -339,12 +340,14 @@ pub async fn serve(
              configure a real code sender before serving real users"
         );
     }
+    let files = conn::raise_open_file_limit();
     let local = listener.local_addr()?;
     // Said at every start, so an operator can see at once which data
     // (which accounts, which mailboxes) this relay is serving.
     tracing::info!(
         address = %local,
         data_dir = %state.config().data_dir.display(),
+        open_file_limit = files,
         "redoubtd listening"
     );
     if let Some(admin) = state.config().admin.listen {
@@ -366,27 +369,14 @@ pub async fn serve(
 
     let grace = state.config().http.shutdown_grace;
     let trigger = token.clone();
-    // No Nagle delay: a pushed envelope or a send's answer is one small
-    // write that the peer waits for, and Nagle would hold it until the
-    // previous one is acknowledged (up to 40 ms with delayed acks).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(
-        listener,
-        app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let stop = async move {
         shutdown.await;
         trigger.cancel();
-    });
-    let deadline = async {
-        token.cancelled().await;
-        tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        result = server => result?,
-        _ = deadline => tracing::warn!("shutdown grace period over; dropping remaining connections"),
+    let draining =
+        conn::accept_loop(listener, app(state.clone()), &state.config().http, stop).await;
+    if tokio::time::timeout(grace, draining).await.is_err() {
+        tracing::warn!("shutdown grace period over; dropping remaining connections");
     }
     token.cancel();
     state.tasks().close();

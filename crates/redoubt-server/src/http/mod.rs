@@ -113,6 +113,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
+        // A body sent a byte at a time must not hold a task and a
+        // connection for ever (issue 16).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.config().http.body_timeout,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

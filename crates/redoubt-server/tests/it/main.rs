@@ -5,6 +5,7 @@
 mod auth;
 mod bad_input;
 mod binary;
+mod connections;
 mod delivery;
 mod keypackages;
 mod kt;

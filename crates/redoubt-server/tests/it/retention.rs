@@ -222,8 +222,10 @@ async fn acknowledged_ciphertext_is_gone_from_the_database_and_wal_after_a_purge
 async fn the_data_directory_and_database_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let parent = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.data_dir = parent.path().join("fresh").join("redoubtd");
+    let config = Config {
+        data_dir: parent.path().join("fresh").join("redoubtd"),
+        ..Config::default()
+    };
     let _state = redoubt_server::AppState::open(config.clone(), Clock::system())
         .await
         .unwrap();
