@@ -22,18 +22,74 @@ use crate::AppState;
 /// Device names are shown to their owner; keep them short and printable.
 const MAX_DEVICE_NAME_CHARS: usize = 64;
 
-/// A device name as given, trimmed: 1 to 64 printable characters.
+/// A device name as given, trimmed: 1 to 64 printable characters, with no
+/// invisible or text-direction characters.
+///
+/// Why: names are how people tell their devices apart in the device list
+/// and in warnings. A name of one zero-width space shows as blank, and a
+/// right-to-left override makes "enohp" read as something else; an
+/// attacker who got a device onto an account used such a name to pass
+/// unseen (issue 16, item 8).
 pub(crate) fn device_name(raw: &str) -> Result<&str, ApiError> {
     let name = raw.trim();
+    let chars: Vec<char> = name.chars().collect();
+    // Joiners (ZWNJ, ZWJ) shape Persian and Indic script and build emoji
+    // such as 👩‍💻, so they may stand between two visible characters.
+    let joins = |i: usize| {
+        let visible = |c: Option<&char>| c.is_some_and(|c| !c.is_whitespace() && !is_invisible(*c));
+        matches!(chars[i], '\u{200C}' | '\u{200D}')
+            && i > 0
+            && visible(chars.get(i - 1))
+            && visible(chars.get(i + 1))
+    };
     if name.is_empty()
-        || name.chars().count() > MAX_DEVICE_NAME_CHARS
-        || name.chars().any(char::is_control)
+        || chars.len() > MAX_DEVICE_NAME_CHARS
+        || (0..chars.len()).any(|i| chars[i].is_control() || (is_invisible(chars[i]) && !joins(i)))
     {
         return Err(ApiError::InvalidRequest(format!(
-            "device_name must be 1 to {MAX_DEVICE_NAME_CHARS} printable characters"
+            "device_name must be 1 to {MAX_DEVICE_NAME_CHARS} printable characters, \
+             with no invisible or text-direction characters"
         )));
     }
     Ok(name)
+}
+
+/// Characters that draw nothing or change the direction of the text around
+/// them: Unicode's format characters (general category Cf: zero-width
+/// spaces and joiners, bidirectional marks, embeddings, overrides and
+/// isolates, the byte-order mark, tags) and the blank letters and fillers
+/// that render as nothing. Variation selectors stay allowed: emoji need
+/// them.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 /// Checks that `signature` over `message` was made by the Ed25519 key
@@ -201,5 +257,27 @@ pub async fn verify_code(
         VerifyOutcome::Incorrect => Err(ApiError::CodeIncorrect),
         VerifyOutcome::Expired => Err(ApiError::CodeExpired),
         VerifyOutcome::AttemptsExceeded => Err(ApiError::CodeAttemptsExceeded),
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::device_name;
+
+    #[test]
+    fn names_may_be_any_script_and_emoji_but_not_invisible() {
+        for ok in ["laptop", "Téléphone 📱\u{FE0F}", "هاتف", "電話", "👩‍💻 work"] {
+            assert!(device_name(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "\u{200B}",
+            "x\u{202E}",
+            "\u{2067}x",
+            "\u{00AD}",
+            "x\u{200D}",
+            "a\u{200D} b",
+        ] {
+            assert!(device_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

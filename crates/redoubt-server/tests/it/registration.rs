@@ -235,6 +235,26 @@ async fn bad_keys_and_proofs_are_refused_without_using_an_attempt() {
         (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest)
     );
 
+    // Issue 16: names that show as blank or read as something else.
+    for name in [
+        "\u{200B}",
+        "phone\u{200B}",
+        "\u{202E}enohp",
+        "\u{2066}laptop\u{2069}",
+        "\u{FEFF}",
+        "\u{3164}",
+        "a\u{E0041}",
+    ] {
+        let mut hidden = verify_body(&phone, &code, &key);
+        hidden.device_name = name.into();
+        let (status, body) = api_error(verify(&server, &hidden).await).await;
+        assert_eq!(
+            (status, body.error.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest),
+            "{name:?}"
+        );
+    }
+
     let mut letters = verify_body(&phone, "12ab56", &key);
     letters.code = "12ab56".into();
     let (status, body) = api_error(verify(&server, &letters).await).await;
