@@ -107,6 +107,22 @@ impl ServiceKey {
         &self.0
     }
 
+    /// A 32-byte secret for `purpose`, derived one way from this key: for
+    /// the relay's keyed hashes, which every node must compute alike. Every
+    /// node already holds the service key, so no other secret has to be
+    /// copied between them, and the secret is not in the database beside
+    /// the hashes it keys.
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::new()
+            .chain_update(b"redoubt/service-key-derived-secret/v1\0")
+            .chain_update(purpose.as_bytes())
+            .chain_update(b"\0")
+            .chain_update(self.0.to_bytes())
+            .finalize()
+            .into()
+    }
+
     /// A fresh key held only in memory (for tools and tests that never
     /// publish what they sign).
     pub fn generate() -> Self {

@@ -73,6 +73,7 @@ struct Inner {
     admin_addr: std::sync::OnceLock<SocketAddr>,
     markets: markets::Markets,
     service_key: redoubt_legal::disclosure::ServiceKey,
+    phone_keyer: storage::PhoneKeyer,
     legal_cache: redoubt_legal::desk::DeskCache,
     kt: Arc<kt::Transparency>,
 }
@@ -185,10 +186,17 @@ impl AppState {
             tasks,
             admin_addr: std::sync::OnceLock::new(),
             markets,
+            phone_keyer: storage::PhoneKeyer::new(service_key.derive_secret("phone-key")),
             service_key,
             legal_cache: Default::default(),
             kt,
         })))
+    }
+
+    /// How phone numbers are keyed in the tables that must not give them
+    /// away (pending codes, the per-number request limit).
+    pub fn phone_keyer(&self) -> &storage::PhoneKeyer {
+        &self.0.phone_keyer
     }
 
     /// The configuration.

@@ -283,7 +283,10 @@ pub async fn pass(state: &AppState) -> Result<PassReport, MarketsError> {
         }
         report.closed_sessions += state.sessions().close_market(&exit.jurisdiction);
         if leader && now >= exit.purge_at {
-            let counts = state.store().purge_region(&exit.jurisdiction).await?;
+            let counts = state
+                .store()
+                .purge_region(&exit.jurisdiction, state.phone_keyer())
+                .await?;
             if counts.accounts > 0 {
                 record_purge(state, exit, &counts, now).await?;
                 report.purged.push((exit.jurisdiction.clone(), counts));

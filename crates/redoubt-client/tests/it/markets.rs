@@ -14,7 +14,7 @@ use redoubt_legal::order::DataCategory;
 use redoubt_proto::ws::close;
 use redoubt_proto::{ErrorCode, PhoneNumber};
 use redoubt_server::markets::pass;
-use redoubt_server::storage::{phone_key, sqlite::SqliteStore};
+use redoubt_server::storage::sqlite::SqliteStore;
 use sqlx::Row;
 use test_support::device::{WsClient, WsEvent};
 use test_support::{fresh_phone_with_prefix, logs, TestServer};
@@ -383,12 +383,12 @@ async fn leaving_a_market_tells_refuses_closes_and_purges_only_that_market() {
             fr_account.clone(),
         ),
         (
-            "SELECT COUNT(*) FROM code_requests WHERE phone_key = ?",
-            phone_key(fr.client.phone()).to_vec(),
+            "SELECT COUNT(*) FROM code_requests_per_number WHERE phone_key = ?",
+            server.state.phone_keyer().key(fr.client.phone()).to_vec(),
         ),
         (
             "SELECT COUNT(*) FROM verification_codes WHERE phone_key = ?",
-            phone_key(fr.client.phone()).to_vec(),
+            server.state.phone_keyer().key(fr.client.phone()).to_vec(),
         ),
     ] {
         // The phone is stored as text; compare it as text.

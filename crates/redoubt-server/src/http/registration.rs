@@ -14,9 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::extract::{token_hash, ApiJson, ClientAddr};
 use crate::error::ApiError;
-use crate::storage::{
-    phone_key, CodeIssue, Digest, IssueOutcome, NewDevice, Verification, VerifyOutcome,
-};
+use crate::storage::{CodeIssue, Digest, IssueOutcome, NewDevice, Verification, VerifyOutcome};
 use crate::AppState;
 
 /// Device names are shown to their owner; keep them short and printable.
@@ -149,7 +147,7 @@ pub async fn request_code(
     check_market(&state, &req.phone, addr.ip()).await?;
     let config = &state.config().registration;
     let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
-    let key = phone_key(&req.phone);
+    let key = state.phone_keyer().key(&req.phone);
     let now = state.clock().now();
     let outcome = state
         .store()
@@ -218,7 +216,7 @@ pub async fn verify_code(
     rand::rngs::OsRng.fill(&mut secret);
     let token = AuthToken::from_random_bytes(&secret);
     let device_id = DeviceId::random();
-    let pkey = phone_key(&req.phone);
+    let pkey = state.phone_keyer().key(&req.phone);
     let outcome = state
         .store()
         .verify_code(Verification {

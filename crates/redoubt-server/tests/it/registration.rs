@@ -291,3 +291,96 @@ async fn bad_phone_numbers_get_400_with_a_clear_code() {
         );
     }
 }
+
+/// Every row of every table of the relay's SQLite database, each value as
+/// bytes (text as its UTF-8).
+fn all_rows(db: &std::path::Path) -> Vec<(String, Vec<Vec<u8>>)> {
+    use rusqlite::types::ValueRef;
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut rows = Vec::new();
+    for table in tables {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
+        let n = stmt.column_count();
+        let mut q = stmt.query([]).unwrap();
+        while let Some(row) = q.next().unwrap() {
+            let values = (0..n)
+                .map(|i| match row.get_ref(i).unwrap() {
+                    ValueRef::Text(t) | ValueRef::Blob(t) => t.to_vec(),
+                    ValueRef::Integer(v) => v.to_string().into_bytes(),
+                    ValueRef::Real(v) => v.to_string().into_bytes(),
+                    ValueRef::Null => Vec::new(),
+                })
+                .collect();
+            rows.push((table.clone(), values));
+        }
+    }
+    rows
+}
+
+/// Issue 16, item 10: the code-request limits kept an unkeyed hash of the
+/// number beside the client's address in one row, so the database alone
+/// said who asked for which number. Now no row holds both, and the number's
+/// key is an HMAC the database alone cannot recompute.
+#[tokio::test]
+async fn no_row_ties_a_requested_number_to_the_address_that_asked() {
+    use sha2::Digest as _;
+    let server = TestServer::start().await;
+    let phone = fresh_phone();
+    let response = reqwest::Client::builder()
+        .local_address("127.0.0.9".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+        .post(server.url("/v1/registration/code"))
+        .json(&RequestCodeRequest {
+            phone: PhoneNumber::parse(&phone).unwrap(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let number = PhoneNumber::parse(&phone).unwrap();
+    let e164 = number.e164().as_bytes().to_vec();
+    // The hash of before: anyone can compute it for every number.
+    let unkeyed = sha2::Sha256::new()
+        .chain_update(b"redoubt/phone-key/v1\0")
+        .chain_update(&e164)
+        .finalize()
+        .to_vec();
+    let keyed = server.state.phone_keyer().key(&number).to_vec();
+    assert_ne!(keyed, unkeyed);
+    let rows = all_rows(&server.db_path());
+    let mut keyed_rows = 0;
+    for (table, values) in &rows {
+        let from_number = values
+            .iter()
+            .any(|v| *v == e164 || *v == unkeyed || *v == keyed);
+        let from_address = values.iter().any(|v| v.as_slice() == b"127.0.0.9");
+        assert!(
+            !(from_number && from_address),
+            "a row of {table} ties the number to the address"
+        );
+        assert!(
+            !values.contains(&unkeyed),
+            "{table} holds the unkeyed hash of the number"
+        );
+        keyed_rows += usize::from(values.contains(&keyed));
+    }
+    assert!(
+        keyed_rows >= 2,
+        "the code and the per-number limit are kept, keyed"
+    );
+    assert!(
+        rows.iter()
+            .any(|(_, values)| values.iter().any(|v| v.as_slice() == b"127.0.0.9")),
+        "the per-address limit is kept"
+    );
+}

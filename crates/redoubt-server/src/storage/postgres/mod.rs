@@ -214,7 +214,8 @@ impl Store for PgStore {
         let now = req.now;
         let since = ms(now.minus(req.per_number_window));
         let row = sqlx::query(
-            "SELECT COUNT(*), MIN(requested_at) FROM code_requests WHERE phone_key = $1 AND requested_at > $2",
+            "SELECT COUNT(*), MIN(requested_at) FROM code_requests_per_number
+             WHERE phone_key = $1 AND requested_at > $2",
         )
         .bind(req.phone_key.to_vec())
         .bind(since)
@@ -227,7 +228,8 @@ impl Store for PgStore {
             });
         }
         let row = sqlx::query(
-            "SELECT COUNT(*), MIN(requested_at) FROM code_requests WHERE ip = $1 AND requested_at > $2",
+            "SELECT COUNT(*), MIN(requested_at) FROM code_requests_per_ip
+             WHERE ip = $1 AND requested_at > $2",
         )
         .bind(&ip)
         .bind(ms(now.minus(req.per_ip_window)))
@@ -239,8 +241,15 @@ impl Store for PgStore {
                 retry_after: retry_after(oldest, req.per_ip_window, now),
             });
         }
-        sqlx::query("INSERT INTO code_requests (phone_key, ip, requested_at) VALUES ($1, $2, $3)")
-            .bind(req.phone_key.to_vec())
+        // Two rows, so that none ties the number to the address.
+        sqlx::query(
+            "INSERT INTO code_requests_per_number (phone_key, requested_at) VALUES ($1, $2)",
+        )
+        .bind(req.phone_key.to_vec())
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO code_requests_per_ip (ip, requested_at) VALUES ($1, $2)")
             .bind(&ip)
             .bind(ms(now))
             .execute(&mut *tx)
@@ -614,11 +623,13 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        codes += sqlx::query("DELETE FROM code_requests WHERE requested_at < $1")
-            .bind(ms(c.code_requests_before))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        for table in ["code_requests_per_number", "code_requests_per_ip"] {
+            codes += sqlx::query(&format!("DELETE FROM {table} WHERE requested_at < $1"))
+                .bind(ms(c.code_requests_before))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
         let mut receipts = sqlx::query("DELETE FROM envelope_receipts WHERE received_at < $1")
             .bind(ms(c.receipts_before))
             .execute(&mut *tx)
@@ -889,7 +900,11 @@ impl Store for PgStore {
         Ok(true)
     }
 
-    async fn purge_region(&self, region: &str) -> Result<RegionPurgeCounts, StoreError> {
+    async fn purge_region(
+        &self,
+        region: &str,
+        keyer: &PhoneKeyer,
+    ) -> Result<RegionPurgeCounts, StoreError> {
         let mut tx = self.pool.begin().await?;
         let phones: Vec<String> =
             sqlx::query_scalar("SELECT phone FROM accounts WHERE region = $1 FOR UPDATE")
@@ -939,13 +954,13 @@ impl Store for PgStore {
         let keys: Vec<Vec<u8>> = phones
             .iter()
             .filter_map(|p| PhoneNumber::parse(p).ok())
-            .map(|p| phone_key(&p).to_vec())
+            .map(|p| keyer.key(&p).to_vec())
             .collect();
         sqlx::query("DELETE FROM verification_codes WHERE phone_key = ANY($1)")
             .bind(&keys)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM code_requests WHERE phone_key = ANY($1)")
+        sqlx::query("DELETE FROM code_requests_per_number WHERE phone_key = ANY($1)")
             .bind(&keys)
             .execute(&mut *tx)
             .await?;

@@ -207,11 +207,13 @@ async fn window_count(
 ) -> Result<(i64, Option<i64>), StoreError> {
     let query = match key {
         LimitKey::Phone(k) => sqlx::query(
-            "SELECT COUNT(*), MIN(requested_at) FROM code_requests WHERE phone_key = ? AND requested_at > ?",
+            "SELECT COUNT(*), MIN(requested_at) FROM code_requests_per_number
+             WHERE phone_key = ? AND requested_at > ?",
         )
         .bind(k),
         LimitKey::Ip(ip) => sqlx::query(
-            "SELECT COUNT(*), MIN(requested_at) FROM code_requests WHERE ip = ? AND requested_at > ?",
+            "SELECT COUNT(*), MIN(requested_at) FROM code_requests_per_ip
+             WHERE ip = ? AND requested_at > ?",
         )
         .bind(ip),
     };
@@ -252,8 +254,13 @@ impl Store for SqliteStore {
                 retry_after: retry_after(oldest, req.per_ip_window, now),
             });
         }
-        sqlx::query("INSERT INTO code_requests (phone_key, ip, requested_at) VALUES (?, ?, ?)")
+        // Two rows, so that none ties the number to the address.
+        sqlx::query("INSERT INTO code_requests_per_number (phone_key, requested_at) VALUES (?, ?)")
             .bind(req.phone_key.to_vec())
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO code_requests_per_ip (ip, requested_at) VALUES (?, ?)")
             .bind(ip)
             .bind(ms(now))
             .execute(&mut *tx)
@@ -608,11 +615,13 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        codes += sqlx::query("DELETE FROM code_requests WHERE requested_at < ?")
-            .bind(ms(c.code_requests_before))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        for table in ["code_requests_per_number", "code_requests_per_ip"] {
+            codes += sqlx::query(&format!("DELETE FROM {table} WHERE requested_at < ?"))
+                .bind(ms(c.code_requests_before))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
         let mut receipts = sqlx::query("DELETE FROM envelope_receipts WHERE received_at < ?")
             .bind(ms(c.receipts_before))
             .execute(&mut *tx)
@@ -885,7 +894,11 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    async fn purge_region(&self, region: &str) -> Result<RegionPurgeCounts, StoreError> {
+    async fn purge_region(
+        &self,
+        region: &str,
+        keyer: &PhoneKeyer,
+    ) -> Result<RegionPurgeCounts, StoreError> {
         let mut tx = self.write.begin_write().await?;
         let phones: Vec<String> = sqlx::query("SELECT phone FROM accounts WHERE region = ?")
             .bind(region)
@@ -941,12 +954,12 @@ impl Store for SqliteStore {
             let Ok(number) = PhoneNumber::parse(phone) else {
                 continue;
             };
-            let key = phone_key(&number).to_vec();
+            let key = keyer.key(&number).to_vec();
             sqlx::query("DELETE FROM verification_codes WHERE phone_key = ?")
                 .bind(key.clone())
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM code_requests WHERE phone_key = ?")
+            sqlx::query("DELETE FROM code_requests_per_number WHERE phone_key = ?")
                 .bind(key)
                 .execute(&mut *tx)
                 .await?;
