@@ -439,7 +439,14 @@ pub async fn legal(config: Config, command: &LegalCommand) -> anyhow::Result<()>
             propose(&desk, operator_key, change).await?;
         }
         LegalCommand::Operator(OperatorCommand::List) => {
-            for o in desk.state().await?.operators {
+            let operators = desk.state().await?.operators;
+            if operators.is_empty() {
+                println!(
+                    "No operators yet. Make two key files with `redoubtd legal operator keygen`, \
+                     then register both with `redoubtd legal operator bootstrap`."
+                );
+            }
+            for o in operators {
                 let state = match o.revoked_at {
                     Some(at) => format!("revoked {}", at.date()),
                     None => "active".into(),
@@ -616,7 +623,11 @@ pub async fn legal(config: Config, command: &LegalCommand) -> anyhow::Result<()>
             )?;
         }
         LegalCommand::Orders => {
-            for r in desk.state().await?.orders {
+            let orders = desk.state().await?.orders;
+            if orders.is_empty() {
+                println!("No orders on file.");
+            }
+            for r in orders {
                 let status = match &r.status {
                     OrderStatus::Pending => "pending".to_owned(),
                     OrderStatus::Rejected { code, .. } => format!("rejected ({code})"),

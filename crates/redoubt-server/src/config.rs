@@ -328,6 +328,58 @@ impl Config {
         Ok(())
     }
 
+    /// What in this configuration, and in the files it points at, is unsafe
+    /// for serving real users, one sentence each. `config check` prints
+    /// them; an empty list means none was found.
+    pub fn production_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if matches!(self.registration.code_sender, CodeSenderConfig::Log) {
+            warnings.push(
+                "registration.code_sender = \"log\" writes verification codes to the log: \
+                 anyone who reads the log can register any number"
+                    .to_owned(),
+            );
+        }
+        if let StorageConfig::Sqlite(s) = &self.storage {
+            if s.synchronous == SqliteSync::Normal {
+                warnings.push(
+                    "storage.sqlite.synchronous = \"normal\": a power cut can lose \
+                     messages the relay has already accepted"
+                        .to_owned(),
+                );
+            }
+        }
+        if let Some(admin) = self.admin.listen {
+            if !admin.ip().is_loopback() && !is_private(admin.ip()) {
+                warnings.push(format!(
+                    "admin.listen = {admin} is a public address: bind the legal desk's \
+                     API to a private interface"
+                ));
+            }
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let open_to_others =
+                |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o077 != 0);
+            if open_to_others(&self.data_dir) {
+                warnings.push(format!(
+                    "the data directory {} is open to other users: chmod 700 it",
+                    self.data_dir.display()
+                ));
+            }
+            if matches!(self.storage, StorageConfig::Sqlite(_))
+                && open_to_others(&self.sqlite_path())
+            {
+                warnings.push(format!(
+                    "the database {} is readable by other users: chmod 600 it",
+                    self.sqlite_path().display()
+                ));
+            }
+        }
+        warnings
+    }
+
     /// The SQLite database file this configuration points at.
     pub fn sqlite_path(&self) -> PathBuf {
         match &self.storage {
@@ -353,6 +405,17 @@ pub fn default_data_dir() -> PathBuf {
         })
         .map(|base| base.join("redoubtd"))
         .unwrap_or_else(|| PathBuf::from("/var/lib/redoubtd"))
+}
+
+/// Whether an address is on a private network (RFC 1918, RFC 4193) or
+/// link-local: not reachable from the internet.
+fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 /// Log output.

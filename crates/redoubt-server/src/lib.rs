@@ -88,7 +88,7 @@ pub type RelayDesk =
 /// existing directory open to other users is left as the operator made it
 /// (it may be shared on purpose, or be a system directory), with a warning;
 /// the database file inside is made private either way.
-fn private_dir(path: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(path: &std::path::Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

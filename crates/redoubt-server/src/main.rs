@@ -279,6 +279,24 @@ fn parse_time(text: &str) -> anyhow::Result<time::OffsetDateTime> {
     )
 }
 
+/// An error and its causes on one line, each cause once: database errors
+/// repeat their cause in their own message, which `{:#}` then printed
+/// again, three times over.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = (|| -> anyhow::Result<()> {
@@ -293,7 +311,18 @@ fn main() -> ExitCode {
                 // needs to start; check them too.
                 redoubt_server::markets::Markets::open(&config)?;
                 print!("{}", config.to_toml());
-                eprintln!("configuration is valid");
+                let warnings = config.production_warnings();
+                for warning in &warnings {
+                    eprintln!("warning: {warning}");
+                }
+                if warnings.is_empty() {
+                    eprintln!("configuration is valid; nothing unsafe for production found");
+                } else {
+                    eprintln!(
+                        "configuration is valid, with {} warning(s) to fix before serving real users",
+                        warnings.len()
+                    );
+                }
                 Ok(())
             }
             Some(Command::Market(command)) => {
@@ -317,7 +346,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("redoubtd: error: {e:#}");
+            eprintln!("redoubtd: error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }

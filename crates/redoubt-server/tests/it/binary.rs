@@ -769,3 +769,121 @@ async fn trace_logging_carries_no_frame_bytes_or_tokens() {
         }
     }
 }
+
+/// Runs `redoubtd` with `args`, returning its exit code, stdout and stderr.
+fn redoubtd(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("REDOUBTD_CONFIG")
+        .env_remove("REDOUBT_OPERATOR")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 16, item 15: operator commands on a machine where the relay has
+/// never run failed raw ("unable to open database file", three times over).
+/// They now create the data directory (0700) and the database, and errors
+/// name each cause once.
+#[test]
+fn operator_commands_work_on_a_fresh_data_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("new").join("redoubtd");
+    for command in [
+        &["legal", "operator", "list"][..],
+        &["legal", "orders"],
+        &["market", "list"],
+    ] {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--data-dir".as_ref(), data.as_os_str()];
+        args.extend(command.iter().map(std::ffi::OsStr::new));
+        let (code, stdout, stderr) = redoubtd(&args);
+        assert_eq!(code, Some(0), "{command:?}: {stdout}{stderr}");
+        assert!(!stderr.contains("unable to open"), "{stderr}");
+        assert!(!stdout.trim().is_empty(), "{command:?} says what it found");
+    }
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+
+    // A database path that cannot be opened: one clear line, each cause once.
+    let blocked = parent.path().join("file");
+    std::fs::write(&blocked, b"not a directory").unwrap();
+    let (code, _, stderr) = redoubtd(&[
+        "--data-dir".as_ref(),
+        blocked.join("redoubtd").as_os_str(),
+        "legal".as_ref(),
+        "orders".as_ref(),
+    ]);
+    assert_eq!(code, Some(1));
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(line.starts_with("redoubtd: error: "), "{stderr}");
+    for part in line.split(": ").filter(|p| p.len() > 12) {
+        assert_eq!(line.matches(part).count(), 1, "{part:?} repeated in {line}");
+    }
+}
+
+/// Issue 16, item 15: `config check` names every setting unsafe for real
+/// users, and says when there is none.
+#[test]
+fn config_check_warns_of_production_unsafe_settings() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let unsafe_config = dir.path().join("unsafe.toml");
+    std::fs::write(
+        &unsafe_config,
+        format!(
+            "data_dir = {:?}\n[storage]\nbackend = \"sqlite\"\nsynchronous = \"normal\"\n\
+             [admin]\nlisten = \"203.0.113.5:8081\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = redoubtd(&[
+        "--config".as_ref(),
+        unsafe_config.as_os_str(),
+        "config".as_ref(),
+        "check".as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for expected in [
+        "code_sender = \"log\"",
+        "synchronous = \"normal\"",
+        "admin.listen = 203.0.113.5:8081",
+        "data directory",
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("warning: ") && l.contains(expected)),
+            "no warning about {expected}: {stderr}"
+        );
+    }
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let safe_config = dir.path().join("safe.toml");
+    std::fs::write(
+        &safe_config,
+        format!(
+            "data_dir = {:?}\n[registration.code_sender]\nkind = \"command\"\n\
+             program = \"/bin/true\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = redoubtd(&[
+        "--config".as_ref(),
+        safe_config.as_os_str(),
+        "config".as_ref(),
+        "check".as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("warning:"), "{stderr}");
+    assert!(stderr.contains("nothing unsafe"), "{stderr}");
+}

@@ -37,6 +37,13 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
     pub async fn open(path: &Path, config: &SqliteConfig) -> Result<Self, StoreError> {
+        // Operator commands open the database too, possibly first: on a
+        // fresh machine its directory does not exist yet.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                crate::private_dir(dir)?;
+            }
+        }
         private_file(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
