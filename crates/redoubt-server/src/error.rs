@@ -167,6 +167,9 @@ pub enum ApiError {
         .0.jurisdiction, .0.effective_at, .0.notice
     )]
     RegistrationClosed(Box<MarketNotice>),
+    /// A request to the WebSocket endpoint that is not a WebSocket handshake.
+    #[error("this endpoint speaks WebSocket: send a GET with Upgrade: websocket")]
+    UpgradeRequired,
     /// The device list is not the account's next version.
     #[error("this is not the account's next device list (the latest is version {latest}); fetch it and sign again")]
     DeviceListConflict {
@@ -198,6 +201,7 @@ impl ApiError {
         match self {
             E::InvalidJson => (StatusCode::BAD_REQUEST, ErrorCode::InvalidJson),
             E::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest),
+            E::UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, ErrorCode::InvalidRequest),
             E::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,

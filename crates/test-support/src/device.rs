@@ -406,6 +406,15 @@ impl WsClient {
             .expect("send");
     }
 
+    /// Sends one frame as given, even one that breaks RFC 6455 (a text
+    /// frame that is not UTF-8, reserved bits set).
+    pub async fn send_frame(
+        &mut self,
+        frame: tokio_tungstenite::tungstenite::protocol::frame::Frame,
+    ) {
+        self.stream.send(Message::Frame(frame)).await.expect("send");
+    }
+
     /// Waits for the server to close the socket, skipping frames.
     pub async fn closed(&mut self) -> Option<(u16, String)> {
         loop {

@@ -165,6 +165,7 @@ pub(crate) async fn submit(state: &AppState, s: Submission) -> Result<bool, ApiE
 
 /// Query of `GET /v1/messages`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FetchQuery {
     /// Envelopes to return at most (default and maximum: the server's page size).

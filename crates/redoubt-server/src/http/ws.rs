@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use redoubt_proto::ws::binary::{self, ClientMessage, ServerMessage};
@@ -35,6 +35,7 @@ use redoubt_proto::{EnvelopeId, ErrorBody};
 
 use super::extract::Authed;
 use super::messages::{submit, to_wire, Submission, MAX_ACK_IDS};
+use crate::error::ApiError;
 use crate::sessions::{CloseReason, Inbox, Signal};
 use crate::storage::{CommitPosition, QueuedEnvelope, StoreError};
 use crate::AppState;
@@ -52,13 +53,20 @@ const MAX_ACKS_IN_FLIGHT: usize = 4;
     responses(
         (status = 101, description = "Switching to the WebSocket protocol; frames are JSON ServerFrame/ClientFrame, or binary frames (sends too) with the subprotocol redoubt.bin.1"),
         (status = 401, body = ErrorBody),
+        (status = 426, description = "Not a WebSocket handshake (`invalid_request`)", body = ErrorBody),
     )
 )]
 pub async fn upgrade(
     State(state): State<AppState>,
     auth: Authed,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    // axum answers a request that is not a handshake in plain text; the
+    // API answers every error in its JSON shape (issue 16).
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(_) => return ApiError::UpgradeRequired.into_response(),
+    };
     let tasks = state.tasks().clone();
     // Small buffers: tungstenite's default 128 KiB read buffer per socket
     // dominated an idle connection's memory (measured by redoubt-load's
@@ -501,12 +509,31 @@ fn store_failed(e: StoreError) -> End {
     End::Close(1011, "internal error".into())
 }
 
+/// The close a frame the WebSocket layer could not read calls for (RFC 6455
+/// section 7.4.1): 1007 for a text frame that is not UTF-8, 1009 for one
+/// over the size limit, 1002 for any other breach of the protocol. A
+/// connection that simply dropped gets none. Without it the socket was
+/// dropped with no close frame at all, and the client could not tell a
+/// bug of its own from a network failure (issue 16).
+fn violation(e: axum::Error) -> End {
+    let Ok(error) = e.into_inner().downcast::<tungstenite::Error>() else {
+        return End::Gone;
+    };
+    match *error {
+        tungstenite::Error::Utf8(_) => End::Close(1007, "a text frame is not UTF-8".into()),
+        tungstenite::Error::Capacity(_) => End::Close(1009, "the frame is too large".into()),
+        tungstenite::Error::Protocol(_) => End::Close(1002, "WebSocket protocol error".into()),
+        _ => End::Gone,
+    }
+}
+
 /// Reads one frame from the client.
 fn classify(frame: Option<Result<Message, axum::Error>>, encoding: Encoding) -> Incoming {
     let protocol = |reason: &'static str| Incoming::End(End::Close(close::PROTOCOL, reason.into()));
     let too_many = || protocol("too many ids in one ack");
     match (frame, encoding) {
-        (None | Some(Err(_)) | Some(Ok(Message::Close(_))), _) => Incoming::End(End::Gone),
+        (None | Some(Ok(Message::Close(_))), _) => Incoming::End(End::Gone),
+        (Some(Err(e)), _) => Incoming::End(violation(e)),
         (Some(Ok(Message::Ping(_) | Message::Pong(_))), _) => Incoming::Nothing,
         (Some(Ok(Message::Text(text))), Encoding::Json) => {
             match serde_json::from_str::<ClientFrame>(text.as_str()) {

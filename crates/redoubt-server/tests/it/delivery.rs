@@ -374,3 +374,53 @@ async fn protocol_violations_close_the_socket_and_lose_nothing() {
     );
     assert_eq!(bob.fetch().await.envelopes[0].id, id);
 }
+
+/// Issue 16, item 14: frames the WebSocket layer itself refuses end the
+/// session with the close code RFC 6455 gives them, not a dropped socket;
+/// nothing queued is lost.
+#[tokio::test]
+async fn broken_websocket_frames_get_their_rfc_6455_close_codes() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let server = TestServer::builder()
+        .configure(|c| {
+            // Frames above 64 KiB are too large for this relay.
+            c.mailbox.max_envelope_bytes = 1024;
+            c.mailbox.max_recipients = 4;
+        })
+        .start()
+        .await;
+    let alice = server.register_fresh().await;
+    let bob = server.register_fresh().await;
+    let id = alice.send_ok(&[bob.device_id], b"keep me").await;
+
+    let not_utf8 = Frame::message(vec![0xff, 0xfe, 0x80], OpCode::Data(Data::Text), true);
+    let mut reserved = Frame::message(b"x".to_vec(), OpCode::Data(Data::Binary), true);
+    reserved.header_mut().rsv1 = true;
+    let too_large = Frame::message(vec![b'a'; 200 * 1024], OpCode::Data(Data::Text), true);
+    for (frame, code) in [(not_utf8, 1007), (reserved, 1002), (too_large, 1009)] {
+        let mut socket = bob.ws().await;
+        socket.until_drained().await;
+        socket.send_frame(frame).await;
+        assert_eq!(socket.closed().await.map(|c| c.0), Some(code));
+    }
+    assert_eq!(bob.fetch().await.envelopes[0].id, id);
+}
+
+/// Issue 16, item 14: a request to the WebSocket endpoint that is not a
+/// handshake gets the API's JSON error, not axum's plain text.
+#[tokio::test]
+async fn a_plain_request_to_the_websocket_endpoint_gets_a_json_error() {
+    let server = TestServer::start().await;
+    let bob = server.register_fresh().await;
+    let response = bob.get("/v1/ws").await;
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let (status, body) = api_error(response).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::UPGRADE_REQUIRED, ErrorCode::InvalidRequest)
+    );
+}

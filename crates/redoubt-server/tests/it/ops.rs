@@ -170,3 +170,47 @@ async fn metrics_need_the_token_on_the_public_listener_and_are_on_the_admin_one(
         .unwrap()
         .contains("redoubt_connected_devices"));
 }
+
+/// Issue 16, item 14: the OpenAPI document names the error answers each
+/// operation can give, and describes `GET /v1/messages`' `limit` as the
+/// optional query parameter it is.
+#[tokio::test]
+async fn the_openapi_document_names_every_error_answer() {
+    let server = TestServer::start().await;
+    let doc: serde_json::Value = reqwest::get(server.url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut with_body = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            if op.get("requestBody").is_some() {
+                with_body += 1;
+                for status in ["400", "413", "415", "422"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{method} {path} does not document {status}"
+                    );
+                }
+            }
+            if op
+                .get("security")
+                .is_some_and(|s| !s.as_array().unwrap().is_empty())
+            {
+                assert!(responses.contains_key("401"), "{method} {path} lacks 401");
+            }
+        }
+    }
+    assert!(with_body >= 10, "the check saw the operations with bodies");
+    let params = doc["paths"]["/v1/messages"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+    assert_eq!(limit["in"], "query");
+    assert_eq!(limit["required"], false);
+    let ws = &doc["paths"]["/v1/ws"]["get"]["responses"];
+    assert!(ws.get("426").is_some());
+}
