@@ -172,6 +172,14 @@ impl Cluster {
         // Every simulated device connects from 127.0.0.1, where real ones
         // would come from addresses of their own.
         config.http.max_connections_per_address = 10_000_000;
+        let loose = RateLimit {
+            max: 100_000_000,
+            window: Duration::from_secs(3600),
+        };
+        config.limits.lookups_per_account = loose;
+        config.limits.lookups_per_address = loose;
+        config.limits.claims_per_account = loose;
+        config.limits.claims_per_device = loose;
         let mut schema = None;
         if let Storage::Postgres(url) = &spec.storage {
             config.storage = StorageConfig::Postgres(PostgresConfig {

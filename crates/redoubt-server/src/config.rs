@@ -45,6 +45,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Who may read `/metrics`.
     pub metrics: MetricsConfig,
+    /// Rate limits on contact lookups and key-package claims.
+    pub limits: LimitsConfig,
     /// Where users are, and how market exits are enforced.
     pub markets: MarketsConfig,
     /// How nodes tell each other that a mailbox has something new.
@@ -158,6 +160,50 @@ impl Default for MarketsConfig {
     }
 }
 
+/// Rate limits against harvesting: every node on one database shares the
+/// counts. Windows are at most a day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Phone-number lookups one account may make. Looking numbers up one
+    /// by one is how a whole number range would be enumerated (300 a
+    /// second were measured before these limits).
+    pub lookups_per_account: RateLimit,
+    /// Phone-number lookups from one client address (an IPv6 /64), across
+    /// all its accounts.
+    pub lookups_per_address: RateLimit,
+    /// Key packages one account may claim, over all devices.
+    pub claims_per_account: RateLimit,
+    /// Key packages one account may claim from any one device: draining a
+    /// device's one-time packages (forcing everyone onto its last-resort
+    /// package) then takes one caller days, not a quarter of a second.
+    pub claims_per_device: RateLimit,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let hour = Duration::from_secs(3600);
+        Self {
+            lookups_per_account: RateLimit {
+                max: 100,
+                window: hour,
+            },
+            lookups_per_address: RateLimit {
+                max: 500,
+                window: hour,
+            },
+            claims_per_account: RateLimit {
+                max: 1000,
+                window: hour,
+            },
+            claims_per_device: RateLimit {
+                max: 10,
+                window: hour,
+            },
+        }
+    }
+}
+
 /// Who may read the Prometheus metrics. The admin listener (a private
 /// interface) always serves `/metrics`. The public listener serves it only
 /// to a scraper that presents `token`: metrics say how busy the relay is
@@ -202,6 +248,7 @@ impl Default for Config {
             maintenance: MaintenanceConfig::default(),
             admin: AdminConfig::default(),
             metrics: MetricsConfig::default(),
+            limits: LimitsConfig::default(),
             markets: MarketsConfig::default(),
             fanout: FanoutConfig::default(),
             kt: KtConfig::default(),

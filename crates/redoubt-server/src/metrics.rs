@@ -57,6 +57,8 @@ pub struct Metrics {
     pub registrations: Counter,
     /// Key packages claimed.
     pub key_packages_claimed: Counter,
+    /// Lookups and claims refused by a rate limit.
+    pub rate_limited: Counter,
     /// Rows deleted by maintenance.
     pub purged: Family<PurgeLabels, Counter>,
     /// The key-transparency directory's newest published epoch.
@@ -113,6 +115,12 @@ impl Default for Metrics {
             "Key packages claimed",
             key_packages_claimed.clone(),
         );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Lookups and key-package claims refused by a rate limit",
+            rate_limited.clone(),
+        );
         let purged = Family::<PurgeLabels, Counter>::default();
         registry.register("purged_rows", "Rows deleted by maintenance", purged.clone());
         let kt_epoch = Gauge::default();
@@ -142,6 +150,7 @@ impl Default for Metrics {
             connected_devices,
             registrations,
             key_packages_claimed,
+            rate_limited,
             purged,
             kt_epoch,
             kt_publish_seconds,

@@ -109,6 +109,16 @@ impl TestServer {
         // second, so first contacts in tests rarely wait for an epoch.
         config.kt.epoch_interval = std::time::Duration::from_millis(100);
         config.metrics.token = Some(METRICS_TOKEN.to_owned());
+        // Tests claim and look up far more than people do; the tests of the
+        // limits set their own.
+        let loose = redoubt_server::config::RateLimit {
+            max: 1_000_000,
+            window: std::time::Duration::from_secs(3600),
+        };
+        config.limits.lookups_per_account = loose;
+        config.limits.lookups_per_address = loose;
+        config.limits.claims_per_account = loose;
+        config.limits.claims_per_device = loose;
         TestServerBuilder {
             config,
             clock: Clock::adjustable(),

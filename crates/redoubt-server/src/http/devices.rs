@@ -105,9 +105,29 @@ async fn account_devices(
 )]
 pub async fn lookup(
     State(state): State<AppState>,
-    _auth: Authed,
+    auth: Authed,
     ApiJson(req): ApiJson<LookupRequest>,
 ) -> Result<ApiJson<AccountDevicesResponse>, ApiError> {
+    // Lookups one by one are how a number range would be enumerated.
+    let limits = &state.config().limits;
+    super::rate_limited(
+        &state,
+        &[
+            (
+                "lookup-account",
+                auth.account_id.as_bytes().to_vec(),
+                limits.lookups_per_account,
+                1,
+            ),
+            (
+                "lookup-address",
+                super::address_bucket(auth.addr.ip()),
+                limits.lookups_per_address,
+                1,
+            ),
+        ],
+    )
+    .await?;
     let account = state
         .store()
         .account_by_phone(&req.phone)

@@ -115,7 +115,7 @@ pub async fn count(
 )]
 pub async fn claim(
     State(state): State<AppState>,
-    _auth: Authed,
+    auth: Authed,
     ApiJson(req): ApiJson<ClaimKeyPackagesRequest>,
 ) -> Result<ApiJson<ClaimKeyPackagesResponse>, ApiError> {
     let max = state.config().key_packages.max_claim;
@@ -125,6 +125,22 @@ pub async fn claim(
             "devices must name 1 to {max} devices"
         )));
     }
+    // A caller may not drain anyone's one-time packages (issue 16): a
+    // limit per caller, and one per caller and device claimed from.
+    let limits = &state.config().limits;
+    let caller = auth.account_id.as_bytes().to_vec();
+    let mut counted = vec![(
+        "claim-account",
+        caller.clone(),
+        limits.claims_per_account,
+        u32::try_from(devices.len()).unwrap_or(u32::MAX),
+    )];
+    for device in &devices {
+        let mut id = caller.clone();
+        id.extend_from_slice(device.as_bytes());
+        counted.push(("claim-device", id, limits.claims_per_device, 1));
+    }
+    super::rate_limited(&state, &counted).await?;
     match state.store().claim_key_packages(&devices).await? {
         ClaimOutcome::Claimed(claimed) => {
             state

@@ -183,6 +183,42 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Counts a request against rate limits (`limits`: what is limited, the
+/// limit, the events this request counts for), refusing it with 429 and
+/// the wait when any would go over.
+pub(crate) async fn rate_limited(
+    state: &AppState,
+    limits: &[(&str, Vec<u8>, crate::config::RateLimit, u32)],
+) -> Result<(), ApiError> {
+    let keys: Vec<crate::storage::RateKey> = limits
+        .iter()
+        .map(|(kind, id, limit, cost)| crate::storage::RateKey {
+            key: state.phone_keyer().bucket(kind, id),
+            max: limit.max,
+            window: limit.window,
+            cost: *cost,
+        })
+        .collect();
+    match state.store().rate_limit(&keys, state.clock().now()).await? {
+        None => Ok(()),
+        Some(wait) => {
+            state.metrics().rate_limited.inc();
+            Err(ApiError::RateLimited {
+                retry_after_secs: wait.as_secs().max(1),
+            })
+        }
+    }
+}
+
+/// The bytes a client address is limited by: the IPv4 address, or the
+/// IPv6 /64 (see `conn::Holder`).
+pub(crate) fn address_bucket(ip: std::net::IpAddr) -> Vec<u8> {
+    match crate::conn::Holder::of(ip) {
+        crate::conn::Holder::V4(a) => a.to_be_bytes().to_vec(),
+        crate::conn::Holder::V6(p) => p.to_be_bytes().to_vec(),
+    }
+}
+
 /// A request method as a metric label: one of the methods the API uses, or
 /// "other". The method is the client's to choose (any token up to the
 /// header limit), and each distinct label value is a new time series kept

@@ -508,6 +508,22 @@ pub struct RegionPurgeCounts {
     pub ip_log: u64,
 }
 
+/// The longest window a rate limit may have: older events are purged.
+pub const MAX_RATE_WINDOW: Duration = Duration::from_secs(86_400);
+
+/// One rate limit to count an event against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateKey {
+    /// What is limited, as a keyed hash ([`PhoneKeyer::bucket`]).
+    pub key: Digest,
+    /// Events allowed in the window.
+    pub max: u32,
+    /// The sliding window (at most [`MAX_RATE_WINDOW`]).
+    pub window: Duration,
+    /// Events this request counts for.
+    pub cost: u32,
+}
+
 /// Keys phone numbers for the tables that must find a number again but must
 /// not give it away (pending codes and the per-number request limit): an
 /// HMAC-SHA256 under a secret derived from the service key.
@@ -533,6 +549,22 @@ impl PhoneKeyer {
             .expect("HMAC accepts any key length");
         mac.update(b"redoubt/phone-key/v2\0");
         mac.update(phone.e164().as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl PhoneKeyer {
+    /// The key of a rate-limit bucket: `kind` (what is limited, such as
+    /// "lookup-account") and the id of the one limited, keyed like phone
+    /// numbers so that the table of events names nobody.
+    pub fn bucket(&self, kind: &str, id: &[u8]) -> Digest {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
+            .expect("HMAC accepts any key length");
+        mac.update(b"redoubt/rate-bucket/v1\0");
+        mac.update(kind.as_bytes());
+        mac.update(b"\0");
+        mac.update(id);
         mac.finalize().into_bytes().into()
     }
 }
@@ -624,6 +656,17 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new verification code unless a rate limit forbids it, and
     /// records the request for future rate limiting.
     async fn issue_code(&self, req: CodeIssue) -> Result<IssueOutcome, StoreError>;
+
+    /// Counts each limit's `cost` events at `now` against it, all or
+    /// nothing: when any of them would go over, nothing is counted and the
+    /// answer is how long to wait. Every node on one database shares the
+    /// counts. Events older than their window are forgotten here, and by
+    /// [`Store::purge`] once older than [`MAX_RATE_WINDOW`].
+    async fn rate_limit(
+        &self,
+        limits: &[RateKey],
+        now: Timestamp,
+    ) -> Result<Option<Duration>, StoreError>;
 
     /// Checks a code; on success consumes it and registers the device,
     /// creating the account if the number is new, all in one transaction.

@@ -146,3 +146,91 @@ async fn uploads_are_bounded() {
         "failed uploads stored nothing and lost nothing"
     );
 }
+
+fn limit(max: u32) -> redoubt_server::config::RateLimit {
+    redoubt_server::config::RateLimit {
+        max,
+        window: std::time::Duration::from_secs(3600),
+    }
+}
+
+/// Issue 16, item 2: one device drained two victims' one-time key packages
+/// in a quarter of a second. A caller now gets `claims_per_device` from
+/// any one device per window, then 429, and the victim keeps the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_cannot_drain_a_devices_key_packages() {
+    let server = TestServer::builder()
+        .configure(|c| c.limits.claims_per_device = limit(3))
+        .start()
+        .await;
+    let victim = server.register_fresh().await;
+    let thief = server.register_fresh().await;
+    let friend = server.register_fresh().await;
+    victim.upload_key_packages(20, true).await;
+    let claim = ClaimKeyPackagesRequest {
+        devices: vec![victim.device_id],
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            thief.post("/v1/keypackages/claim", &claim).await.status(),
+            StatusCode::OK
+        );
+    }
+    let refused = thief.post("/v1/keypackages/claim", &claim).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let (status, body) = api_error(refused).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
+    );
+    // Someone else can still start a chat with the victim.
+    assert_eq!(
+        friend.post("/v1/keypackages/claim", &claim).await.status(),
+        StatusCode::OK
+    );
+    let count: KeyPackageCountResponse = victim
+        .get("/v1/keypackages/count")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count.remaining, 20 - 4, "only what was allowed was taken");
+}
+
+/// Issue 16, item 3: 300 lookups by one device took 0.3 s, a national
+/// number range in about a day. Lookups are limited per account and per
+/// client address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_number_lookups_are_limited_per_account_and_per_address() {
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.limits.lookups_per_account = limit(3);
+            c.limits.lookups_per_address = limit(5);
+        })
+        .start()
+        .await;
+    let target = server.register_fresh().await;
+    let first = server.register_fresh().await;
+    let second = server.register_fresh().await;
+    let lookup = |who: &test_support::TestDevice| {
+        let who = who.clone();
+        let phone = target.phone.e164().to_owned();
+        async move {
+            who.post(
+                "/v1/accounts/lookup",
+                &serde_json::json!({ "phone": phone }),
+            )
+            .await
+            .status()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(lookup(&first).await, StatusCode::OK);
+    }
+    assert_eq!(lookup(&first).await, StatusCode::TOO_MANY_REQUESTS);
+    // Another account from the same address gets the address's remaining
+    // two, then the address is at its limit too.
+    assert_eq!(lookup(&second).await, StatusCode::OK);
+    assert_eq!(lookup(&second).await, StatusCode::OK);
+    assert_eq!(lookup(&second).await, StatusCode::TOO_MANY_REQUESTS);
+}

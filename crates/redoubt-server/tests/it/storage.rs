@@ -424,6 +424,48 @@ pub async fn retries_are_recognised(store: Arc<dyn Store>) {
     assert!(store.pending(a.device_id, T0, 10).await.unwrap().is_empty());
 }
 
+pub async fn rate_limits_count_all_or_nothing_and_forget_old_events(store: Arc<dyn Store>) {
+    let a = keyer().bucket("test-a", EnvelopeId::random().as_bytes());
+    let b = keyer().bucket("test-b", EnvelopeId::random().as_bytes());
+    let minute = Duration::from_secs(60);
+    let both = |cost_b| {
+        [
+            RateKey {
+                key: a,
+                max: 3,
+                window: minute,
+                cost: 1,
+            },
+            RateKey {
+                key: b,
+                max: 6,
+                window: minute,
+                cost: cost_b,
+            },
+        ]
+    };
+    for _ in 0..3 {
+        assert_eq!(store.rate_limit(&both(1), T0).await.unwrap(), None);
+    }
+    let wait = store.rate_limit(&both(1), T0).await.unwrap();
+    assert!(
+        wait.is_some_and(|w| w > Duration::ZERO && w <= minute),
+        "{wait:?}"
+    );
+    // The refused request counted against neither: b has room for 3 more.
+    let only_b = [RateKey {
+        key: b,
+        max: 6,
+        window: minute,
+        cost: 3,
+    }];
+    assert_eq!(store.rate_limit(&only_b, T0).await.unwrap(), None);
+    assert!(store.rate_limit(&only_b, T0).await.unwrap().is_some());
+    // A window later, a is free again.
+    let later = T0.plus(minute + Duration::from_secs(1));
+    assert_eq!(store.rate_limit(&both(1), later).await.unwrap(), None);
+}
+
 pub async fn full_mailboxes_refuse_the_whole_send(store: Arc<dyn Store>) {
     let a = device(&*store, &phone()).await;
     let b = device(&*store, &phone()).await;
@@ -1079,6 +1121,7 @@ macro_rules! storage_suite {
         mod $backend {
             use super::*;
             storage_suite!(@tests $make;
+                rate_limits_count_all_or_nothing_and_forget_old_events,
                 codes_are_single_use_and_limited,
                 second_device_joins_the_account,
                 revocation_clears_a_device,

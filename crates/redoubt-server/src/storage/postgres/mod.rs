@@ -197,6 +197,59 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn rate_limit(
+        &self,
+        limits: &[RateKey],
+        now: Timestamp,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // One request per key at a time, across nodes; locks taken in key
+        // order so two requests on the same keys cannot deadlock.
+        let mut keys: Vec<i64> = limits.iter().map(|l| lock_key("rate", &l.key)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut wait: Option<Duration> = None;
+        for limit in limits {
+            let key = limit.key.to_vec();
+            let since = ms(now.minus(limit.window));
+            sqlx::query("DELETE FROM rate_events WHERE key = $1 AND at <= $2")
+                .bind(&key)
+                .bind(since)
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query("SELECT COUNT(*), MIN(at) FROM rate_events WHERE key = $1")
+                .bind(&key)
+                .fetch_one(&mut *tx)
+                .await?;
+            let (count, oldest): (i64, Option<i64>) = (row.get(0), row.get(1));
+            if count + i64::from(limit.cost) > i64::from(limit.max) {
+                let w = retry_after(oldest, limit.window, now);
+                wait = Some(wait.map_or(w, |x| x.max(w)));
+            }
+        }
+        if wait.is_some() {
+            return Ok(wait);
+        }
+        for limit in limits {
+            sqlx::query(
+                "INSERT INTO rate_events (key, at) SELECT $1, $2 FROM generate_series(1, $3)",
+            )
+            .bind(limit.key.to_vec())
+            .bind(ms(now))
+            .bind(i32::try_from(limit.cost).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(None)
+    }
+
     async fn issue_code(&self, req: CodeIssue) -> Result<IssueOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         let ip = req.ip.to_string();
@@ -630,6 +683,10 @@ impl Store for PgStore {
                 .await?
                 .rows_affected();
         }
+        sqlx::query("DELETE FROM rate_events WHERE at < $1")
+            .bind(ms(c.now.minus(MAX_RATE_WINDOW)))
+            .execute(&mut *tx)
+            .await?;
         let mut receipts = sqlx::query("DELETE FROM envelope_receipts WHERE received_at < $1")
             .bind(ms(c.receipts_before))
             .execute(&mut *tx)

@@ -235,6 +235,49 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn rate_limit(
+        &self,
+        limits: &[RateKey],
+        now: Timestamp,
+    ) -> Result<Option<Duration>, StoreError> {
+        // One writer at a time (BEGIN IMMEDIATE): the counts and the insert
+        // cannot interleave with another request's.
+        let mut tx = self.write.begin_write().await?;
+        let mut wait: Option<Duration> = None;
+        for limit in limits {
+            let key = limit.key.to_vec();
+            let since = ms(now.minus(limit.window));
+            sqlx::query("DELETE FROM rate_events WHERE key = ? AND at <= ?")
+                .bind(key.clone())
+                .bind(since)
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query("SELECT COUNT(*), MIN(at) FROM rate_events WHERE key = ?")
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+            let (count, oldest): (i64, Option<i64>) = (row.get(0), row.get(1));
+            if count + i64::from(limit.cost) > i64::from(limit.max) {
+                let w = retry_after(oldest, limit.window, now);
+                wait = Some(wait.map_or(w, |x| x.max(w)));
+            }
+        }
+        if wait.is_some() {
+            return Ok(wait);
+        }
+        for limit in limits {
+            for _ in 0..limit.cost {
+                sqlx::query("INSERT INTO rate_events (key, at) VALUES (?, ?)")
+                    .bind(limit.key.to_vec())
+                    .bind(ms(now))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(None)
+    }
+
     async fn issue_code(&self, req: CodeIssue) -> Result<IssueOutcome, StoreError> {
         let mut tx = self.write.begin_write().await?;
         let now = req.now;
@@ -629,6 +672,10 @@ impl Store for SqliteStore {
                 .await?
                 .rows_affected();
         }
+        sqlx::query("DELETE FROM rate_events WHERE at < ?")
+            .bind(ms(c.now.minus(MAX_RATE_WINDOW)))
+            .execute(&mut *tx)
+            .await?;
         let mut receipts = sqlx::query("DELETE FROM envelope_receipts WHERE received_at < ?")
             .bind(ms(c.receipts_before))
             .execute(&mut *tx)
