@@ -213,6 +213,46 @@ impl TestDevice {
         self.post("/v1/messages", &request).await
     }
 
+    /// Publishes version `version` of this account's device list, naming
+    /// `devices`, signed by `identity` (as a client holding the account's
+    /// identity key does); returns the response.
+    pub async fn publish_device_list(
+        &self,
+        identity: &SigningKey,
+        version: u64,
+        devices: &[DeviceId],
+    ) -> reqwest::Response {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let list = redoubt_proto::DeviceList {
+            account: self.account_id,
+            phone: self.phone.clone(),
+            identity_key: b64.encode(identity.verifying_key().as_bytes()),
+            version,
+            previous: String::new(),
+            devices: devices
+                .iter()
+                .map(|d| redoubt_proto::ListedDevice {
+                    device: *d,
+                    signature_key: b64.encode([7u8; 32]),
+                })
+                .collect(),
+            issued_at: 1_800_000_000 + version as i64,
+        };
+        let body = serde_json::to_string(&list).expect("a list serialises");
+        let signature = identity.sign(&redoubt_proto::SignedDocument::signing_input(
+            redoubt_proto::identity::DEVICE_LIST_CONTEXT,
+            &body,
+        ));
+        self.request(reqwest::Method::PUT, "/v1/device-list")
+            .json(&serde_json::json!({
+                "list": { "body": body, "signature": b64.encode(signature.to_bytes()) }
+            }))
+            .send()
+            .await
+            .expect("device list request")
+    }
+
     /// Sends and asserts it was queued; returns the envelope id.
     pub async fn send_ok(&self, recipients: &[DeviceId], payload: &[u8]) -> EnvelopeId {
         let response = self.send(recipients, payload).await;

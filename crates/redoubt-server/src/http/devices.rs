@@ -41,13 +41,16 @@ pub async fn list_own(
 
 /// Revoke one of the caller's devices (the caller's own included): its token
 /// stops working, its live connection closes, and its queued envelopes and key
-/// packages are deleted.
+/// packages are deleted. Another device may be revoked only once the
+/// account's latest device list, validly signed by its identity key, no
+/// longer names it.
 #[utoipa::path(
     delete, path = "/v1/devices/{device_id}", tag = "devices", security(("bearer" = [])),
     params(("device_id" = String, Path, description = "The device to revoke")),
     responses(
         (status = 204, description = "Revoked"),
         (status = 401, body = ErrorBody),
+        (status = 403, description = "Another device, still named by the account's latest signed device list (`forbidden`)", body = ErrorBody),
         (status = 404, body = ErrorBody),
     )
 )]
@@ -56,6 +59,33 @@ pub async fn revoke(
     auth: Authed,
     ApiPath(device_id): ApiPath<DeviceId>,
 ) -> Result<StatusCode, ApiError> {
+    // A device added with the SMS code alone revoked the account's original
+    // device (issue 16, item 8). Revoking another device now takes the
+    // identity key: the account's latest signed list must leave it out.
+    // A device that got onto the account without the key can only get
+    // there by signing a list with a key of its own, which is an account
+    // reset that every contact and the device itself are shown.
+    if device_id != auth.device_id {
+        // Another account's device, or one already revoked, is unknown here
+        // whatever any list says.
+        let own = state.store().devices(auth.account_id).await?;
+        if !own.iter().any(|d| d.device_id == device_id) {
+            return Err(ApiError::UnknownDevice);
+        }
+        let lists = state
+            .store()
+            .device_lists(auth.account_id, 0, u32::MAX)
+            .await?;
+        let dropped = lists
+            .last()
+            .is_some_and(|raw| signed_list_leaves_out(raw, auth.account_id, device_id));
+        if !dropped {
+            return Err(ApiError::Forbidden(
+                "revoking another device takes the account's identity key: publish a signed \
+                 device list without it first",
+            ));
+        }
+    }
     let now = state.clock().now();
     if !state
         .store()
@@ -67,6 +97,38 @@ pub async fn revoke(
     state.fanout().revoked(device_id).await;
     tracing::info!("device revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether `raw` (a stored device list) is validly signed by the identity
+/// key it names, is the account's, and does not list `device`.
+fn signed_list_leaves_out(raw: &[u8], account: AccountId, device: DeviceId) -> bool {
+    use base64::Engine as _;
+    use redoubt_proto::identity::DEVICE_LIST_CONTEXT;
+    use redoubt_proto::{DeviceList, SignedDocument};
+    let Ok(doc) = serde_json::from_slice::<SignedDocument>(raw) else {
+        return false;
+    };
+    let Ok(list) = serde_json::from_str::<DeviceList>(&doc.body) else {
+        return false;
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64
+        .decode(&list.identity_key)
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok());
+    let signature = b64
+        .decode(&doc.signature)
+        .ok()
+        .and_then(|s| <[u8; 64]>::try_from(s).ok())
+        .map(|s| ed25519_dalek::Signature::from_bytes(&s));
+    let (Some(key), Some(signature)) = (key, signature) else {
+        return false;
+    };
+    let input = SignedDocument::signing_input(DEVICE_LIST_CONTEXT, &doc.body);
+    key.verify_strict(&input, &signature).is_ok()
+        && list.account == account
+        && list.devices.iter().all(|d| d.device != device)
 }
 
 async fn account_devices(
@@ -152,4 +214,77 @@ pub async fn peer_devices(
     ApiPath(account_id): ApiPath<AccountId>,
 ) -> Result<ApiJson<AccountDevicesResponse>, ApiError> {
     Ok(ApiJson(account_devices(&state, account_id).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use ed25519_dalek::{Signer, SigningKey};
+    use redoubt_proto::identity::DEVICE_LIST_CONTEXT;
+    use redoubt_proto::{
+        AccountId, DeviceId, DeviceList, ListedDevice, PhoneNumber, SignedDocument,
+    };
+
+    use super::signed_list_leaves_out;
+
+    fn list(
+        account: AccountId,
+        declared: &SigningKey,
+        signer: &SigningKey,
+        devices: &[DeviceId],
+    ) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = serde_json::to_string(&DeviceList {
+            account,
+            phone: PhoneNumber::parse("+33612345678").unwrap(),
+            identity_key: b64.encode(declared.verifying_key().as_bytes()),
+            version: 1,
+            previous: String::new(),
+            devices: devices
+                .iter()
+                .map(|d| ListedDevice {
+                    device: *d,
+                    signature_key: b64.encode([1u8; 32]),
+                })
+                .collect(),
+            issued_at: 0,
+        })
+        .unwrap();
+        let signature = signer.sign(&SignedDocument::signing_input(DEVICE_LIST_CONTEXT, &body));
+        serde_json::to_vec(&SignedDocument {
+            body,
+            signature: b64.encode(signature.to_bytes()),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_validly_signed_list_of_the_account_that_leaves_the_device_out_counts() {
+        let identity = SigningKey::from_bytes(&[1; 32]);
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let account = AccountId::random();
+        let (kept, gone) = (DeviceId::random(), DeviceId::random());
+        assert!(signed_list_leaves_out(
+            &list(account, &identity, &identity, &[kept]),
+            account,
+            gone
+        ));
+        assert!(!signed_list_leaves_out(
+            &list(account, &identity, &identity, &[kept, gone]),
+            account,
+            gone
+        ));
+        // Declares the identity key but signed by another: forged.
+        assert!(!signed_list_leaves_out(
+            &list(account, &identity, &other, &[kept]),
+            account,
+            gone
+        ));
+        assert!(!signed_list_leaves_out(
+            &list(AccountId::random(), &identity, &identity, &[kept]),
+            account,
+            gone
+        ));
+        assert!(!signed_list_leaves_out(b"not json", account, gone));
+    }
 }

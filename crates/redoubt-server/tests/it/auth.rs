@@ -63,15 +63,39 @@ async fn a_revoked_device_is_locked_out_and_disconnected() {
         )
         .await;
 
-    let response = laptop
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/v1/devices/{}", phone_device.device_id),
-        )
-        .send()
+    // Issue 16, item 8: revoking another device takes the identity key.
+    // Without a signed list that leaves the phone out, the laptop cannot.
+    let revoke = || {
+        laptop
+            .request(
+                reqwest::Method::DELETE,
+                &format!("/v1/devices/{}", phone_device.device_id),
+            )
+            .send()
+    };
+    let (status, body) = api_error(revoke().await.unwrap()).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
+    );
+    let identity = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let both = [laptop.device_id, phone_device.device_id];
+    assert!(laptop
+        .publish_device_list(&identity, 1, &both)
         .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        .status()
+        .is_success());
+    assert_eq!(
+        revoke().await.unwrap().status(),
+        StatusCode::FORBIDDEN,
+        "the list still names the phone"
+    );
+    // Once the identity key has signed a list without it, it can go.
+    let without = laptop
+        .publish_device_list(&identity, 2, &[laptop.device_id])
+        .await;
+    assert!(without.status().is_success());
+    assert_eq!(revoke().await.unwrap().status(), StatusCode::NO_CONTENT);
 
     let close = socket.closed().await;
     assert_eq!(close.map(|c| c.0), Some(redoubt_proto::ws::close::REVOKED));
