@@ -30,6 +30,22 @@ pub struct Flushed {
     pub stopped: Option<ClientError>,
 }
 
+/// The id of the copy of envelope `id` for the sender's own other devices:
+/// derived, so that a retry sends the same copy, and a UUID of version 4
+/// like any client's (the relay refuses version 8, its own).
+fn self_copy_id(id: EnvelopeId) -> EnvelopeId {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"redoubt/self-copy/v1\0")
+        .chain_update(id.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    EnvelopeId::from_bytes(bytes)
+}
+
 impl ClientError {
     /// Whether a failed send is worth retrying later as it is: the relay
     /// unreachable, failing, rate-limiting, or a recipient's mailbox full.
@@ -60,7 +76,40 @@ impl Client {
     }
 
     /// [`Client::send_envelope`], tagged as a commit when it is one.
+    ///
+    /// The copies for this account's other devices go as an envelope of
+    /// their own (issue 16, item 9): one envelope queued for Bob's devices
+    /// and Alice's would tell the relay, in its own tables, that Alice and
+    /// Bob talk. The copy's id is derived from `id`, so a retry of the pair
+    /// is recognised as the same two envelopes. It goes second and without
+    /// the commit tag: the relay takes one commit per group and epoch, and
+    /// the tagged one decides.
     pub(super) async fn send_envelope_as(
+        &mut self,
+        id: EnvelopeId,
+        recipients: Vec<DeviceId>,
+        payload: Vec<u8>,
+        commit: Option<CommitTag>,
+    ) -> Result<()> {
+        let own: Vec<DeviceId> = self
+            .identity
+            .own_list
+            .as_ref()
+            .map(|l| l.devices.iter().map(|(d, _)| *d).collect())
+            .unwrap_or_default();
+        let (mine, theirs): (Vec<DeviceId>, Vec<DeviceId>) =
+            recipients.into_iter().partition(|d| own.contains(d));
+        if mine.is_empty() || theirs.is_empty() {
+            let all = if mine.is_empty() { theirs } else { mine };
+            return self.send_one(id, all, payload, commit).await;
+        }
+        self.send_one(id, theirs, payload.clone(), commit).await?;
+        self.send_one(self_copy_id(id), mine, payload, None).await
+    }
+
+    /// One envelope to `recipients`, dropping devices the relay no longer
+    /// knows and trying once more for the rest.
+    async fn send_one(
         &mut self,
         id: EnvelopeId,
         mut recipients: Vec<DeviceId>,

@@ -157,3 +157,54 @@ async fn tampered_and_replayed_ciphertext_is_rejected_visibly() {
         vec!["genuine", "after"]
     );
 }
+
+/// Issue 16, item 9: a message to Bob went in one envelope to Bob's
+/// devices and to Alice's other device, so the relay's own mailbox tied the
+/// two accounts together. Copies for the sender's own devices now travel
+/// apart: no envelope is queued for devices of two accounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_queued_envelope_ties_two_accounts_together() {
+    let server = TestServer::start().await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let mut alice2 = link(&server, &mut alice.client).await;
+    let mut bob = register(&server, &fresh_phone()).await;
+    let chat = alice.client.start_direct(bob.client.phone()).await.unwrap();
+    for text in ["one", "two", "three"] {
+        alice.client.send_text(&chat, text).await.unwrap();
+    }
+    let alices: Vec<Vec<u8>> = [alice.client.device_id(), alice2.client.device_id()]
+        .iter()
+        .map(|d| d.as_bytes().to_vec())
+        .collect();
+    let bobs = bob.client.device_id().as_bytes().to_vec();
+    let pool = test_support::hostile::db(&server).await;
+    let rows: Vec<(Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT envelope_id, device_id FROM mailbox")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut by_envelope: std::collections::HashMap<Vec<u8>, (bool, bool)> = Default::default();
+    for (envelope, device) in &rows {
+        let seen = by_envelope.entry(envelope.clone()).or_default();
+        seen.0 |= alices.contains(device);
+        seen.1 |= *device == bobs;
+    }
+    assert!(
+        by_envelope.values().any(|(a, _)| *a) && by_envelope.values().any(|(_, b)| *b),
+        "the check saw queued copies for both accounts: {rows:?}"
+    );
+    assert!(
+        by_envelope.values().all(|(a, b)| !(*a && *b)),
+        "an envelope is queued for both Alice's and Bob's devices"
+    );
+    // Bob gets everything, and so does Alice's other device, each once.
+    for p in [&mut bob, &mut alice2] {
+        p.client.sync().await.unwrap();
+        let chats = p.client.chats().await.unwrap();
+        let mut all = Vec::new();
+        for chat in &chats {
+            all.extend(texts(&p.client, chat).await);
+        }
+        assert_eq!(all, ["one", "two", "three"], "{chats:?}");
+    }
+}
