@@ -15,6 +15,12 @@ pub enum PhoneError {
     /// The number parses but is not a valid number for its region.
     #[error("not a valid phone number for its country")]
     Invalid,
+    /// A valid number that cannot receive a verification code by SMS.
+    #[error(
+        "not a mobile number: codes go by SMS, which premium-rate, shared-cost, toll-free, \
+         satellite and other service numbers do not receive"
+    )]
+    NotMobile,
 }
 
 /// A validated phone number in E.164 form (`+` then up to 15 digits).
@@ -46,6 +52,26 @@ impl PhoneNumber {
     /// The number in E.164 form, such as `+33612345678`.
     pub fn e164(&self) -> &str {
         &self.0
+    }
+
+    /// Whether the numbering plan says this number receives SMS: a mobile
+    /// number, or one the plan cannot tell from a fixed line (as in North
+    /// America). Premium-rate, shared-cost, toll-free and other service
+    /// numbers do not, nor do the satellite and international networks
+    /// (+870, +881, +882, +883): codes sent there cost the operator and
+    /// reach no person, which is what SMS pumping exploits (issue 16).
+    pub fn is_mobile(&self) -> bool {
+        const INTERNATIONAL_NETWORKS: [&str; 4] = ["+870", "+881", "+882", "+883"];
+        if INTERNATIONAL_NETWORKS.iter().any(|p| self.0.starts_with(p)) {
+            return false;
+        }
+        let Ok(parsed) = phonenumber::parse(None, &self.0) else {
+            return false;
+        };
+        matches!(
+            parsed.number_type(&phonenumber::metadata::DATABASE),
+            phonenumber::Type::Mobile | phonenumber::Type::FixedLineOrMobile
+        )
     }
 
     /// The ISO 3166-1 alpha-2 region the number belongs to, such as `FR`,
@@ -122,5 +148,35 @@ mod tests {
     fn serde_error_does_not_echo_the_input() {
         let err = serde_json::from_str::<PhoneNumber>("\"+3399999\"").unwrap_err();
         assert!(!err.to_string().contains("3399999"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod number_type_tests {
+    use super::PhoneNumber;
+
+    #[test]
+    fn only_numbers_that_receive_sms_are_mobile() {
+        for mobile in [
+            "+33612345678",
+            "+447400123456",
+            "+4915123456789",
+            "+12025550123",
+        ] {
+            assert!(PhoneNumber::parse(mobile).unwrap().is_mobile(), "{mobile}");
+        }
+        // Premium rate and shared cost (France), toll free (UK), satellite
+        // (Iridium, Inmarsat), fixed line (Paris).
+        for other in [
+            "+33891234567",
+            "+33810123456",
+            "+448001234567",
+            "+881612345678",
+            "+870773123456",
+            "+33123456789",
+        ] {
+            let number = PhoneNumber::parse(other).unwrap();
+            assert!(!number.is_mobile(), "{other}");
+        }
     }
 }

@@ -145,6 +145,11 @@ pub async fn request_code(
     ApiJson(req): ApiJson<RequestCodeRequest>,
 ) -> Result<(StatusCode, ApiJson<RequestCodeResponse>), ApiError> {
     check_market(&state, &req.phone, addr.ip()).await?;
+    if !req.phone.is_mobile() {
+        return Err(ApiError::InvalidPhoneNumber(
+            redoubt_proto::PhoneError::NotMobile,
+        ));
+    }
     let config = &state.config().registration;
     let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
     let key = state.phone_keyer().key(&req.phone);

@@ -384,3 +384,39 @@ async fn no_row_ties_a_requested_number_to_the_address_that_asked() {
         "the per-address limit is kept"
     );
 }
+
+/// Issue 16, item 4 (number types): codes went to premium-rate, satellite
+/// and shared-cost numbers, each SMS paid by the operator (SMS pumping).
+/// Only numbers that receive SMS get one; nothing is sent or counted for
+/// the others.
+#[tokio::test]
+async fn codes_go_only_to_numbers_that_receive_sms() {
+    let server = TestServer::start().await;
+    for number in [
+        "+33891234567",
+        "+33810123456",
+        "+881612345678",
+        "+33123456789",
+    ] {
+        let (status, body) = api_error(request_code(&server, number).await).await;
+        assert_eq!(
+            (status, body.error.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::InvalidPhoneNumber),
+            "{number}"
+        );
+        assert!(
+            body.error.message.contains("not a mobile number"),
+            "{}",
+            body.error.message
+        );
+        let e164 = PhoneNumber::parse(number).unwrap().e164().to_owned();
+        assert!(
+            logs::dev_code_for(&logs::captured(), &e164).is_none(),
+            "no code went to {number}"
+        );
+    }
+    assert_eq!(
+        request_code(&server, &fresh_phone()).await.status(),
+        StatusCode::ACCEPTED
+    );
+}
