@@ -27,6 +27,10 @@ impl Api {
     pub fn bound(base: &str, local: Option<std::net::IpAddr>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
+            // Well under the relay's idle deadline (`http.header_timeout`,
+            // 30 s by default): a pooled connection the relay is closing
+            // just as a request goes out on it is reset, not retried.
+            .pool_idle_timeout(std::time::Duration::from_secs(5))
             .local_address(local)
             .build()
             .unwrap_or_default();

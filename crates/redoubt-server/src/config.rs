@@ -601,7 +601,10 @@ impl Default for HttpConfig {
             client_port_header: None,
             shutdown_grace: Duration::from_secs(30),
             max_connections_per_address: 256,
-            header_timeout: Duration::from_secs(10),
+            // hyper's own default. It is also how long an idle kept-alive
+            // connection stays: clients should let go of pooled
+            // connections sooner (Redoubt's own after 5 s).
+            header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
         }
     }
