@@ -112,21 +112,13 @@ fn signed_list_leaves_out(raw: &[u8], account: AccountId, device: DeviceId) -> b
         return false;
     };
     let b64 = base64::engine::general_purpose::STANDARD;
-    let key = b64
-        .decode(&list.identity_key)
-        .ok()
-        .and_then(|k| <[u8; 32]>::try_from(k).ok())
-        .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok());
-    let signature = b64
-        .decode(&doc.signature)
-        .ok()
-        .and_then(|s| <[u8; 64]>::try_from(s).ok())
-        .map(|s| ed25519_dalek::Signature::from_bytes(&s));
-    let (Some(key), Some(signature)) = (key, signature) else {
+    let (Ok(key), Ok(signature)) = (b64.decode(&list.identity_key), b64.decode(&doc.signature))
+    else {
         return false;
     };
     let input = SignedDocument::signing_input(DEVICE_LIST_CONTEXT, &doc.body);
-    key.verify_strict(&input, &signature).is_ok()
+    // The same Ed25519 check (strict) as a registering device's proof.
+    super::registration::verify_possession(&key, &input, &signature).is_ok()
         && list.account == account
         && list.devices.iter().all(|d| d.device != device)
 }
