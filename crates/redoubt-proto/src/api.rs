@@ -260,6 +260,11 @@ pub struct SendResponse {
     pub id: EnvelopeId,
     /// True when this exact envelope had already been accepted (a retry).
     pub duplicate: bool,
+    /// Recipients it was not queued for, because their mailbox is full or
+    /// holds as much from this sender as the relay takes for now; every
+    /// other recipient got it. Absent when it went to everyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub full: Vec<DeviceId>,
 }
 
 /// An envelope waiting in a device's mailbox.

@@ -178,6 +178,13 @@ pub struct LimitsConfig {
     /// device's one-time packages (forcing everyone onto its last-resort
     /// package) then takes one caller days, not a quarter of a second.
     pub claims_per_device: RateLimit,
+    /// Envelopes one account may queue into any one device's mailbox: a
+    /// burst of `max`, refilled at `max` per `window`. Over it, that
+    /// mailbox is left out of the send (reported as full) and the other
+    /// recipients still get it, so one sender can no longer fill a
+    /// victim's mailbox for everyone. Kept in each node's memory, never in
+    /// the database: a stored row per pair would record who writes to whom.
+    pub sends_per_recipient: RateLimit,
 }
 
 impl Default for LimitsConfig {
@@ -198,6 +205,10 @@ impl Default for LimitsConfig {
             },
             claims_per_device: RateLimit {
                 max: 10,
+                window: hour,
+            },
+            sends_per_recipient: RateLimit {
+                max: 1000,
                 window: hour,
             },
         }
@@ -713,8 +724,9 @@ impl Default for KeyPackageConfig {
 pub struct MailboxConfig {
     /// The largest envelope payload, in bytes.
     pub max_envelope_bytes: usize,
-    /// Envelopes one device may have waiting; a send that would exceed it is
-    /// refused with `mailbox_full` and nothing is queued.
+    /// Envelopes one device may have waiting. A send is not queued for a
+    /// device at the cap (the answer names it in `full`); when every
+    /// recipient is at it, the send is refused with `mailbox_full`.
     pub max_queued_per_device: u64,
     /// How long an envelope waits for a device that never fetches it.
     #[serde(with = "humantime_serde")]

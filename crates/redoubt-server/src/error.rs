@@ -123,8 +123,8 @@ pub enum ApiError {
     /// Some recipients are unknown or revoked.
     #[error("some recipient devices do not exist or were revoked; nothing was queued")]
     UnknownRecipients(Vec<DeviceId>),
-    /// Some mailboxes are full.
-    #[error("some recipient mailboxes are full; nothing was queued")]
+    /// Every recipient's mailbox is full (or over the sender's quota).
+    #[error("every recipient mailbox is full; nothing was queued")]
     MailboxFull(Vec<DeviceId>),
     /// The envelope id was used for different bytes.
     #[error("an envelope with this id and different content was already accepted")]

@@ -37,6 +37,7 @@ pub mod maintenance;
 pub mod markets;
 pub mod metrics;
 pub mod nats;
+pub mod quota;
 pub mod sessions;
 pub mod storage;
 pub mod telemetry;
@@ -76,6 +77,7 @@ struct Inner {
     phone_keyer: storage::PhoneKeyer,
     legal_cache: redoubt_legal::desk::DeskCache,
     kt: Arc<kt::Transparency>,
+    sender_quota: quota::SenderQuota,
 }
 
 /// The legal desk as the relay runs it: its state in the relay's database,
@@ -171,6 +173,7 @@ impl AppState {
         };
         let ip_recorder =
             IpRecorder::new(store.clone(), clock.clone(), config.ip_log.touch_interval);
+        let config_quota = config.limits.sends_per_recipient;
         Ok(Self(Arc::new(Inner {
             config,
             store,
@@ -190,6 +193,7 @@ impl AppState {
             service_key,
             legal_cache: Default::default(),
             kt,
+            sender_quota: quota::SenderQuota::new(config_quota),
         })))
     }
 
@@ -197,6 +201,11 @@ impl AppState {
     /// away (pending codes, the per-number request limit).
     pub fn phone_keyer(&self) -> &storage::PhoneKeyer {
         &self.0.phone_keyer
+    }
+
+    /// What each sender may still queue into each mailbox (this node's).
+    pub fn sender_quota(&self) -> &quota::SenderQuota {
+        &self.0.sender_quota
     }
 
     /// The configuration.

@@ -259,6 +259,7 @@ impl TestDevice {
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         let body: SendResponse = response.json().await.expect("send response");
         assert!(!body.duplicate);
+        assert!(body.full.is_empty(), "queued for every recipient");
         body.id
     }
 
@@ -287,6 +288,12 @@ impl TestDevice {
     /// Opens the delivery WebSocket with the binary subprotocol.
     pub async fn ws_binary(&self) -> BinaryWs {
         BinaryWs::connect(&self.base, &self.token).await
+    }
+
+    /// [`TestDevice::ws_binary`] on version 2 of the subprotocol, which
+    /// names the recipients a send was not queued for.
+    pub async fn ws_binary_v2(&self) -> BinaryWs {
+        BinaryWs::connect_with(&self.base, &self.token, binary::PROTOCOL_V2).await
     }
 }
 
@@ -489,11 +496,16 @@ impl BinaryWs {
     /// Opens the socket, offering the binary subprotocol, and checks that
     /// the relay chose it.
     pub async fn connect(base: &str, token: &AuthToken) -> Self {
+        Self::connect_with(base, token, binary::PROTOCOL).await
+    }
+
+    /// [`BinaryWs::connect`] offering only `protocol` (a version of the
+    /// binary subprotocol).
+    pub async fn connect_with(base: &str, token: &AuthToken, protocol: &str) -> Self {
         let mut request = ws_request(base, token);
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            binary::PROTOCOL.parse().expect("header"),
-        );
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", protocol.parse().expect("header"));
         let (stream, response) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket connects");
@@ -502,7 +514,7 @@ impl BinaryWs {
                 .headers()
                 .get("sec-websocket-protocol")
                 .map(|v| v.as_bytes()),
-            Some(binary::PROTOCOL.as_bytes()),
+            Some(protocol.as_bytes()),
             "the relay chose the binary subprotocol"
         );
         Self { stream }

@@ -141,7 +141,21 @@ impl Client {
                     ));
                     recipients.retain(|d| !devices.contains(d));
                 }
-                other => return other.map(|_| ()),
+                Ok(accepted) => {
+                    if !accepted.full.is_empty() {
+                        // Queued for everyone else (issue 16: one flooded
+                        // mailbox no longer holds up a whole chat); the
+                        // user learns who did not get it.
+                        let n = accepted.full.len();
+                        self.announcements.push(format!(
+                            "⚠ {n} device{} of this chat did not get this message: the relay                              says {} mailbox is full (or holds as much from you as it takes                              for now). The others got it.",
+                            if n == 1 { "" } else { "s" },
+                            if n == 1 { "its" } else { "their" }
+                        ));
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
             }
         }
         Err(ClientError::Invalid(

@@ -403,3 +403,52 @@ async fn safety_numbers_match_and_stay_put_when_devices_come_and_go() {
             .verified
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_is_shown_to_the_sender_and_the_send_goes_on() {
+    let server = TestServer::builder()
+        .configure(|c| c.mailbox.max_queued_per_device = 6)
+        .start()
+        .await;
+    let mut alice = register(&server, &fresh_phone()).await;
+    let bob = register(&server, &fresh_phone()).await;
+    let mut carol = register(&server, &fresh_phone()).await;
+    let chat = alice
+        .client
+        .create_group(
+            "three",
+            &[bob.client.phone().clone(), carol.client.phone().clone()],
+        )
+        .await
+        .unwrap();
+    alice.client.take_announcements();
+    // Bob is offline and his mailbox fills (or the relay says it does,
+    // which the sender cannot tell apart: either way the user is told);
+    // Carol reads along.
+    let mut told = None;
+    for i in 0..10 {
+        alice
+            .client
+            .send_text(&chat, &format!("message {i}"))
+            .await
+            .expect("a full mailbox does not fail the send");
+        carol.client.sync().await.unwrap();
+        if let Some(t) = alice
+            .client
+            .take_announcements()
+            .into_iter()
+            .find(|t| t.contains("did not get this message"))
+        {
+            told = Some(t);
+            break;
+        }
+    }
+    let told = told.expect("the sender is told who did not get it");
+    assert!(told.contains("1 device of this chat"), "{told}");
+    let carols = carol.client.chats().await.unwrap();
+    let texts = texts(&carol.client, &carols[0]).await;
+    assert!(
+        texts.iter().any(|t| t.contains("message")),
+        "the others still got it: {texts:?}"
+    );
+}

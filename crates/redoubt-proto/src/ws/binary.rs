@@ -19,6 +19,13 @@
 //! | `0x82` drained | server | nothing |
 //! | `0x83` accepted | server | id, duplicate (u8: 0 or 1) |
 //! | `0x84` refused | server | id, HTTP status (u16), the JSON [`ErrorBody`] an HTTP send would have got |
+//! | `0x85` accepted in part | server | id, duplicate (u8), full count (u16), the devices it was not queued for |
+//!
+//! Subprotocol [`PROTOCOL_V2`] is version 1 plus the `0x85` frame: a send
+//! is queued for the recipients whose mailboxes take it, and the others are
+//! named (issue 16: one flooded member no longer silences a whole group).
+//! A session on [`PROTOCOL`] gets a plain `0x83` for such a send, as a
+//! client of that version cannot read `0x85`.
 
 use crate::api::{Envelope, EnvelopeKind, COMMIT_GROUP_LEN};
 use crate::error::ErrorBody;
@@ -27,6 +34,9 @@ use crate::time::Timestamp;
 
 /// The WebSocket subprotocol that selects this encoding.
 pub const PROTOCOL: &str = "redoubt.bin.1";
+
+/// The subprotocol of this encoding with partial acceptance (`0x85`).
+pub const PROTOCOL_V2: &str = "redoubt.bin.2";
 
 /// The first byte of every frame of this encoding.
 pub const VERSION: u8 = 1;
@@ -37,6 +47,7 @@ const ENVELOPES: u8 = 0x81;
 const DRAINED: u8 = 0x82;
 const ACCEPTED: u8 = 0x83;
 const REFUSED: u8 = 0x84;
+const ACCEPTED_PART: u8 = 0x85;
 
 const FLAG_COMMIT: u8 = 0x01;
 
@@ -107,6 +118,10 @@ pub enum ServerMessage {
         id: EnvelopeId,
         /// Whether it had been accepted before.
         duplicate: bool,
+        /// Recipients it was not queued for: their mailboxes were full, or
+        /// held as much from this sender as the relay takes for now.
+        /// Empty when it went to everyone.
+        full: Vec<DeviceId>,
     },
     /// A send was refused; nothing was stored.
     Refused {
@@ -202,11 +217,27 @@ impl ServerMessage {
                 out
             }
             Self::Drained => vec![VERSION, DRAINED],
-            Self::Accepted { id, duplicate } => {
+            Self::Accepted {
+                id,
+                duplicate,
+                full,
+            } if full.is_empty() => {
                 let mut out = Vec::with_capacity(19);
                 out.extend([VERSION, ACCEPTED]);
                 out.extend(id.as_bytes());
                 out.push(u8::from(*duplicate));
+                out
+            }
+            Self::Accepted {
+                id,
+                duplicate,
+                full,
+            } => {
+                let mut out = Vec::with_capacity(21 + 16 * full.len());
+                out.extend([VERSION, ACCEPTED_PART]);
+                out.extend(id.as_bytes());
+                out.push(u8::from(*duplicate));
+                put_ids(&mut out, full.iter().map(|d| d.as_bytes()));
                 out
             }
             Self::Refused { id, status, error } => {
@@ -246,14 +277,30 @@ impl ServerMessage {
                 Self::Envelopes(envelopes)
             }
             DRAINED => Self::Drained,
-            ACCEPTED => Self::Accepted {
-                id: EnvelopeId::from_bytes(r.array()?),
-                duplicate: match r.u8()? {
+            kind @ (ACCEPTED | ACCEPTED_PART) => {
+                let id = EnvelopeId::from_bytes(r.array()?);
+                let duplicate = match r.u8()? {
                     0 => false,
                     1 => true,
                     _ => return Err(FrameError::Invalid("duplicate flag")),
-                },
-            },
+                };
+                let mut full = Vec::new();
+                if kind == ACCEPTED_PART {
+                    let n = r.u16()?;
+                    if n == 0 {
+                        // Partial acceptance with nobody left out is 0x83.
+                        return Err(FrameError::Invalid("full count"));
+                    }
+                    for _ in 0..n {
+                        full.push(DeviceId::from_bytes(r.array()?));
+                    }
+                }
+                Self::Accepted {
+                    id,
+                    duplicate,
+                    full,
+                }
+            }
             REFUSED => {
                 let id = EnvelopeId::from_bytes(r.array()?);
                 let status = r.u16()?;
@@ -405,6 +452,12 @@ mod tests {
         round_trip_server(ServerMessage::Accepted {
             id: EnvelopeId::random(),
             duplicate: true,
+            full: vec![],
+        });
+        round_trip_server(ServerMessage::Accepted {
+            id: EnvelopeId::random(),
+            duplicate: false,
+            full: vec![DeviceId::random(), DeviceId::random()],
         });
         round_trip_server(ServerMessage::Refused {
             id: EnvelopeId::random(),

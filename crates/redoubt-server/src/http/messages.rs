@@ -6,7 +6,7 @@ use redoubt_proto::api::{
     AckRequest, AckResponse, Envelope, EnvelopeKind, FetchResponse, SendRequest, SendResponse,
     COMMIT_GROUP_LEN,
 };
-use redoubt_proto::{DeviceId, EnvelopeId, ErrorBody};
+use redoubt_proto::{AccountId, DeviceId, EnvelopeId, ErrorBody};
 use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiQuery, Authed};
@@ -23,18 +23,19 @@ pub const MAX_ACK_IDS: usize = 1000;
     post, path = "/v1/messages", tag = "messages", security(("bearer" = [])),
     request_body = SendRequest,
     responses(
-        (status = 202, description = "Queued", body = SendResponse),
+        (status = 202, description = "Queued, for every recipient not named in `full`", body = SendResponse),
         (status = 200, description = "Already queued earlier (a retry)", body = SendResponse),
         (status = 401, body = ErrorBody),
         (status = 409, description = "The id was used for other bytes, or another commit to the group was accepted from this epoch", body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 422, description = "Unknown recipients or too many", body = ErrorBody),
-        (status = 507, description = "A recipient mailbox is full; nothing queued", body = ErrorBody),
+        (status = 429, description = "Every recipient's mailbox holds as much from this sender as the relay takes for now", body = ErrorBody),
+        (status = 507, description = "Every recipient's mailbox is full; nothing queued", body = ErrorBody),
     )
 )]
 pub async fn send(
     State(state): State<AppState>,
-    _auth: Authed,
+    auth: Authed,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> Result<(StatusCode, ApiJson<SendResponse>), ApiError> {
     let commit = match req.commit {
@@ -48,9 +49,10 @@ pub async fn send(
             epoch: tag.epoch,
         }),
     };
-    let duplicate = submit(
+    let Accepted { duplicate, full } = submit(
         &state,
         Submission {
+            sender: auth.account_id,
             id: req.id,
             recipients: req.recipients,
             payload: req.payload.into_vec(),
@@ -68,12 +70,15 @@ pub async fn send(
         ApiJson(SendResponse {
             id: req.id,
             duplicate,
+            full,
         }),
     ))
 }
 
 /// One envelope to queue, from `POST /v1/messages` or a WebSocket send.
 pub(crate) struct Submission {
+    /// Who sends it: held to a quota per recipient mailbox, never stored.
+    pub sender: AccountId,
     /// The sender's id for it.
     pub id: EnvelopeId,
     /// Its recipients, as sent (duplicates allowed).
@@ -84,10 +89,19 @@ pub(crate) struct Submission {
     pub commit: Option<CommitPosition>,
 }
 
+/// What became of an accepted send.
+pub(crate) struct Accepted {
+    /// The id had been accepted before (a retry).
+    pub duplicate: bool,
+    /// Recipients it was not queued for (full, or over this sender's
+    /// quota into their mailbox).
+    pub full: Vec<DeviceId>,
+}
+
 /// Checks and queues one envelope, waking its recipients: the one send
 /// path behind both transports, so they keep the same limits, ids and
-/// errors. Returns whether the id had been accepted before (a retry).
-pub(crate) async fn submit(state: &AppState, s: Submission) -> Result<bool, ApiError> {
+/// errors.
+pub(crate) async fn submit(state: &AppState, s: Submission) -> Result<Accepted, ApiError> {
     let cfg = &state.config().mailbox;
     if s.id.is_service() {
         return Err(ApiError::InvalidRequest(
@@ -121,6 +135,24 @@ pub(crate) async fn submit(state: &AppState, s: Submission) -> Result<bool, ApiE
         ));
     }
     let now = state.clock().now();
+    // The sender's quota into each mailbox (issue 16, item 1): a mailbox
+    // this sender has filled its share of is left out, as a full one is.
+    let over = state.sender_quota().take(s.sender, &recipients, now);
+    let recipients: Vec<DeviceId> = if over.is_empty() {
+        recipients
+    } else {
+        state.metrics().rate_limited.inc();
+        let rest: Vec<DeviceId> = recipients
+            .into_iter()
+            .filter(|d| !over.contains(d))
+            .collect();
+        if rest.is_empty() {
+            return Err(ApiError::RateLimited {
+                retry_after_secs: state.sender_quota().retry_after().as_secs().max(1),
+            });
+        }
+        rest
+    };
     let outcome = state
         .store()
         .enqueue(NewEnvelope {
@@ -134,19 +166,28 @@ pub(crate) async fn submit(state: &AppState, s: Submission) -> Result<bool, ApiE
             commit: s.commit,
         })
         .await?;
+    let mut full = over;
     match outcome {
-        EnqueueOutcome::Queued => {
-            state
-                .metrics()
-                .envelopes_queued
-                .inc_by(recipients.len() as u64);
+        EnqueueOutcome::Queued | EnqueueOutcome::Partial(_) => {
+            if let EnqueueOutcome::Partial(left_out) = outcome {
+                full.extend(left_out);
+            }
+            let queued: Vec<DeviceId> = recipients
+                .into_iter()
+                .filter(|d| !full.contains(d))
+                .collect();
+            full.sort();
+            state.metrics().envelopes_queued.inc_by(queued.len() as u64);
             // A store that feeds its commits to the sessions has handed
             // them this envelope already; a wake-up would only make them
             // read the mailbox for it.
             if !state.store().feeds_commits() {
-                state.fanout().wake(s.id, &recipients).await;
+                state.fanout().wake(s.id, &queued).await;
             }
-            Ok(false)
+            Ok(Accepted {
+                duplicate: false,
+                full,
+            })
         }
         // A retry wakes the recipients again: the first attempt may have
         // been cut off (its client gone, its task dropped) after the store
@@ -154,12 +195,21 @@ pub(crate) async fn submit(state: &AppState, s: Submission) -> Result<bool, ApiE
         // read its mailbox.
         EnqueueOutcome::Duplicate => {
             state.fanout().wake(s.id, &recipients).await;
-            Ok(true)
+            Ok(Accepted {
+                duplicate: true,
+                full: Vec::new(),
+            })
         }
         EnqueueOutcome::Conflict => Err(ApiError::EnvelopeIdConflict),
         EnqueueOutcome::StaleCommit => Err(ApiError::StaleCommit),
         EnqueueOutcome::UnknownRecipients(d) => Err(ApiError::UnknownRecipients(d)),
-        EnqueueOutcome::MailboxFull(d) => Err(ApiError::MailboxFull(d)),
+        EnqueueOutcome::MailboxFull(d) => {
+            // Every mailbox left is full, and those over the quota are as
+            // good as full for this sender.
+            full.extend(d);
+            full.sort();
+            Err(ApiError::MailboxFull(full))
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use redoubt_proto::ws::{close, ClientFrame, ServerFrame};
 use redoubt_proto::{EnvelopeId, ErrorBody};
 
 use super::extract::Authed;
-use super::messages::{submit, to_wire, Submission, MAX_ACK_IDS};
+use super::messages::{submit, to_wire, Accepted, Submission, MAX_ACK_IDS};
 use crate::error::ApiError;
 use crate::sessions::{CloseReason, Inbox, Signal};
 use crate::storage::{CommitPosition, QueuedEnvelope, StoreError};
@@ -82,7 +82,7 @@ pub async fn upgrade(
     // envelope to the most recipients, or the largest ack.
     let mailbox = &state.config().mailbox;
     let max_frame = (64 + mailbox.max_envelope_bytes + 16 * mailbox.max_recipients).max(64 * 1024);
-    ws.protocols([binary::PROTOCOL])
+    ws.protocols([binary::PROTOCOL_V2, binary::PROTOCOL])
         .max_message_size(max_frame)
         .read_buffer_size(512)
         .write_buffer_size(4 * 1024)
@@ -91,6 +91,10 @@ pub async fn upgrade(
                 Some(_) => Encoding::Binary,
                 None => Encoding::Json,
             };
+            // A client of version 1 cannot read a partial acceptance.
+            let partial = socket
+                .protocol()
+                .is_some_and(|p| p.as_bytes() == binary::PROTOCOL_V2.as_bytes());
             // No tracing span per session: each costs an entry in the
             // subscriber's registry for the session's whole life, and the
             // session logs little (its open and close, at debug).
@@ -104,6 +108,7 @@ pub async fn upgrade(
                 state,
                 auth,
                 encoding,
+                partial,
                 in_flight: InFlight::default(),
                 acking: HashSet::new(),
                 backlogged: false,
@@ -127,6 +132,8 @@ struct Session {
     state: AppState,
     auth: Authed,
     encoding: Encoding,
+    /// The client reads partial acceptances ([`binary::PROTOCOL_V2`]).
+    partial: bool,
     /// Pushed and not acknowledged.
     in_flight: InFlight,
     /// Acknowledged, with the ack not yet committed: still in the mailbox,
@@ -477,9 +484,11 @@ impl Session {
     /// largest refusal.
     fn send(&self, send: binary::Send) -> Pending<Vec<u8>> {
         let state = self.state.clone();
+        let (sender, partial) = (self.auth.account_id, self.partial);
         self.detach(async move {
             let id = send.id;
             let submission = Submission {
+                sender,
                 id,
                 recipients: send.recipients,
                 payload: send.payload,
@@ -489,7 +498,12 @@ impl Session {
                 }),
             };
             match submit(&state, submission).await {
-                Ok(duplicate) => ServerMessage::Accepted { id, duplicate },
+                Ok(Accepted { duplicate, full }) => ServerMessage::Accepted {
+                    id,
+                    duplicate,
+                    // Version 1 clients get a plain acceptance.
+                    full: if partial { full } else { Vec::new() },
+                },
                 Err(e) => {
                     let (status, error) = e.to_body();
                     ServerMessage::Refused {

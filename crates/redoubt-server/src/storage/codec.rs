@@ -60,32 +60,36 @@ pub(crate) fn retry_after(oldest: Option<i64>, window: Duration, now: Timestamp)
 /// them in one query when checking a send.
 pub(crate) type QueueLengths = std::collections::HashMap<DeviceId, i64>;
 
-/// Why a send must be refused before anything is written: recipients that
-/// do not exist or were revoked (in the order given), else recipients whose
-/// queues are full (sorted). `None` when the send may go ahead.
-pub(crate) fn refuse_recipients(
+/// Which recipients a send is queued for, read before anything is
+/// written: refused whole if a recipient does not exist or was revoked (in
+/// the order given) or if every mailbox is full; otherwise the recipients
+/// whose mailboxes are full (sorted), left out while the others get it.
+///
+/// Why not all or nothing, as before issue 16: one member's flooded mailbox
+/// then silenced the whole group for the message TTL.
+pub(crate) fn admit_recipients(
     recipients: &[DeviceId],
     active: &QueueLengths,
     max_queued: u64,
-) -> Option<super::EnqueueOutcome> {
+) -> Result<Vec<DeviceId>, super::EnqueueOutcome> {
     let unknown: Vec<DeviceId> = recipients
         .iter()
         .filter(|d| !active.contains_key(d))
         .copied()
         .collect();
     if !unknown.is_empty() {
-        return Some(super::EnqueueOutcome::UnknownRecipients(unknown));
+        return Err(super::EnqueueOutcome::UnknownRecipients(unknown));
     }
     let mut full: Vec<DeviceId> = active
         .iter()
         .filter(|(_, &queued)| u64::try_from(queued).unwrap_or(0) >= max_queued)
         .map(|(d, _)| *d)
         .collect();
-    if full.is_empty() {
-        return None;
-    }
     full.sort();
-    Some(super::EnqueueOutcome::MailboxFull(full))
+    if !full.is_empty() && full.len() == active.len() {
+        return Err(super::EnqueueOutcome::MailboxFull(full));
+    }
+    Ok(full)
 }
 
 /// What a token resolves to, from its device row (id, account, revocation

@@ -416,7 +416,9 @@ pub enum EnqueueOutcome {
     Conflict,
     /// These recipients do not exist or were revoked; nothing was queued.
     UnknownRecipients(Vec<DeviceId>),
-    /// These recipients' mailboxes are full; nothing was queued.
+    /// Queued for every recipient but these, whose mailboxes are full.
+    Partial(Vec<DeviceId>),
+    /// Every recipient's mailbox is full; nothing was queued.
     MailboxFull(Vec<DeviceId>),
     /// Another commit to the group was accepted from this epoch already;
     /// nothing was queued.

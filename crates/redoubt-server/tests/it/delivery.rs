@@ -262,7 +262,7 @@ async fn a_second_commit_from_the_same_epoch_is_refused_as_stale() {
 }
 
 #[tokio::test]
-async fn a_full_mailbox_refuses_the_send_and_queues_nothing() {
+async fn a_full_mailbox_is_left_out_and_the_others_still_get_the_send() {
     let server = TestServer::builder()
         .configure(|c| c.mailbox.max_queued_per_device = 3)
         .start()
@@ -273,27 +273,70 @@ async fn a_full_mailbox_refuses_the_send_and_queues_nothing() {
     for _ in 0..3 {
         alice.send_ok(&[bob.device_id], b"fill").await;
     }
-    let (status, body) = api_error(
-        alice
-            .send(&[carol.device_id, bob.device_id], b"overflow")
-            .await,
-    )
-    .await;
+    // Issue 16, item 1: before, one full mailbox refused the send for
+    // everyone, so one flooded member silenced a whole group.
+    let response = alice
+        .send(&[carol.device_id, bob.device_id], b"to the group")
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: SendResponse = response.json().await.unwrap();
+    assert_eq!(body.full, vec![bob.device_id], "the full mailbox is named");
+    assert_eq!(
+        carol.fetch().await.envelopes[0].payload.as_slice(),
+        b"to the group"
+    );
+    assert_eq!(
+        bob.fetch().await.envelopes.len(),
+        3,
+        "nothing already queued was dropped, nothing added"
+    );
+    // When nobody has room, the send is refused whole and says so.
+    let (status, body) = api_error(alice.send(&[bob.device_id], b"overflow").await).await;
     assert_eq!(
         (status, body.error.code),
         (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::MailboxFull)
     );
     assert_eq!(body.error.devices, vec![bob.device_id]);
-    assert!(carol.fetch().await.envelopes.is_empty(), "all or nothing");
-    assert_eq!(
-        bob.fetch().await.envelopes.len(),
-        3,
-        "nothing already queued was dropped"
-    );
     // Draining makes room again.
     let ids: Vec<EnvelopeId> = bob.fetch().await.envelopes.iter().map(|e| e.id).collect();
     bob.ack(&ids).await;
     alice.send_ok(&[bob.device_id], b"fits now").await;
+}
+
+#[tokio::test]
+async fn one_sender_cannot_fill_a_mailbox_for_everyone_else() {
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.mailbox.max_queued_per_device = 10;
+            c.limits.sends_per_recipient.max = 4;
+        })
+        .start()
+        .await;
+    let flooder = server.register_fresh().await;
+    let victim = server.register_fresh().await;
+    let bystander = server.register_fresh().await;
+    let friend = server.register_fresh().await;
+    for _ in 0..4 {
+        flooder.send_ok(&[victim.device_id], b"flood").await;
+    }
+    // The flooder's share of the victim's mailbox is spent: a send to the
+    // victim alone is rate-limited, one to a group leaves the victim out.
+    let (status, body) = api_error(flooder.send(&[victim.device_id], b"more").await).await;
+    assert_eq!(
+        (status, body.error.code),
+        (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
+    );
+    let response = flooder
+        .send(&[bystander.device_id, victim.device_id], b"group")
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: SendResponse = response.json().await.unwrap();
+    assert_eq!(body.full, vec![victim.device_id]);
+    // Everyone else still reaches the victim: the mailbox has room.
+    friend.send_ok(&[victim.device_id], b"hello").await;
+    let queued = victim.fetch().await.envelopes;
+    assert_eq!(queued.len(), 5);
+    assert_eq!(queued[4].payload.as_slice(), b"hello");
 }
 
 #[tokio::test]

@@ -62,7 +62,8 @@ async fn a_send_on_the_socket_is_stored_once_and_pushed_to_a_binary_and_a_json_c
         answer(&mut alice_ws).await,
         ServerMessage::Accepted {
             id,
-            duplicate: false
+            duplicate: false,
+            full: vec![]
         }
     );
     let pushed = bob_ws.until_drained().await;
@@ -84,7 +85,8 @@ async fn a_send_on_the_socket_is_stored_once_and_pushed_to_a_binary_and_a_json_c
         answer(&mut alice_ws).await,
         ServerMessage::Accepted {
             id,
-            duplicate: true
+            duplicate: true,
+            full: vec![]
         }
     );
     let http_retry = alice
@@ -312,7 +314,8 @@ async fn sends_racing_a_connected_device_reach_it_once_each_in_each_senders_orde
                     answer(&mut ws).await,
                     ServerMessage::Accepted {
                         id: *id,
-                        duplicate: false
+                        duplicate: false,
+                        full: vec![]
                     }
                 );
             }
@@ -387,4 +390,51 @@ async fn the_push_window_is_bounded_in_bytes_and_still_passes_a_large_envelope()
         batches,
         vec![vec![big], small[..2].to_vec(), small[2..].to_vec()]
     );
+}
+
+#[tokio::test]
+async fn a_send_to_a_full_mailbox_goes_to_the_others_and_version_2_names_it() {
+    let server = TestServer::builder()
+        .configure(|c| c.mailbox.max_queued_per_device = 2)
+        .start()
+        .await;
+    let alice = server.register_fresh().await;
+    let bob = server.register_fresh().await;
+    let carol = server.register_fresh().await;
+    for _ in 0..2 {
+        alice.send_ok(&[bob.device_id], b"fills bob").await;
+    }
+
+    let mut v2 = alice.ws_binary_v2().await;
+    v2.until_drained().await;
+    let id = EnvelopeId::random();
+    v2.send(send(id, &[bob.device_id, carol.device_id], b"group"))
+        .await;
+    assert_eq!(
+        answer(&mut v2).await,
+        ServerMessage::Accepted {
+            id,
+            duplicate: false,
+            full: vec![bob.device_id]
+        }
+    );
+    assert_eq!(carol.fetch().await.envelopes.len(), 1);
+
+    // A version 1 client cannot read the list: it gets a plain acceptance,
+    // and the send still reached everyone with room.
+    let mut v1 = alice.ws_binary().await;
+    v1.until_drained().await;
+    let id = EnvelopeId::random();
+    v1.send(send(id, &[bob.device_id, carol.device_id], b"again"))
+        .await;
+    assert_eq!(
+        answer(&mut v1).await,
+        ServerMessage::Accepted {
+            id,
+            duplicate: false,
+            full: vec![]
+        }
+    );
+    assert_eq!(carol.fetch().await.envelopes.len(), 2);
+    assert_eq!(bob.fetch().await.envelopes.len(), 2);
 }

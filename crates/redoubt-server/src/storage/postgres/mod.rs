@@ -1090,15 +1090,22 @@ pub(super) async fn enqueue_one(
     // The device rows are locked, so their queue lengths (kept by a
     // trigger, migration 0002) cannot change under the cap check.
     let active = active_devices(&mut tx, &envelope.recipients, true).await?;
-    if let Some(refused) = refuse_recipients(&envelope.recipients, &active, envelope.max_queued) {
-        return Ok(refused);
-    }
+    let full = match admit_recipients(&envelope.recipients, &active, envelope.max_queued) {
+        Ok(full) => full,
+        Err(refused) => return Ok(refused),
+    };
     if let Some(commit) = &envelope.commit {
         if !advance_commit_position!(&mut *tx, commit, envelope.now) {
             return Ok(EnqueueOutcome::StaleCommit);
         }
     }
-    let recipients = id_list(envelope.recipients.iter().map(|d| *d.as_bytes()));
+    let recipients = id_list(
+        envelope
+            .recipients
+            .iter()
+            .filter(|d| !full.contains(d))
+            .map(|d| *d.as_bytes()),
+    );
     sqlx::query(
         "INSERT INTO envelopes (id, kind, payload, received_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -1118,7 +1125,11 @@ pub(super) async fn enqueue_one(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(EnqueueOutcome::Queued)
+    Ok(if full.is_empty() {
+        EnqueueOutcome::Queued
+    } else {
+        EnqueueOutcome::Partial(full)
+    })
 }
 
 /// One ack in a transaction of its own.

@@ -193,7 +193,7 @@ async fn write_batch(pool: &PgPool, jobs: &[Write]) -> Result<Option<Vec<Written
         // rows are locked already).
         let mut queued = active_devices(&mut tx, &devices, false).await?;
 
-        let mut accepted: Vec<(&NewEnvelope, Vec<u8>)> = Vec::new();
+        let mut accepted: Vec<(&NewEnvelope, Vec<u8>, Vec<DeviceId>)> = Vec::new();
         for (i, e) in sends {
             let id = e.id.as_bytes().to_vec();
             let hash = Sha256::digest(&e.payload).to_vec();
@@ -209,22 +209,32 @@ async fn write_batch(pool: &PgPool, jobs: &[Write]) -> Result<Option<Vec<Written
                     .iter()
                     .filter_map(|d| queued.get(d).map(|q| (*d, *q)))
                     .collect();
-                match refuse_recipients(&e.recipients, &mine, e.max_queued) {
-                    Some(refused) => refused,
-                    None => match &e.commit {
+                match admit_recipients(&e.recipients, &mine, e.max_queued) {
+                    Err(refused) => refused,
+                    Ok(full) => match &e.commit {
                         Some(c) if !advance_commit_position!(&mut *tx, c, e.now) => {
                             EnqueueOutcome::StaleCommit
                         }
                         _ => {
-                            for d in &e.recipients {
+                            let to: Vec<DeviceId> = e
+                                .recipients
+                                .iter()
+                                .filter(|d| !full.contains(d))
+                                .copied()
+                                .collect();
+                            for d in &to {
                                 if let Some(q) = queued.get_mut(d) {
                                     *q += 1;
                                 }
                             }
                             // A second send of the id in this batch is its retry.
                             known.insert(id, hash.clone());
-                            accepted.push((e, hash));
-                            EnqueueOutcome::Queued
+                            accepted.push((e, hash, to));
+                            if full.is_empty() {
+                                EnqueueOutcome::Queued
+                            } else {
+                                EnqueueOutcome::Partial(full)
+                            }
                         }
                     },
                 }
@@ -244,11 +254,11 @@ async fn write_batch(pool: &PgPool, jobs: &[Write]) -> Result<Option<Vec<Written
 /// one of their ids first.
 async fn insert(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    accepted: &[(&NewEnvelope, Vec<u8>)],
+    accepted: &[(&NewEnvelope, Vec<u8>, Vec<DeviceId>)],
 ) -> Result<bool, StoreError> {
-    let ids = id_list(accepted.iter().map(|(e, _)| *e.id.as_bytes()));
-    let hashes: Vec<Vec<u8>> = accepted.iter().map(|(_, h)| h.clone()).collect();
-    let now: Vec<i64> = accepted.iter().map(|(e, _)| ms(e.now)).collect();
+    let ids = id_list(accepted.iter().map(|(e, _, _)| *e.id.as_bytes()));
+    let hashes: Vec<Vec<u8>> = accepted.iter().map(|(_, h, _)| h.clone()).collect();
+    let now: Vec<i64> = accepted.iter().map(|(e, _, _)| ms(e.now)).collect();
     let claimed = sqlx::query(
         "INSERT INTO envelope_receipts (id, payload_hash, received_at)
          SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::int8[])
@@ -262,9 +272,15 @@ async fn insert(
     if claimed.len() != accepted.len() {
         return Ok(false);
     }
-    let kinds: Vec<&str> = accepted.iter().map(|(e, _)| kind_to_str(e.kind)).collect();
-    let payloads: Vec<&[u8]> = accepted.iter().map(|(e, _)| e.payload.as_slice()).collect();
-    let expires: Vec<i64> = accepted.iter().map(|(e, _)| ms(e.expires_at)).collect();
+    let kinds: Vec<&str> = accepted
+        .iter()
+        .map(|(e, _, _)| kind_to_str(e.kind))
+        .collect();
+    let payloads: Vec<&[u8]> = accepted
+        .iter()
+        .map(|(e, _, _)| e.payload.as_slice())
+        .collect();
+    let expires: Vec<i64> = accepted.iter().map(|(e, _, _)| ms(e.expires_at)).collect();
     sqlx::query(
         "INSERT INTO envelopes (id, kind, payload, received_at, expires_at)
          SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::int8[], $5::int8[])",
@@ -278,9 +294,8 @@ async fn insert(
     .await?;
     let (devices, envelopes): (Vec<Vec<u8>>, Vec<Vec<u8>>) = accepted
         .iter()
-        .flat_map(|(e, _)| {
-            e.recipients
-                .iter()
+        .flat_map(|(e, _, to)| {
+            to.iter()
                 .map(|d| (d.as_bytes().to_vec(), e.id.as_bytes().to_vec()))
         })
         .unzip();

@@ -266,7 +266,7 @@ fn write_batch(
     for job in jobs {
         done.push(match job {
             Write::Enqueue(envelope) => match enqueue(&tx, envelope, lengths)? {
-                Ok(mailboxes) => {
+                Ok((mailboxes, full)) => {
                     if feed.is_some() {
                         committed.push(Committed {
                             id: envelope.id,
@@ -276,7 +276,11 @@ fn write_batch(
                             mailboxes,
                         });
                     }
-                    Written::Enqueued(EnqueueOutcome::Queued)
+                    Written::Enqueued(if full.is_empty() {
+                        EnqueueOutcome::Queued
+                    } else {
+                        EnqueueOutcome::Partial(full)
+                    })
                 }
                 Err(refused) => Written::Enqueued(refused),
             },
@@ -332,12 +336,13 @@ fn read_batch(
 }
 
 /// One enqueue inside the writer's transaction: the envelope's sequence
-/// number in each mailbox once queued, or why nothing was.
+/// number in each mailbox it was queued to and the full mailboxes it was
+/// not, or why nothing was queued.
 fn enqueue(
     tx: &rusqlite::Transaction<'_>,
     envelope: &NewEnvelope,
     lengths: &mut Lengths,
-) -> Result<Result<Vec<(DeviceId, i64)>, EnqueueOutcome>, StoreError> {
+) -> Result<Result<(Vec<(DeviceId, i64)>, Vec<DeviceId>), EnqueueOutcome>, StoreError> {
     let payload_hash = Sha256::digest(&envelope.payload).to_vec();
     let id = envelope.id.as_bytes();
     let stored: Option<Vec<u8>> = tx
@@ -364,9 +369,10 @@ fn enqueue(
             }
         }
     }
-    if let Some(refused) = refuse_recipients(&envelope.recipients, &active, envelope.max_queued) {
-        return Ok(Err(refused));
-    }
+    let full = match admit_recipients(&envelope.recipients, &active, envelope.max_queued) {
+        Ok(full) => full,
+        Err(refused) => return Ok(Err(refused)),
+    };
     if let Some(commit) = &envelope.commit {
         let (epoch, next) = commit.columns();
         let moved = tx
@@ -400,7 +406,7 @@ fn enqueue(
     let mut mailboxes = Vec::with_capacity(envelope.recipients.len());
     let mut last = tx
         .prepare_cached("SELECT seq FROM mailbox WHERE device_id = ?1 ORDER BY seq DESC LIMIT 1")?;
-    for d in &envelope.recipients {
+    for d in envelope.recipients.iter().filter(|d| !full.contains(d)) {
         // Above the queue's last row even if something other than this
         // writer put it there (an operator's repair, the malicious-relay
         // tests): one seek, to the page the insert writes anyway.
@@ -412,7 +418,7 @@ fn enqueue(
         lengths.add(*d, 1);
         mailboxes.push((*d, seq));
     }
-    Ok(Ok(mailboxes))
+    Ok(Ok((mailboxes, full)))
 }
 
 /// One acknowledgement inside the writer's transaction: the mailbox rows
