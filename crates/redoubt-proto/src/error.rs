@@ -19,6 +19,9 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The body is larger than the server accepts.
     PayloadTooLarge,
+    /// The request's headers (or its target) are larger than the server
+    /// reads (HTTP 431).
+    HeadersTooLarge,
     /// No such route.
     NotFound,
     /// The route exists but not with this method.
@@ -55,7 +58,8 @@ pub enum ErrorCode {
     KeyPackageLimit,
     /// Some recipient devices do not exist or were revoked; nothing was queued.
     UnknownRecipients,
-    /// Some recipient mailboxes are full; nothing was queued.
+    /// Every recipient's mailbox is full, or holds as much from this sender
+    /// as the relay takes for now; nothing was queued.
     MailboxFull,
     /// An envelope with this id but different content was already accepted.
     EnvelopeIdConflict,

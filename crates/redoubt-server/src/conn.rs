@@ -186,7 +186,11 @@ pub(crate) async fn accept_loop(
             }
             // The place goes with the socket, so that a WebSocket, which
             // outlives this task once upgraded, still counts.
-            let held = Held { tcp, _place: place };
+            let held = Held {
+                tcp,
+                _place: place,
+                owed: None,
+            };
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(held), service)
                 .into_owned();
@@ -202,6 +206,109 @@ pub(crate) async fn accept_loop(
 struct Held {
     tcp: tokio::net::TcpStream,
     _place: Admitted,
+    /// The rest of a rewritten error answer still to write, and how much of
+    /// it is written (boxed: an idle WebSocket keeps this struct for life).
+    owed: Option<Box<(Vec<u8>, usize)>>,
+}
+
+/// hyper answers a request it cannot parse itself, before the app sees
+/// it, with a bare head: `400`, `414` or `431` and `content-length: 0`. Every
+/// other error of the relay is a JSON body with a stable code (invariant
+/// 4), and clients branch on it; hyper offers no hook for that answer, so
+/// its head is recognised here, on its way out, and given the body. No
+/// answer of the app matches (each of its errors has a content type), and
+/// neither can a WebSocket frame (those never start with `H`).
+pub(crate) fn bare_error_with_body(head: &[u8]) -> Option<Vec<u8>> {
+    const LENGTH: &[u8] = b"\r\ncontent-length: 0\r\n";
+    let status = head.get(..12)?;
+    let (code, message) = match status {
+        b"HTTP/1.1 400" => (
+            redoubt_proto::ErrorCode::InvalidRequest,
+            "the request is not valid HTTP/1.1",
+        ),
+        b"HTTP/1.1 414" => (
+            redoubt_proto::ErrorCode::HeadersTooLarge,
+            "the request target is longer than the server reads",
+        ),
+        b"HTTP/1.1 431" => (
+            redoubt_proto::ErrorCode::HeadersTooLarge,
+            "the request headers are larger than the server reads",
+        ),
+        _ => return None,
+    };
+    if !head.ends_with(b"\r\n\r\n")
+        || head.windows(4).filter(|w| w == b"\r\n\r\n").count() != 1
+        || contains(head, b"content-type:")
+    {
+        return None;
+    }
+    let at = head.windows(LENGTH.len()).position(|w| w == LENGTH)?;
+    let body = serde_json::to_vec(&redoubt_proto::ErrorBody {
+        error: redoubt_proto::ErrorDetail {
+            code,
+            message: message.into(),
+            devices: Vec::new(),
+            market: None,
+        },
+    })
+    .ok()?;
+    let mut out = Vec::with_capacity(head.len() + body.len() + 48);
+    out.extend_from_slice(&head[..at]);
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&head[at + LENGTH.len()..]);
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+impl Held {
+    /// Writes what is owed of a rewritten answer; ready once all is.
+    fn pay(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        use tokio::io::AsyncWrite as _;
+        while let Some(owed) = &mut self.owed {
+            let (bytes, done) = &mut **owed;
+            if *done == bytes.len() {
+                self.owed = None;
+                break;
+            }
+            match std::pin::Pin::new(&mut self.tcp).poll_write(cx, &bytes[*done..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *done += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes `buf` whole as a rewritten answer, if it is hyper's bare one.
+    fn rewrite(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Option<std::task::Poll<std::io::Result<usize>>> {
+        if buf.first() != Some(&b'H') {
+            return None;
+        }
+        let answer = bare_error_with_body(buf)?;
+        self.owed = Some(Box::new((answer, 0)));
+        // The caller's bytes are taken; the rest is written on later polls
+        // (hyper flushes next).
+        Some(match self.pay(cx) {
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            _ => std::task::Poll::Ready(Ok(buf.len())),
+        })
+    }
 }
 
 impl tokio::io::AsyncRead for Held {
@@ -220,7 +327,12 @@ impl tokio::io::AsyncWrite for Held {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        std::task::ready!(this.pay(cx))?;
+        if let Some(done) = this.rewrite(cx, buf) {
+            return done;
+        }
+        std::pin::Pin::new(&mut this.tcp).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -228,7 +340,15 @@ impl tokio::io::AsyncWrite for Held {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        std::task::ready!(this.pay(cx))?;
+        // hyper writes a head as the first slice of its own.
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if let Some(done) = this.rewrite(cx, first) {
+                return done;
+            }
+        }
+        std::pin::Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -239,20 +359,47 @@ impl tokio::io::AsyncWrite for Held {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.pay(cx))?;
+        std::pin::Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.pay(cx))?;
+        std::pin::Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_hypers_bare_error_heads_get_a_json_body() {
+        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Tue, 08 Dec 2026 00:00:00 GMT\r\n\r\n";
+        let out = String::from_utf8(bare_error_with_body(head).unwrap()).unwrap();
+        let (head_out, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head_out.starts_with("HTTP/1.1 431 "));
+        assert!(head_out.contains("content-type: application/json"));
+        assert!(head_out.contains(&format!("content-length: {}", body.len())));
+        assert!(head_out.contains("date: "));
+        let parsed: redoubt_proto::ErrorBody = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed.error.code, redoubt_proto::ErrorCode::HeadersTooLarge);
+        // The app's own answers, and anything else, pass untouched.
+        for other in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n",
+            b"\x82\x05hello",
+        ] {
+            assert_eq!(bare_error_with_body(other), None);
+        }
+    }
 
     #[test]
     fn a_v6_prefix_is_one_holder_and_mapped_v4_is_v4() {

@@ -272,3 +272,57 @@ async fn registration_rejects_malformed_bodies() {
         );
     }
 }
+
+/// Sends raw bytes on a fresh connection and reads the whole answer.
+async fn raw_exchange(server: &TestServer, request: &[u8]) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    // hyper closes the connection after an answer to what it cannot parse.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head[9..12].parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[tokio::test]
+async fn requests_hyper_cannot_parse_get_the_json_error_body() {
+    let server = TestServer::start().await;
+    let alice = server.register_fresh().await;
+    let bob = server.register_fresh().await;
+    let kept = alice.send_ok(&[bob.device_id], b"already stored").await;
+
+    let mut many_headers = b"GET /healthz HTTP/1.1\r\nhost: x\r\n".to_vec();
+    for i in 0..200 {
+        many_headers.extend(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    many_headers.extend(b"\r\n");
+    let cases: Vec<(&[u8], u16, ErrorCode)> = vec![
+        (b"GARBAGE\r\n\r\n", 400, ErrorCode::InvalidRequest),
+        (
+            b"GET /healthz HTTP/1.1\r\nbad header\r\n\r\n",
+            400,
+            ErrorCode::InvalidRequest,
+        ),
+        (&many_headers, 431, ErrorCode::HeadersTooLarge),
+    ];
+    for (request, status, code) in cases {
+        let (got, head, body) = raw_exchange(&server, request).await;
+        assert_eq!(got, status, "{head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let parsed: redoubt_proto::ErrorBody = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed.error.code, code);
+    }
+    // Nothing stored was lost, and the relay serves on.
+    assert_eq!(bob.fetch().await.envelopes[0].id, kept);
+}
