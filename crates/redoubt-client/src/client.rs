@@ -41,6 +41,14 @@ use crate::model::*;
 use crate::seal::KdfParams;
 use crate::store::{Changes, Parked, ProfileStore};
 
+/// The sealed document holding how many one-time key packages the relay
+/// held for this device at its last look.
+const KEY_PACKAGES_DOC: &str = "key-packages";
+
+/// Claims between two looks beyond which the user is warned of draining,
+/// if more than half of what was published: a person is rarely added to
+/// that many chats between two syncs.
+const DRAIN_WARNING: u64 = 10;
 /// The largest text message, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 
@@ -515,7 +523,28 @@ impl Client {
         let _held = self.hold().await?;
         let count = self.api.key_package_count().await?;
         let wanted = (self.config.key_packages as u64).max(count.low_watermark);
+        // Issue 16, item 2: one caller could drain a device's one-time key
+        // packages in a fraction of a second. The relay now limits claims;
+        // the device also says when far more were claimed since it last
+        // looked than a person is added to chats in that time.
+        let published = self
+            .store
+            .document(KEY_PACKAGES_DOC)
+            .await?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        if let Some(published) = published {
+            let claimed = published.saturating_sub(count.remaining);
+            if claimed >= (published / 2).max(DRAIN_WARNING) {
+                self.announcements.push(format!(
+                    "⚠ {claimed} of this device's key packages were claimed since it last                      checked. Each new chat with this device uses one: if you were not added                      to about that many chats, someone is draining them (the relay limits                      how fast), and new chats fall back to the device's last-resort package."
+                ));
+            }
+        }
         if count.remaining >= count.low_watermark && count.last_resort {
+            if published != Some(count.remaining) {
+                self.note_key_packages(count.remaining).await?;
+            }
             return Ok(());
         }
         let mut uploads = Vec::new();
@@ -528,10 +557,21 @@ impl Client {
         // The private halves are stored before the public ones are published,
         // so no one can claim a key package this device cannot open.
         self.persist(Changes::default()).await?;
+        let one_time = uploads.iter().filter(|u| !u.last_resort).count() as u64;
         for batch in uploads.chunks(100) {
             self.api.upload_key_packages(batch.to_vec()).await?;
         }
-        Ok(())
+        self.note_key_packages(count.remaining + one_time).await
+    }
+
+    /// Remembers how many one-time key packages the relay holds for this
+    /// device now, to count the claims by the next look.
+    async fn note_key_packages(&self, published: u64) -> Result<()> {
+        self.persist(Changes {
+            documents: vec![(KEY_PACKAGES_DOC, published.to_be_bytes().to_vec())],
+            ..Default::default()
+        })
+        .await
     }
 
     fn fresh_key_package(&self, last_resort: bool) -> Result<KeyPackageUpload> {

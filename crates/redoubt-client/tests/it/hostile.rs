@@ -452,3 +452,49 @@ async fn a_full_mailbox_is_shown_to_the_sender_and_the_send_goes_on() {
         "the others still got it: {texts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_device_tells_its_user() {
+    let server = TestServer::builder()
+        .configure(|c| {
+            // A thief with many accounts, or many hours: the per-caller
+            // limits only slow draining down.
+            c.limits.claims_per_device.max = 1000;
+        })
+        .start()
+        .await;
+    let mut bob = register(&server, &fresh_phone()).await;
+    bob.client.sync().await.unwrap();
+    assert!(!bob
+        .client
+        .take_announcements()
+        .iter()
+        .any(|t| t.contains("key packages were claimed")));
+    let thief = server.register_fresh().await;
+    let claim = redoubt_proto::api::ClaimKeyPackagesRequest {
+        devices: vec![bob.client.device_id()],
+    };
+    // All 20 one-time packages (the test profile publishes 20), then the
+    // last-resort one, over and over.
+    for _ in 0..30 {
+        assert!(thief
+            .post("/v1/keypackages/claim", &claim)
+            .await
+            .status()
+            .is_success());
+    }
+    bob.client.sync().await.unwrap();
+    let told = bob.client.take_announcements();
+    assert!(
+        told.iter()
+            .any(|t| t.contains("20 of this device's key packages were claimed")),
+        "{told:?}"
+    );
+    // Told once: the next look counts from the refill.
+    bob.client.sync().await.unwrap();
+    assert!(!bob
+        .client
+        .take_announcements()
+        .iter()
+        .any(|t| t.contains("key packages were claimed")));
+}
