@@ -634,8 +634,20 @@ pub struct RegistrationConfig {
     pub max_attempts: u32,
     /// Code requests allowed per phone number.
     pub per_number: RateLimit,
-    /// Code requests allowed per client IP address.
+    /// Code requests allowed per client address: an IPv4 address, or an
+    /// IPv6 /64 (one subscriber holds a whole /64, so counting single
+    /// addresses let one prefix ask for codes without limit).
     pub per_ip: RateLimit,
+    /// Codes sent to one block of numbers: the number without its last
+    /// four digits (10,000 numbers). SMS pumping fraud walks the ranges of
+    /// premium numbers it is paid for, one number after another.
+    pub per_number_block: RateLimit,
+    /// Codes sent to one country (the number's region).
+    pub per_country: RateLimit,
+    /// Codes sent in all: the service's SMS budget, so no abuse can run up
+    /// an unbounded bill. Spent, it refuses everyone until the window
+    /// frees room, so set it well above the real sign-up rate.
+    pub sms_budget: RateLimit,
 }
 
 impl Default for RegistrationConfig {
@@ -650,6 +662,18 @@ impl Default for RegistrationConfig {
             },
             per_ip: RateLimit {
                 max: 20,
+                window: Duration::from_secs(60 * 60),
+            },
+            per_number_block: RateLimit {
+                max: 30,
+                window: Duration::from_secs(60 * 60),
+            },
+            per_country: RateLimit {
+                max: 2_000,
+                window: Duration::from_secs(60 * 60),
+            },
+            sms_budget: RateLimit {
+                max: 10_000,
                 window: Duration::from_secs(60 * 60),
             },
         }

@@ -119,6 +119,11 @@ impl TestServer {
         config.limits.lookups_per_address = loose;
         config.limits.claims_per_account = loose;
         config.limits.claims_per_device = loose;
+        config.limits.sends_per_recipient = loose;
+        // Tests' numbers are consecutive (one block) and all from +33.
+        config.registration.per_number_block = loose;
+        config.registration.per_country = loose;
+        config.registration.sms_budget = loose;
         TestServerBuilder {
             config,
             clock: Clock::adjustable(),

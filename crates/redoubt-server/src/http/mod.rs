@@ -219,6 +219,15 @@ pub(crate) fn address_bucket(ip: std::net::IpAddr) -> Vec<u8> {
     }
 }
 
+/// A client address as the limits on code requests count it: IPv4 as is,
+/// IPv6 as its /64 network (the same holder as `conn::Holder`).
+pub(crate) fn address_prefix(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match crate::conn::Holder::of(ip) {
+        crate::conn::Holder::V4(a) => std::net::Ipv4Addr::from(a).into(),
+        crate::conn::Holder::V6(p) => std::net::Ipv6Addr::from(u128::from(p) << 64).into(),
+    }
+}
+
 /// A request method as a metric label: one of the methods the API uses, or
 /// "other". The method is the client's to choose (any token up to the
 /// header limit), and each distinct label value is a new time series kept

@@ -158,7 +158,8 @@ pub async fn request_code(
         .store()
         .issue_code(CodeIssue {
             phone_key: key,
-            ip: addr.ip(),
+            // Counted per IPv6 /64, not per address (issue 16, item 4).
+            ip: super::address_prefix(addr.ip()),
             code_hash: code_hash(&key, &code),
             now,
             expires_at: now.plus(config.code_ttl),
@@ -173,6 +174,22 @@ pub async fn request_code(
             retry_after_secs: retry_after.as_secs().max(1),
         });
     }
+    // The SMS budgets, counted only for requests the per-number and
+    // per-address limits let through, so one abuser hammering a number
+    // does not spend everyone's budget. A code refused here was stored but
+    // never sent: nobody knows it, and it expires.
+    let e164 = req.phone.e164();
+    let block = e164[..e164.len().saturating_sub(4)].as_bytes().to_vec();
+    let country = req.phone.region().unwrap_or_default().into_bytes();
+    super::rate_limited(
+        &state,
+        &[
+            ("sms-block", block, config.per_number_block, 1),
+            ("sms-country", country, config.per_country, 1),
+            ("sms-budget", Vec::new(), config.sms_budget, 1),
+        ],
+    )
+    .await?;
     if let Err(e) = state.code_sender().send(&req.phone, &code).await {
         tracing::error!(error = %e, "verification code could not be sent");
         return Err(ApiError::Unavailable(

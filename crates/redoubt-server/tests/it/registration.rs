@@ -420,3 +420,110 @@ async fn codes_go_only_to_numbers_that_receive_sms() {
         StatusCode::ACCEPTED
     );
 }
+
+async fn request_code_from(server: &TestServer, phone: &str, from: &str) -> StatusCode {
+    reqwest::Client::new()
+        .post(server.url("/v1/registration/code"))
+        .header("x-forwarded-for", from)
+        .json(&serde_json::json!({ "phone": phone }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn code_requests_are_counted_per_ipv6_prefix() {
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+            c.registration.per_ip.max = 3;
+        })
+        .start()
+        .await;
+    // Issue 16, item 4: before, each address of a /64 had its own count,
+    // and 100 codes went to one prefix from 5 addresses in 0.1 s.
+    for host in 1..=3 {
+        assert_eq!(
+            request_code_from(&server, &fresh_phone(), &format!("2001:db8:7:7::{host}")).await,
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(
+        request_code_from(&server, &fresh_phone(), "2001:db8:7:7:ffff::9").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "another address of the same /64"
+    );
+    assert_eq!(
+        request_code_from(&server, &fresh_phone(), "2001:db8:7:8::1").await,
+        StatusCode::ACCEPTED,
+        "the next /64 is someone else"
+    );
+}
+
+#[tokio::test]
+async fn codes_per_number_block_per_country_and_in_all_are_capped() {
+    let hour = Duration::from_secs(3600);
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+            c.registration.per_number_block = redoubt_server::config::RateLimit {
+                max: 2,
+                window: hour,
+            };
+            c.registration.per_country = redoubt_server::config::RateLimit {
+                max: 4,
+                window: hour,
+            };
+            c.registration.sms_budget = redoubt_server::config::RateLimit {
+                max: 5,
+                window: hour,
+            };
+        })
+        .start()
+        .await;
+    // SMS pumping walks a range of numbers from many addresses.
+    let mut from = (1..).map(|i| format!("198.51.100.{i}"));
+    let block = ["+33612340001", "+33612340002", "+33612340003"];
+    assert_eq!(
+        request_code_from(&server, block[0], &from.next().unwrap()).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        request_code_from(&server, block[1], &from.next().unwrap()).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        request_code_from(&server, block[2], &from.next().unwrap()).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a third number of the block"
+    );
+    // Other blocks of the country, up to the country's cap.
+    for n in ["+33698765432", "+33622334455"] {
+        assert_eq!(
+            request_code_from(&server, n, &from.next().unwrap()).await,
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(
+        request_code_from(&server, "+33655544433", &from.next().unwrap()).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a fifth French number"
+    );
+    // Another country, until the budget for all is spent.
+    assert_eq!(
+        request_code_from(&server, "+4915112345678", &from.next().unwrap()).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        request_code_from(&server, "+4915298765432", &from.next().unwrap()).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the sixth code would pass the SMS budget"
+    );
+    // The window slides.
+    server.clock.advance(hour + Duration::from_secs(1));
+    assert_eq!(
+        request_code_from(&server, "+4915298765432", &from.next().unwrap()).await,
+        StatusCode::ACCEPTED
+    );
+}

@@ -47,6 +47,10 @@ impl Cluster {
             max: 10_000,
             window: Duration::from_secs(3600),
         };
+        settings.registration.per_number_block = settings.registration.per_ip;
+        settings.registration.per_country = settings.registration.per_ip;
+        settings.registration.sms_budget = settings.registration.per_ip;
+        settings.limits.sends_per_recipient = settings.registration.per_ip;
         std::fs::write(&config, settings.to_toml()).unwrap();
         let mut cluster = Self {
             nodes: Vec::new(),
