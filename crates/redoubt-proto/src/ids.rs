@@ -13,7 +13,7 @@ use crate::bytes::{decode_b64, encode_b64};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     /// The text is not a UUID in its hyphenated form.
-    #[error("not a valid {0} (expected a UUID)")]
+    #[error("not a valid {0} (expected a UUID, hyphenated, in lower case)")]
     NotUuid(&'static str),
     /// A key-package reference is not base64 or has the wrong length.
     #[error("not a valid key package reference (expected 1 to 64 bytes of base64)")]
@@ -60,7 +60,10 @@ macro_rules! uuid_id {
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 // Only the canonical hyphenated form is accepted, so that one
                 // id has exactly one spelling on the wire and in logs.
-                if s.len() != 36 {
+                // Lower-case hex only: the parser also takes upper case,
+                // which gave one id two spellings (found by the property
+                // test `ids_have_one_spelling`).
+                if s.len() != 36 || s.bytes().any(|b| b.is_ascii_uppercase()) {
                     return Err(IdError::NotUuid($label));
                 }
                 Uuid::parse_str(s).map(Self).map_err(|_| IdError::NotUuid($label))

@@ -1435,3 +1435,98 @@ mod kt_store {
         a_directory_publishes_proves_and_persists(store).await;
     }
 }
+
+/// One step of the queue model.
+#[derive(Debug, Clone)]
+enum QueueOp {
+    /// Send to the devices whose bits are set (at least one), with a cap.
+    Send { to: u8, cap: u64, retry: bool },
+    /// A device acks the envelope at this place of its queue (if any).
+    Ack { device: usize, at: usize },
+}
+
+fn queue_op() -> impl proptest::strategy::Strategy<Value = QueueOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (1u8..8, 1u64..5, any::<bool>())
+            .prop_map(|(to, cap, retry)| QueueOp::Send { to, cap, retry }),
+        2 => (0usize..3, 0usize..5).prop_map(|(device, at)| QueueOp::Ack { device, at }),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// The queue invariants, against the real SQLite store and a model:
+    /// each device's queue holds what was queued for it, in acceptance
+    /// order, each envelope once; a send goes to exactly the recipients
+    /// below the cap (refused whole when none is); a retry queues nothing;
+    /// an ack removes only what it names.
+    #[test]
+    fn mailboxes_keep_the_queue_invariants(ops in proptest::collection::vec(queue_op(), 1..40)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = sqlite::SqliteStore::open(&dir.path().join("q.db"), &Default::default())
+                .await
+                .unwrap();
+            let mut devices = Vec::new();
+            for _ in 0..3 {
+                devices.push(device(&store, &phone()).await.device_id);
+            }
+            let mut model: Vec<Vec<EnvelopeId>> = vec![Vec::new(); 3];
+            let mut last: Option<NewEnvelope> = None;
+            for op in ops {
+                match op {
+                    QueueOp::Send { to, cap, retry } => {
+                        if let (true, Some(previous)) = (retry, &last) {
+                            let outcome = store.enqueue(previous.clone()).await.unwrap();
+                            assert_eq!(outcome, EnqueueOutcome::Duplicate);
+                            continue;
+                        }
+                        let chosen: Vec<usize> = (0..3).filter(|i| to >> i & 1 == 1).collect();
+                        let e = envelope(chosen.iter().map(|&i| devices[i]).collect(), b"m", cap);
+                        let room: Vec<usize> = chosen
+                            .iter()
+                            .copied()
+                            .filter(|&i| (model[i].len() as u64) < cap)
+                            .collect();
+                        let mut full: Vec<DeviceId> = chosen
+                            .iter()
+                            .filter(|i| !room.contains(i))
+                            .map(|&i| devices[i])
+                            .collect();
+                        full.sort();
+                        let want = if room.is_empty() {
+                            EnqueueOutcome::MailboxFull(full)
+                        } else if full.is_empty() {
+                            EnqueueOutcome::Queued
+                        } else {
+                            EnqueueOutcome::Partial(full)
+                        };
+                        assert_eq!(store.enqueue(e.clone()).await.unwrap(), want);
+                        if !room.is_empty() {
+                            // Only an accepted id is remembered.
+                            for i in room {
+                                model[i].push(e.id);
+                            }
+                            last = Some(e);
+                        }
+                    }
+                    QueueOp::Ack { device, at } => {
+                        let Some(&id) = model[device].get(at) else { continue };
+                        assert_eq!(store.ack(devices[device], &[id]).await.unwrap(), 1);
+                        model[device].remove(at);
+                        assert_eq!(store.ack(devices[device], &[id]).await.unwrap(), 0, "once");
+                    }
+                }
+                for (i, d) in devices.iter().enumerate() {
+                    let queued: Vec<EnvelopeId> =
+                        store.pending(*d, T0, 100).await.unwrap().iter().map(|e| e.id).collect();
+                    assert_eq!(queued, model[i], "device {i}");
+                }
+            }
+            store.close().await;
+        });
+    }
+}
