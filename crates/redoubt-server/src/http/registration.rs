@@ -179,7 +179,7 @@ pub async fn request_code(
     // does not spend everyone's budget. A code refused here was stored but
     // never sent: nobody knows it, and it expires.
     let e164 = req.phone.e164();
-    let block = e164[..e164.len().saturating_sub(4)].as_bytes().to_vec();
+    let block = e164.as_bytes()[..e164.len().saturating_sub(4)].to_vec();
     let country = req.phone.region().unwrap_or_default().into_bytes();
     super::rate_limited(
         &state,

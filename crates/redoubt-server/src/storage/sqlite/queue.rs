@@ -335,6 +335,10 @@ fn read_batch(
     Ok(done)
 }
 
+/// Where an enqueue put an envelope: each mailbox with its sequence
+/// number there, and the full mailboxes it left out.
+type Placed = (Vec<(DeviceId, i64)>, Vec<DeviceId>);
+
 /// One enqueue inside the writer's transaction: the envelope's sequence
 /// number in each mailbox it was queued to and the full mailboxes it was
 /// not, or why nothing was queued.
@@ -342,7 +346,7 @@ fn enqueue(
     tx: &rusqlite::Transaction<'_>,
     envelope: &NewEnvelope,
     lengths: &mut Lengths,
-) -> Result<Result<(Vec<(DeviceId, i64)>, Vec<DeviceId>), EnqueueOutcome>, StoreError> {
+) -> Result<Result<Placed, EnqueueOutcome>, StoreError> {
     let payload_hash = Sha256::digest(&envelope.payload).to_vec();
     let id = envelope.id.as_bytes();
     let stored: Option<Vec<u8>> = tx
