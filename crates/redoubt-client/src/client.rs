@@ -49,6 +49,7 @@ const KEY_PACKAGES_DOC: &str = "key-packages";
 /// if more than half of what was published: a person is rarely added to
 /// that many chats between two syncs.
 const DRAIN_WARNING: u64 = 10;
+
 /// The largest text message, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 
@@ -537,7 +538,10 @@ impl Client {
             let claimed = published.saturating_sub(count.remaining);
             if claimed >= (published / 2).max(DRAIN_WARNING) {
                 self.announcements.push(format!(
-                    "⚠ {claimed} of this device's key packages were claimed since it last                      checked. Each new chat with this device uses one: if you were not added                      to about that many chats, someone is draining them (the relay limits                      how fast), and new chats fall back to the device's last-resort package."
+                    "⚠ {claimed} of this device's key packages were claimed since it last \
+                     checked. Each new chat with this device uses one: if you were not added \
+                     to about that many chats, someone is draining them (the relay limits \
+                     how fast), and new chats fall back to the device's last-resort package."
                 ));
             }
         }

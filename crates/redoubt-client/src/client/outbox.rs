@@ -136,7 +136,8 @@ impl Client {
                     let n = devices.len();
                     self.announcements.push(format!(
                         "⚠ The relay refused to deliver to {n} device{} of this chat (revoked \
-                         there, or withheld); the others got it.",
+ \
+                        there, or withheld); the others got it.",
                         if n == 1 { "" } else { "s" }
                     ));
                     recipients.retain(|d| !devices.contains(d));
@@ -148,7 +149,9 @@ impl Client {
                         // user learns who did not get it.
                         let n = accepted.full.len();
                         self.announcements.push(format!(
-                            "⚠ {n} device{} of this chat did not get this message: the relay                              says {} mailbox is full (or holds as much from you as it takes                              for now). The others got it.",
+                            "⚠ {n} device{} of this chat did not get this message: the relay \
+                             says {} mailbox is full (or holds as much from you as it takes \
+                             for now). The others got it.",
                             if n == 1 { "" } else { "s" },
                             if n == 1 { "its" } else { "their" }
                         ));

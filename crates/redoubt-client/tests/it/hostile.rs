@@ -445,6 +445,10 @@ async fn a_full_mailbox_is_shown_to_the_sender_and_the_send_goes_on() {
     }
     let told = told.expect("the sender is told who did not get it");
     assert!(told.contains("1 device of this chat"), "{told}");
+    assert!(
+        told.contains("the relay says its mailbox is full"),
+        "{told}"
+    );
     let carols = carol.client.chats().await.unwrap();
     let texts = texts(&carol.client, &carols[0]).await;
     assert!(
@@ -487,7 +491,8 @@ async fn a_drained_device_tells_its_user() {
     let told = bob.client.take_announcements();
     assert!(
         told.iter()
-            .any(|t| t.contains("20 of this device's key packages were claimed")),
+            .any(|t| t
+                .contains("20 of this device's key packages were claimed since it last checked.")),
         "{told:?}"
     );
     // Told once: the next look counts from the refill.
