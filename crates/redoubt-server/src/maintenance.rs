@@ -43,12 +43,9 @@ impl Purger {
     /// One purge pass.
     pub async fn once(&self) -> Result<PurgeCounts, StoreError> {
         let now = self.clock.now();
-        let reg = &self.config.registration;
-        let longest_window = reg.per_number.window.max(reg.per_ip.window);
         let cutoffs = PurgeCutoffs {
             now,
             ip_log_before: now.minus(self.config.ip_log.retention),
-            code_requests_before: now.minus(longest_window),
             receipts_before: now.minus(self.config.mailbox.dedup_window),
             commit_positions_before: now.minus(self.config.mailbox.message_ttl),
         };

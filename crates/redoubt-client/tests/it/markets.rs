@@ -383,8 +383,12 @@ async fn leaving_a_market_tells_refuses_closes_and_purges_only_that_market() {
             fr_account.clone(),
         ),
         (
-            "SELECT COUNT(*) FROM code_requests_per_number WHERE phone_key = ?",
-            server.state.phone_keyer().key(fr.client.phone()).to_vec(),
+            "SELECT COUNT(*) FROM rate_events WHERE key = ?",
+            server
+                .state
+                .phone_keyer()
+                .code_requests(fr.client.phone())
+                .to_vec(),
         ),
         (
             "SELECT COUNT(*) FROM verification_codes WHERE phone_key = ?",

@@ -190,15 +190,7 @@ pub(crate) async fn rate_limited(
     state: &AppState,
     limits: &[(&str, Vec<u8>, crate::config::RateLimit, u32)],
 ) -> Result<(), ApiError> {
-    let keys: Vec<crate::storage::RateKey> = limits
-        .iter()
-        .map(|(kind, id, limit, cost)| crate::storage::RateKey {
-            key: state.phone_keyer().bucket(kind, id),
-            max: limit.max,
-            window: limit.window,
-            cost: *cost,
-        })
-        .collect();
+    let keys = rate_keys(state, limits);
     match state.store().rate_limit(&keys, state.clock().now()).await? {
         None => Ok(()),
         Some(wait) => {
@@ -210,21 +202,30 @@ pub(crate) async fn rate_limited(
     }
 }
 
+/// The store's form of rate limits given as (what is limited, the id of
+/// the one limited, the limit, the events counted): each bucket keyed so
+/// that the table of events names nobody.
+pub(crate) fn rate_keys(
+    state: &AppState,
+    limits: &[(&str, Vec<u8>, crate::config::RateLimit, u32)],
+) -> Vec<crate::storage::RateKey> {
+    limits
+        .iter()
+        .map(|(kind, id, limit, cost)| crate::storage::RateKey {
+            key: state.phone_keyer().bucket(kind, id),
+            max: limit.max,
+            window: limit.window,
+            cost: *cost,
+        })
+        .collect()
+}
+
 /// The bytes a client address is limited by: the IPv4 address, or the
 /// IPv6 /64 (see `conn::Holder`).
 pub(crate) fn address_bucket(ip: std::net::IpAddr) -> Vec<u8> {
     match crate::conn::Holder::of(ip) {
         crate::conn::Holder::V4(a) => a.to_be_bytes().to_vec(),
         crate::conn::Holder::V6(p) => p.to_be_bytes().to_vec(),
-    }
-}
-
-/// A client address as the limits on code requests count it: IPv4 as is,
-/// IPv6 as its /64 network (the same holder as `conn::Holder`).
-pub(crate) fn address_prefix(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match crate::conn::Holder::of(ip) {
-        crate::conn::Holder::V4(a) => std::net::Ipv4Addr::from(a).into(),
-        crate::conn::Holder::V6(p) => std::net::Ipv6Addr::from(u128::from(p) << 64).into(),
     }
 }
 

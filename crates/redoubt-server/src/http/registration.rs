@@ -14,7 +14,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::extract::{token_hash, ApiJson, ClientAddr};
 use crate::error::ApiError;
-use crate::storage::{CodeIssue, Digest, IssueOutcome, NewDevice, Verification, VerifyOutcome};
+use crate::storage::{
+    CodeIssue, Digest, IssueOutcome, NewDevice, Verification, VerifyOutcome, CODE_NUMBER_BUCKET,
+};
 use crate::AppState;
 
 /// Device names are shown to their owner; keep them short and printable.
@@ -154,19 +156,35 @@ pub async fn request_code(
     let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
     let key = state.phone_keyer().key(&req.phone);
     let now = state.clock().now();
+    // Every limit at once, in the transaction that stores the code: a
+    // refused request counts against none of them (one abuser hammering a
+    // number does not spend everyone's SMS budget) and leaves a code
+    // already pending alone. The address is counted per IPv6 /64, and the
+    // number's block is the number without its last four digits (issue 16,
+    // item 4).
+    let e164 = req.phone.e164();
+    let block = e164.as_bytes()[..e164.len().saturating_sub(4)].to_vec();
+    let country = req.phone.region().unwrap_or_default().into_bytes();
+    let limits = [
+        (CODE_NUMBER_BUCKET, key.to_vec(), config.per_number, 1),
+        (
+            "code-address",
+            super::address_bucket(addr.ip()),
+            config.per_ip,
+            1,
+        ),
+        ("sms-block", block, config.per_number_block, 1),
+        ("sms-country", country, config.per_country, 1),
+        ("sms-budget", Vec::new(), config.sms_budget, 1),
+    ];
     let outcome = state
         .store()
         .issue_code(CodeIssue {
             phone_key: key,
-            // Counted per IPv6 /64, not per address (issue 16, item 4).
-            ip: super::address_prefix(addr.ip()),
             code_hash: code_hash(&key, &code),
             now,
             expires_at: now.plus(config.code_ttl),
-            per_number_max: config.per_number.max,
-            per_number_window: config.per_number.window,
-            per_ip_max: config.per_ip.max,
-            per_ip_window: config.per_ip.window,
+            limits: super::rate_keys(&state, &limits),
         })
         .await?;
     if let IssueOutcome::RateLimited { retry_after } = outcome {
@@ -174,22 +192,6 @@ pub async fn request_code(
             retry_after_secs: retry_after.as_secs().max(1),
         });
     }
-    // The SMS budgets, counted only for requests the per-number and
-    // per-address limits let through, so one abuser hammering a number
-    // does not spend everyone's budget. A code refused here was stored but
-    // never sent: nobody knows it, and it expires.
-    let e164 = req.phone.e164();
-    let block = e164.as_bytes()[..e164.len().saturating_sub(4)].to_vec();
-    let country = req.phone.region().unwrap_or_default().into_bytes();
-    super::rate_limited(
-        &state,
-        &[
-            ("sms-block", block, config.per_number_block, 1),
-            ("sms-country", country, config.per_country, 1),
-            ("sms-budget", Vec::new(), config.sms_budget, 1),
-        ],
-    )
-    .await?;
     if let Err(e) = state.code_sender().send(&req.phone, &code).await {
         tracing::error!(error = %e, "verification code could not be sent");
         return Err(ApiError::Unavailable(

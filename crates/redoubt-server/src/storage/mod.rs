@@ -90,24 +90,19 @@ pub type Digest = [u8; 32];
 /// A request to issue a verification code, with the limits to enforce.
 #[derive(Debug, Clone)]
 pub struct CodeIssue {
-    /// Hash of the phone number.
+    /// Keyed hash of the phone number ([`PhoneKeyer::key`]).
     pub phone_key: Digest,
-    /// The client address asking.
-    pub ip: IpAddr,
     /// Hash of the new code.
     pub code_hash: Digest,
     /// Now.
     pub now: Timestamp,
     /// When the code stops being valid.
     pub expires_at: Timestamp,
-    /// Requests allowed per number in `per_number_window`.
-    pub per_number_max: u32,
-    /// The per-number window.
-    pub per_number_window: Duration,
-    /// Requests allowed per IP in `per_ip_window`.
-    pub per_ip_max: u32,
-    /// The per-IP window.
-    pub per_ip_window: Duration,
+    /// The limits the request counts against (per number, per address,
+    /// the SMS budgets), as [`Store::rate_limit`] counts them: all or
+    /// nothing, in the transaction that stores the code, so a refused
+    /// request neither counts nor replaces a code already pending.
+    pub limits: Vec<RateKey>,
 }
 
 /// The result of [`Store::issue_code`].
@@ -474,8 +469,6 @@ pub struct PurgeCutoffs {
     pub now: Timestamp,
     /// IP-log rows last seen before this go.
     pub ip_log_before: Timestamp,
-    /// Code-request records older than this go.
-    pub code_requests_before: Timestamp,
     /// Envelope receipts older than this go.
     pub receipts_before: Timestamp,
     /// Commit positions of groups with no commit since this go.
@@ -489,7 +482,7 @@ pub struct PurgeCounts {
     pub envelopes: u64,
     /// IP-log rows past retention.
     pub ip_log: u64,
-    /// Expired codes and old code requests.
+    /// Expired codes and links.
     pub codes: u64,
     /// Old envelope receipts and commit positions.
     pub receipts: u64,
@@ -525,6 +518,10 @@ pub struct RateKey {
     /// Events this request counts for.
     pub cost: u32,
 }
+
+/// The kind of the rate-limit bucket of code requests per number, whose
+/// id is the number's key ([`PhoneKeyer::code_requests`]).
+pub const CODE_NUMBER_BUCKET: &str = "code-number";
 
 /// Keys phone numbers for the tables that must find a number again but must
 /// not give it away (pending codes and the per-number request limit), and
@@ -566,6 +563,12 @@ impl PhoneKeyer {
     /// numbers so that the table of events names nobody.
     pub fn bucket(&self, kind: &str, id: &[u8]) -> Digest {
         self.mac(&[b"redoubt/rate-bucket/v1\0", kind.as_bytes(), b"\0", id])
+    }
+
+    /// The bucket of the code requests for one number: found again by
+    /// the market purge, which deletes what is kept of a market's numbers.
+    pub fn code_requests(&self, phone: &PhoneNumber) -> Digest {
+        self.bucket(CODE_NUMBER_BUCKET, &self.key(phone))
     }
 }
 
@@ -653,8 +656,9 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the database is reachable.
     async fn health(&self) -> Result<(), StoreError>;
 
-    /// Stores a new verification code unless a rate limit forbids it, and
-    /// records the request for future rate limiting.
+    /// Stores a new verification code, replacing any pending for the
+    /// number, unless one of its limits forbids it; then counts the request
+    /// against them (as [`Store::rate_limit`], in the same transaction).
     async fn issue_code(&self, req: CodeIssue) -> Result<IssueOutcome, StoreError>;
 
     /// Counts each limit's `cost` events at `now` against it, all or

@@ -357,13 +357,22 @@ async fn no_row_ties_a_requested_number_to_the_address_that_asked() {
         .to_vec();
     let keyed = server.state.phone_keyer().key(&number).to_vec();
     assert_ne!(keyed, unkeyed);
+    // The limits' buckets: keyed hashes of the number and of the address.
+    let number_bucket = server.state.phone_keyer().code_requests(&number).to_vec();
+    let address_bucket = server
+        .state
+        .phone_keyer()
+        .bucket("code-address", &[127, 0, 0, 9])
+        .to_vec();
     let rows = all_rows(&server.db_path());
     let mut keyed_rows = 0;
     for (table, values) in &rows {
         let from_number = values
             .iter()
-            .any(|v| *v == e164 || *v == unkeyed || *v == keyed);
-        let from_address = values.iter().any(|v| v.as_slice() == b"127.0.0.9");
+            .any(|v| *v == e164 || *v == unkeyed || *v == keyed || *v == number_bucket);
+        let from_address = values
+            .iter()
+            .any(|v| v.as_slice() == b"127.0.0.9" || *v == address_bucket);
         assert!(
             !(from_number && from_address),
             "a row of {table} ties the number to the address"
@@ -372,7 +381,11 @@ async fn no_row_ties_a_requested_number_to_the_address_that_asked() {
             !values.contains(&unkeyed),
             "{table} holds the unkeyed hash of the number"
         );
-        keyed_rows += usize::from(values.contains(&keyed));
+        assert!(
+            !values.iter().any(|v| v.as_slice() == b"127.0.0.9"),
+            "{table} holds the address in the clear"
+        );
+        keyed_rows += usize::from(values.contains(&keyed) || values.contains(&number_bucket));
     }
     assert!(
         keyed_rows >= 2,
@@ -380,8 +393,8 @@ async fn no_row_ties_a_requested_number_to_the_address_that_asked() {
     );
     assert!(
         rows.iter()
-            .any(|(_, values)| values.iter().any(|v| v.as_slice() == b"127.0.0.9")),
-        "the per-address limit is kept"
+            .any(|(_, values)| values.contains(&address_bucket)),
+        "the per-address limit is kept, keyed"
     );
 }
 

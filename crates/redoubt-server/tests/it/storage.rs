@@ -31,14 +31,10 @@ async fn device(store: &dyn Store, phone: &PhoneNumber) -> DeviceAuth {
     let issued = store
         .issue_code(CodeIssue {
             phone_key: key,
-            ip: "127.0.0.1".parse().unwrap(),
             code_hash: digest("code"),
             now: T0,
             expires_at: T0.plus(Duration::from_secs(600)),
-            per_number_max: 100,
-            per_number_window: Duration::from_secs(60),
-            per_ip_max: 10_000,
-            per_ip_window: Duration::from_secs(60),
+            limits: Vec::new(),
         })
         .await
         .unwrap();
@@ -95,16 +91,18 @@ fn kp(last_resort: bool) -> NewKeyPackage {
 pub async fn codes_are_single_use_and_limited(store: Arc<dyn Store>) {
     let phone = phone();
     let key = digest(phone.e164());
+    let limit = |key: Digest, max: u32| RateKey {
+        key,
+        max,
+        window: Duration::from_secs(900),
+        cost: 1,
+    };
     let issue = |now: Timestamp| CodeIssue {
         phone_key: key,
-        ip: "127.0.0.9".parse().unwrap(),
         code_hash: digest("right"),
         now,
         expires_at: now.plus(Duration::from_secs(600)),
-        per_number_max: 2,
-        per_number_window: Duration::from_secs(900),
-        per_ip_max: 100,
-        per_ip_window: Duration::from_secs(900),
+        limits: vec![limit(digest("per number"), 2), limit(digest("per ip"), 100)],
     };
     assert_eq!(
         store.issue_code(issue(T0)).await.unwrap(),
@@ -536,7 +534,6 @@ pub async fn full_mailboxes_are_left_out_of_a_send(store: Arc<dyn Store>) {
         .purge(PurgeCutoffs {
             now: later,
             ip_log_before: T0,
-            code_requests_before: T0,
             receipts_before: T0,
             commit_positions_before: T0,
         })
@@ -595,7 +592,6 @@ pub async fn purge_removes_only_what_expired(store: Arc<dyn Store>) {
         .purge(PurgeCutoffs {
             now,
             ip_log_before: now.minus(Duration::from_secs(86_400 * 30)),
-            code_requests_before: now,
             receipts_before: now.minus(Duration::from_secs(86_400 * 7)),
             commit_positions_before: now.minus(Duration::from_secs(86_400 * 7)),
         })
@@ -781,7 +777,6 @@ pub async fn one_commit_is_accepted_per_group_and_epoch(store: Arc<dyn Store>) {
         .purge(PurgeCutoffs {
             now: T0,
             ip_log_before: T0,
-            code_requests_before: T0,
             receipts_before: T0,
             commit_positions_before: T0.plus(Duration::from_secs(1)),
         })
@@ -1121,7 +1116,6 @@ pub async fn a_link_is_written_once_approved_once_and_claimed_once(store: Arc<dy
         .purge(PurgeCutoffs {
             now: later,
             ip_log_before: T0,
-            code_requests_before: T0,
             receipts_before: T0,
             commit_positions_before: T0,
         })

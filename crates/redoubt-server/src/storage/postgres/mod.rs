@@ -190,6 +190,58 @@ async fn count_key_packages(
     })
 }
 
+/// Counts each limit's `cost` events at `now` in the open transaction, all
+/// or nothing ([`Store::rate_limit`]): the wait when any would go over
+/// (nothing counted), else `None` with every event recorded.
+async fn count_rate_events(
+    tx: &mut sqlx::PgConnection,
+    limits: &[RateKey],
+    now: Timestamp,
+) -> Result<Option<Duration>, StoreError> {
+    // One request per key at a time, across nodes; locks taken in key
+    // order so two requests on the same keys cannot deadlock.
+    let mut keys: Vec<i64> = limits.iter().map(|l| lock_key("rate", &l.key)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut wait: Option<Duration> = None;
+    for limit in limits {
+        let key = limit.key.to_vec();
+        let since = ms(now.minus(limit.window));
+        sqlx::query("DELETE FROM rate_events WHERE key = $1 AND at <= $2")
+            .bind(&key)
+            .bind(since)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query("SELECT COUNT(*), MIN(at) FROM rate_events WHERE key = $1")
+            .bind(&key)
+            .fetch_one(&mut *tx)
+            .await?;
+        let (count, oldest): (i64, Option<i64>) = (row.get(0), row.get(1));
+        if count + i64::from(limit.cost) > i64::from(limit.max) {
+            let w = retry_after(oldest, limit.window, now);
+            wait = Some(wait.map_or(w, |x| x.max(w)));
+        }
+    }
+    if wait.is_some() {
+        return Ok(wait);
+    }
+    for limit in limits {
+        sqlx::query("INSERT INTO rate_events (key, at) SELECT $1, $2 FROM generate_series(1, $3)")
+            .bind(limit.key.to_vec())
+            .bind(ms(now))
+            .bind(i32::try_from(limit.cost).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(None)
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn health(&self) -> Result<(), StoreError> {
@@ -203,110 +255,18 @@ impl Store for PgStore {
         now: Timestamp,
     ) -> Result<Option<Duration>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // One request per key at a time, across nodes; locks taken in key
-        // order so two requests on the same keys cannot deadlock.
-        let mut keys: Vec<i64> = limits.iter().map(|l| lock_key("rate", &l.key)).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        for key in keys {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
+        let wait = count_rate_events(&mut tx, limits, now).await?;
+        if wait.is_none() {
+            tx.commit().await?;
         }
-        let mut wait: Option<Duration> = None;
-        for limit in limits {
-            let key = limit.key.to_vec();
-            let since = ms(now.minus(limit.window));
-            sqlx::query("DELETE FROM rate_events WHERE key = $1 AND at <= $2")
-                .bind(&key)
-                .bind(since)
-                .execute(&mut *tx)
-                .await?;
-            let row = sqlx::query("SELECT COUNT(*), MIN(at) FROM rate_events WHERE key = $1")
-                .bind(&key)
-                .fetch_one(&mut *tx)
-                .await?;
-            let (count, oldest): (i64, Option<i64>) = (row.get(0), row.get(1));
-            if count + i64::from(limit.cost) > i64::from(limit.max) {
-                let w = retry_after(oldest, limit.window, now);
-                wait = Some(wait.map_or(w, |x| x.max(w)));
-            }
-        }
-        if wait.is_some() {
-            return Ok(wait);
-        }
-        for limit in limits {
-            sqlx::query(
-                "INSERT INTO rate_events (key, at) SELECT $1, $2 FROM generate_series(1, $3)",
-            )
-            .bind(limit.key.to_vec())
-            .bind(ms(now))
-            .bind(i32::try_from(limit.cost).unwrap_or(i32::MAX))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(None)
+        Ok(wait)
     }
 
     async fn issue_code(&self, req: CodeIssue) -> Result<IssueOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let ip = req.ip.to_string();
-        // Number first, then address: every transaction takes them in this
-        // order, so they cannot deadlock.
-        for key in [
-            lock_key("code-phone", &req.phone_key),
-            lock_key("code-ip", ip.as_bytes()),
-        ] {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
+        if let Some(retry_after) = count_rate_events(&mut tx, &req.limits, req.now).await? {
+            return Ok(IssueOutcome::RateLimited { retry_after });
         }
-        let now = req.now;
-        let since = ms(now.minus(req.per_number_window));
-        let row = sqlx::query(
-            "SELECT COUNT(*), MIN(requested_at) FROM code_requests_per_number
-             WHERE phone_key = $1 AND requested_at > $2",
-        )
-        .bind(req.phone_key.to_vec())
-        .bind(since)
-        .fetch_one(&mut *tx)
-        .await?;
-        let (count, oldest): (i64, Option<i64>) = (row.get(0), row.get(1));
-        if count >= i64::from(req.per_number_max) {
-            return Ok(IssueOutcome::RateLimited {
-                retry_after: retry_after(oldest, req.per_number_window, now),
-            });
-        }
-        let row = sqlx::query(
-            "SELECT COUNT(*), MIN(requested_at) FROM code_requests_per_ip
-             WHERE ip = $1 AND requested_at > $2",
-        )
-        .bind(&ip)
-        .bind(ms(now.minus(req.per_ip_window)))
-        .fetch_one(&mut *tx)
-        .await?;
-        let (count, oldest): (i64, Option<i64>) = (row.get(0), row.get(1));
-        if count >= i64::from(req.per_ip_max) {
-            return Ok(IssueOutcome::RateLimited {
-                retry_after: retry_after(oldest, req.per_ip_window, now),
-            });
-        }
-        // Two rows, so that none ties the number to the address.
-        sqlx::query(
-            "INSERT INTO code_requests_per_number (phone_key, requested_at) VALUES ($1, $2)",
-        )
-        .bind(req.phone_key.to_vec())
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO code_requests_per_ip (ip, requested_at) VALUES ($1, $2)")
-            .bind(&ip)
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
             "INSERT INTO verification_codes (phone_key, code_hash, expires_at, attempts) VALUES ($1, $2, $3, 0)
              ON CONFLICT (phone_key) DO UPDATE SET code_hash = excluded.code_hash,
@@ -676,13 +636,6 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        for table in ["code_requests_per_number", "code_requests_per_ip"] {
-            codes += sqlx::query(&format!("DELETE FROM {table} WHERE requested_at < $1"))
-                .bind(ms(c.code_requests_before))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
         sqlx::query("DELETE FROM rate_events WHERE at < $1")
             .bind(ms(c.now.minus(MAX_RATE_WINDOW)))
             .execute(&mut *tx)
@@ -1008,17 +961,18 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let keys: Vec<Vec<u8>> = phones
+        let numbers: Vec<PhoneNumber> = phones
             .iter()
             .filter_map(|p| PhoneNumber::parse(p).ok())
-            .map(|p| keyer.key(&p).to_vec())
             .collect();
+        let keys = id_list(numbers.iter().map(|p| keyer.key(p)));
         sqlx::query("DELETE FROM verification_codes WHERE phone_key = ANY($1)")
             .bind(&keys)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM code_requests_per_number WHERE phone_key = ANY($1)")
-            .bind(&keys)
+        let buckets = id_list(numbers.iter().map(|p| keyer.code_requests(p)));
+        sqlx::query("DELETE FROM rate_events WHERE key = ANY($1)")
+            .bind(&buckets)
             .execute(&mut *tx)
             .await?;
         counts.accounts = sqlx::query("DELETE FROM accounts WHERE region = $1")

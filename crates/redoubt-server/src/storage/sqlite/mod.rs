@@ -197,35 +197,47 @@ async fn active_devices(
     Ok(found)
 }
 
-/// A rate-limit key: the phone-number hash (a BLOB column) or the client
-/// address (a TEXT column). SQLite never considers a BLOB equal to TEXT, so
-/// each must be bound with its column's type.
-enum LimitKey {
-    Phone(Vec<u8>),
-    Ip(String),
-}
-
-/// Counts requests since `since` for a key, returning the count and the
-/// oldest request time in the window.
-async fn window_count(
-    conn: &mut sqlx::SqliteConnection,
-    key: LimitKey,
-    since: i64,
-) -> Result<(i64, Option<i64>), StoreError> {
-    let query = match key {
-        LimitKey::Phone(k) => sqlx::query(
-            "SELECT COUNT(*), MIN(requested_at) FROM code_requests_per_number
-             WHERE phone_key = ? AND requested_at > ?",
-        )
-        .bind(k),
-        LimitKey::Ip(ip) => sqlx::query(
-            "SELECT COUNT(*), MIN(requested_at) FROM code_requests_per_ip
-             WHERE ip = ? AND requested_at > ?",
-        )
-        .bind(ip),
-    };
-    let row = query.bind(since).fetch_one(&mut *conn).await?;
-    Ok((row.get(0), row.get(1)))
+/// Counts each limit's `cost` events at `now` in the open transaction, all
+/// or nothing ([`Store::rate_limit`]): the wait when any would go over
+/// (nothing counted), else `None` with every event recorded. The caller's
+/// transaction holds the write lock, so no other request interleaves.
+async fn count_rate_events(
+    tx: &mut sqlx::SqliteConnection,
+    limits: &[RateKey],
+    now: Timestamp,
+) -> Result<Option<Duration>, StoreError> {
+    let mut wait: Option<Duration> = None;
+    for limit in limits {
+        let key = limit.key.to_vec();
+        let since = ms(now.minus(limit.window));
+        sqlx::query("DELETE FROM rate_events WHERE key = ? AND at <= ?")
+            .bind(key.clone())
+            .bind(since)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query("SELECT COUNT(*), MIN(at) FROM rate_events WHERE key = ?")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+        let (count, oldest): (i64, Option<i64>) = (row.get(0), row.get(1));
+        if count + i64::from(limit.cost) > i64::from(limit.max) {
+            let w = retry_after(oldest, limit.window, now);
+            wait = Some(wait.map_or(w, |x| x.max(w)));
+        }
+    }
+    if wait.is_some() {
+        return Ok(wait);
+    }
+    for limit in limits {
+        for _ in 0..limit.cost {
+            sqlx::query("INSERT INTO rate_events (key, at) VALUES (?, ?)")
+                .bind(limit.key.to_vec())
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(None)
 }
 
 #[async_trait]
@@ -243,78 +255,18 @@ impl Store for SqliteStore {
         // One writer at a time (BEGIN IMMEDIATE): the counts and the insert
         // cannot interleave with another request's.
         let mut tx = self.write.begin_write().await?;
-        let mut wait: Option<Duration> = None;
-        for limit in limits {
-            let key = limit.key.to_vec();
-            let since = ms(now.minus(limit.window));
-            sqlx::query("DELETE FROM rate_events WHERE key = ? AND at <= ?")
-                .bind(key.clone())
-                .bind(since)
-                .execute(&mut *tx)
-                .await?;
-            let row = sqlx::query("SELECT COUNT(*), MIN(at) FROM rate_events WHERE key = ?")
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await?;
-            let (count, oldest): (i64, Option<i64>) = (row.get(0), row.get(1));
-            if count + i64::from(limit.cost) > i64::from(limit.max) {
-                let w = retry_after(oldest, limit.window, now);
-                wait = Some(wait.map_or(w, |x| x.max(w)));
-            }
+        let wait = count_rate_events(&mut tx, limits, now).await?;
+        if wait.is_none() {
+            tx.commit().await?;
         }
-        if wait.is_some() {
-            return Ok(wait);
-        }
-        for limit in limits {
-            for _ in 0..limit.cost {
-                sqlx::query("INSERT INTO rate_events (key, at) VALUES (?, ?)")
-                    .bind(limit.key.to_vec())
-                    .bind(ms(now))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(None)
+        Ok(wait)
     }
 
     async fn issue_code(&self, req: CodeIssue) -> Result<IssueOutcome, StoreError> {
         let mut tx = self.write.begin_write().await?;
-        let now = req.now;
-        let (count, oldest) = window_count(
-            &mut tx,
-            LimitKey::Phone(req.phone_key.to_vec()),
-            ms(now.minus(req.per_number_window)),
-        )
-        .await?;
-        if count >= i64::from(req.per_number_max) {
-            return Ok(IssueOutcome::RateLimited {
-                retry_after: retry_after(oldest, req.per_number_window, now),
-            });
+        if let Some(retry_after) = count_rate_events(&mut tx, &req.limits, req.now).await? {
+            return Ok(IssueOutcome::RateLimited { retry_after });
         }
-        let ip = req.ip.to_string();
-        let (count, oldest) = window_count(
-            &mut tx,
-            LimitKey::Ip(ip.clone()),
-            ms(now.minus(req.per_ip_window)),
-        )
-        .await?;
-        if count >= i64::from(req.per_ip_max) {
-            return Ok(IssueOutcome::RateLimited {
-                retry_after: retry_after(oldest, req.per_ip_window, now),
-            });
-        }
-        // Two rows, so that none ties the number to the address.
-        sqlx::query("INSERT INTO code_requests_per_number (phone_key, requested_at) VALUES (?, ?)")
-            .bind(req.phone_key.to_vec())
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO code_requests_per_ip (ip, requested_at) VALUES (?, ?)")
-            .bind(ip)
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
             "INSERT INTO verification_codes (phone_key, code_hash, expires_at, attempts) VALUES (?, ?, ?, 0)
              ON CONFLICT (phone_key) DO UPDATE SET code_hash = excluded.code_hash,
@@ -665,13 +617,6 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        for table in ["code_requests_per_number", "code_requests_per_ip"] {
-            codes += sqlx::query(&format!("DELETE FROM {table} WHERE requested_at < ?"))
-                .bind(ms(c.code_requests_before))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
         sqlx::query("DELETE FROM rate_events WHERE at < ?")
             .bind(ms(c.now.minus(MAX_RATE_WINDOW)))
             .execute(&mut *tx)
@@ -1008,13 +953,12 @@ impl Store for SqliteStore {
             let Ok(number) = PhoneNumber::parse(phone) else {
                 continue;
             };
-            let key = keyer.key(&number).to_vec();
             sqlx::query("DELETE FROM verification_codes WHERE phone_key = ?")
-                .bind(key.clone())
+                .bind(keyer.key(&number).to_vec())
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM code_requests_per_number WHERE phone_key = ?")
-                .bind(key)
+            sqlx::query("DELETE FROM rate_events WHERE key = ?")
+                .bind(keyer.code_requests(&number).to_vec())
                 .execute(&mut *tx)
                 .await?;
         }
