@@ -72,13 +72,11 @@ pub async fn revoke(
         if !own.iter().any(|d| d.device_id == device_id) {
             return Err(ApiError::UnknownDevice);
         }
-        let lists = state
+        let dropped = state
             .store()
-            .device_lists(auth.account_id, 0, u32::MAX)
-            .await?;
-        let dropped = lists
-            .last()
-            .is_some_and(|raw| signed_list_leaves_out(raw, auth.account_id, device_id));
+            .latest_device_list(auth.account_id)
+            .await?
+            .is_some_and(|raw| signed_list_leaves_out(&raw, auth.account_id, device_id));
         if !dropped {
             return Err(ApiError::Forbidden(
                 "revoking another device takes the account's identity key: publish a signed \

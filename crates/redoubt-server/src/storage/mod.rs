@@ -784,6 +784,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Vec<u8>>, StoreError>;
 
+    /// The account's newest signed device list, if it published one.
+    async fn latest_device_list(&self, account: AccountId) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// Opens a link rendezvous. False when the id is taken.
     async fn open_link(&self, id: &[u8], expires_at: Timestamp) -> Result<bool, StoreError>;
 

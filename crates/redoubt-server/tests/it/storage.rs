@@ -1024,6 +1024,11 @@ pub async fn device_lists_grow_one_version_at_a_time(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_empty());
+    assert_eq!(
+        store.latest_device_list(a.account_id).await.unwrap(),
+        Some(b"v3".to_vec())
+    );
+    assert_eq!(store.latest_device_list(b.account_id).await.unwrap(), None);
 }
 
 pub async fn a_link_is_written_once_approved_once_and_claimed_once(store: Arc<dyn Store>) {

@@ -767,6 +767,15 @@ impl Store for PgStore {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
+    async fn latest_device_list(&self, account: AccountId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT list FROM device_lists WHERE account_id = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(account.as_bytes().to_vec())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     async fn open_link(&self, id: &[u8], expires_at: Timestamp) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "INSERT INTO links (id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",

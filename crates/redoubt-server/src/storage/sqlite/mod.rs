@@ -751,6 +751,15 @@ impl Store for SqliteStore {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
+    async fn latest_device_list(&self, account: AccountId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT list FROM device_lists WHERE account_id = ? ORDER BY version DESC LIMIT 1",
+        )
+        .bind(account.as_bytes().to_vec())
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
     async fn open_link(&self, id: &[u8], expires_at: Timestamp) -> Result<bool, StoreError> {
         let done =
             sqlx::query("INSERT INTO links (id, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
