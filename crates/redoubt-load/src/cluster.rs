@@ -172,20 +172,12 @@ impl Cluster {
         // Every simulated device connects from 127.0.0.1, where real ones
         // would come from addresses of their own.
         config.http.max_connections_per_address = 10_000_000;
-        let loose = RateLimit {
+        // Simulated users look up, claim and send far faster than people,
+        // from one address and consecutive numbers of one country.
+        config.relax_abuse_limits(RateLimit {
             max: 100_000_000,
             window: Duration::from_secs(3600),
-        };
-        config.limits.lookups_per_account = loose;
-        config.limits.lookups_per_address = loose;
-        config.limits.claims_per_account = loose;
-        config.limits.claims_per_device = loose;
-        // One simulated sender writes to one mailbox far faster than a
-        // person; the numbers are consecutive and from one country.
-        config.limits.sends_per_recipient = loose;
-        config.registration.per_number_block = loose;
-        config.registration.per_country = loose;
-        config.registration.sms_budget = loose;
+        });
         let mut schema = None;
         if let Storage::Postgres(url) = &spec.storage {
             config.storage = StorageConfig::Postgres(PostgresConfig {

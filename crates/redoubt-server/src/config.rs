@@ -386,6 +386,24 @@ impl Config {
         Ok(())
     }
 
+    /// Sets every limit against abuse at scale to `limit`: lookups, claims,
+    /// sends into one mailbox, and codes per block of numbers, per country
+    /// and in all. For harnesses in which many simulated users share one
+    /// address, one country and one block of numbers (the tests, the load
+    /// tool); the per-number and per-address code limits stay as they are.
+    pub fn relax_abuse_limits(&mut self, limit: RateLimit) {
+        self.limits = LimitsConfig {
+            lookups_per_account: limit,
+            lookups_per_address: limit,
+            claims_per_account: limit,
+            claims_per_device: limit,
+            sends_per_recipient: limit,
+        };
+        self.registration.per_number_block = limit;
+        self.registration.per_country = limit;
+        self.registration.sms_budget = limit;
+    }
+
     /// What in this configuration, and in the files it points at, is unsafe
     /// for serving real users, one sentence each. `config check` prints
     /// them; an empty list means none was found.

@@ -109,21 +109,13 @@ impl TestServer {
         // second, so first contacts in tests rarely wait for an epoch.
         config.kt.epoch_interval = std::time::Duration::from_millis(100);
         config.metrics.token = Some(METRICS_TOKEN.to_owned());
-        // Tests claim and look up far more than people do; the tests of the
+        // Tests claim, look up and send far more than people do, from one
+        // address and consecutive numbers of one country; the tests of the
         // limits set their own.
-        let loose = redoubt_server::config::RateLimit {
+        config.relax_abuse_limits(redoubt_server::config::RateLimit {
             max: 1_000_000,
             window: std::time::Duration::from_secs(3600),
-        };
-        config.limits.lookups_per_account = loose;
-        config.limits.lookups_per_address = loose;
-        config.limits.claims_per_account = loose;
-        config.limits.claims_per_device = loose;
-        config.limits.sends_per_recipient = loose;
-        // Tests' numbers are consecutive (one block) and all from +33.
-        config.registration.per_number_block = loose;
-        config.registration.per_country = loose;
-        config.registration.sms_budget = loose;
+        });
         TestServerBuilder {
             config,
             clock: Clock::adjustable(),
