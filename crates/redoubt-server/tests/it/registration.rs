@@ -540,3 +540,38 @@ async fn codes_per_number_block_per_country_and_in_all_are_capped() {
         StatusCode::ACCEPTED
     );
 }
+
+/// A request the SMS budget refuses must leave the code a person is
+/// waiting for alone: before, it was refused only after it had stored a
+/// new code in place of theirs, and nothing was sent.
+#[tokio::test]
+async fn a_request_the_budget_refuses_leaves_the_pending_code_alone() {
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+            c.registration.sms_budget = redoubt_server::config::RateLimit {
+                max: 1,
+                window: Duration::from_secs(3600),
+            };
+        })
+        .start()
+        .await;
+    let phone = fresh_phone();
+    assert_eq!(
+        request_code_from(&server, &phone, "198.51.100.1").await,
+        StatusCode::ACCEPTED
+    );
+    let code = logged_code(&phone);
+    // A stranger asks for the same number once the budget is spent.
+    assert_eq!(
+        request_code_from(&server, &phone, "203.0.113.5").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let response = verify(&server, &verify_body(&phone, &code, &key)).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "the code sent first still registers"
+    );
+}
