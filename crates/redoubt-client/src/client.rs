@@ -28,7 +28,9 @@ use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::signatures::Signer as _;
 use redoubt_proto::api::{EnvelopeKind, KeyPackageUpload, VerifyCodeRequest};
-use redoubt_proto::{AccountId, AuthToken, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber};
+use redoubt_proto::{
+    AccountId, AuthToken, DeviceId, EnvelopeId, KeyPackageRef, PhoneNumber, VerificationSession,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -245,30 +247,51 @@ fn system_message(group_id: &[u8], text: String) -> MessageRecord {
     }
 }
 
+/// A verification code asked for: where, for which number, and the
+/// request's session, which the code verifies with.
+#[derive(Debug, Clone)]
+pub struct CodeRequest {
+    /// The relay's address.
+    pub server: String,
+    /// The number the code went to.
+    pub phone: PhoneNumber,
+    /// The request's session.
+    pub session: VerificationSession,
+}
+
 impl Client {
-    /// Asks the relay to send a verification code to `phone`.
+    /// Asks the relay to send a verification code to `phone`. The answer
+    /// holds the request's session: the code verifies only with it.
     pub async fn request_code(
         server: &str,
         phone: &PhoneNumber,
         config: &ClientConfig,
-    ) -> Result<()> {
-        Api::bound(server, config.local_address)
+    ) -> Result<CodeRequest> {
+        let answer = Api::bound(server, config.local_address)
             .request_code(phone)
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(CodeRequest {
+            server: server.to_owned(),
+            phone: phone.clone(),
+            session: answer.session,
+        })
     }
 
-    /// Registers this device with `code`, creates the profile in `dir` and
-    /// uploads key packages.
+    /// Registers this device with `code`, the one sent for `request`,
+    /// creates the profile in `dir` and uploads key packages.
     pub async fn register(
         dir: &Path,
         passphrase: &str,
-        server: &str,
-        phone: &PhoneNumber,
+        request: &CodeRequest,
         code: &str,
         device_name: &str,
         config: ClientConfig,
     ) -> Result<Self> {
+        let CodeRequest {
+            server,
+            phone,
+            session,
+        } = request;
         if ProfileStore::exists(dir) {
             return Err(ClientError::ProfileExists(dir.to_owned()));
         }
@@ -286,6 +309,7 @@ impl Client {
         };
         let registered = api
             .verify_code(&VerifyCodeRequest {
+                session: session.clone(),
                 phone: phone.clone(),
                 code: code.to_owned(),
                 device_name: device_name.to_owned(),

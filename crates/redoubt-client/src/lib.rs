@@ -29,5 +29,5 @@ pub mod store;
 pub mod text;
 pub mod transcript;
 
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, CodeRequest};
 pub use error::{ClientError, Result};

@@ -454,7 +454,7 @@ async fn register(cli: &Cli, number: &str, server: &str, device_name: &str) -> a
     }
     let number = phone(number)?;
     let pass = passphrase(true)?;
-    Client::request_code(server, &number, &config(cli)).await?;
+    let request = Client::request_code(server, &number, &config(cli)).await?;
     let interactive = std::io::stdin().is_terminal();
     let mut input = std::io::stdin().lock();
     let client = loop {
@@ -466,17 +466,7 @@ async fn register(cli: &Cli, number: &str, server: &str, device_name: &str) -> a
         if input.read_line(&mut code)? == 0 {
             bail!("no verification code was given");
         }
-        match Client::register(
-            &dir,
-            &pass,
-            server,
-            &number,
-            code.trim(),
-            device_name,
-            config(cli),
-        )
-        .await
-        {
+        match Client::register(&dir, &pass, &request, code.trim(), device_name, config(cli)).await {
             Ok(client) => break client,
             Err(ClientError::Server {
                 code: ErrorCode::CodeIncorrect,

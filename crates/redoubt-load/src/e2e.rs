@@ -69,7 +69,7 @@ pub async fn run(target: &Target, w: &Workload, show_progress: bool) -> Result<R
     // A block apart from relay mode's, so the two never share an account.
     for (i, phone) in phone_numbers("+3362", w.devices).into_iter().enumerate() {
         let base = &target.urls[i % target.urls.len()];
-        Client::request_code(base, &phone, &config()).await?;
+        let request = Client::request_code(base, &phone, &config()).await?;
         let code = target
             .codes
             .wait(phone.e164())
@@ -78,8 +78,7 @@ pub async fn run(target: &Target, w: &Workload, show_progress: bool) -> Result<R
         let client = Client::register(
             &dirs.path().join(format!("d{i}")),
             PASSPHRASE,
-            base,
-            &phone,
+            &request,
             &code,
             "load",
             config(),

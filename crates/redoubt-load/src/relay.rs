@@ -90,6 +90,11 @@ async fn register(
     if !r.status().is_success() {
         return Err(fail("request code", r.text().await.unwrap_or_default()));
     }
+    let session = r
+        .json::<redoubt_proto::api::RequestCodeResponse>()
+        .await
+        .map_err(|e| fail("request code", e.to_string()))?
+        .session;
     let code = target
         .codes
         .wait(phone.e164())
@@ -100,6 +105,7 @@ async fn register(
     let r = http
         .post(format!("{base}/v1/registration/verify"))
         .json(&VerifyCodeRequest {
+            session,
             phone,
             code,
             device_name: "load".into(),

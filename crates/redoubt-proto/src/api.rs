@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::AuthToken;
+use crate::auth::{AuthToken, VerificationSession};
 use crate::bytes::OpaqueBytes;
 use crate::ids::{AccountId, DeviceId, EnvelopeId, KeyPackageRef};
 use crate::phone::PhoneNumber;
@@ -24,6 +24,9 @@ pub struct RequestCodeRequest {
 pub struct RequestCodeResponse {
     /// How long the code stays valid, in seconds.
     pub expires_in_seconds: u64,
+    /// This request's session: the code verifies only with it, and wrong
+    /// guesses count against it alone.
+    pub session: VerificationSession,
 }
 
 /// `POST /v1/registration/verify`: prove the number with the code and
@@ -32,6 +35,8 @@ pub struct RequestCodeResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VerifyCodeRequest {
+    /// The session of the code request ([`RequestCodeResponse::session`]).
+    pub session: VerificationSession,
     /// The number the code was sent to.
     pub phone: PhoneNumber,
     /// The code, as digits.

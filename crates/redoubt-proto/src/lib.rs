@@ -22,7 +22,7 @@ pub mod phone;
 pub mod time;
 pub mod ws;
 
-pub use auth::AuthToken;
+pub use auth::{AuthToken, VerificationSession};
 pub use bytes::OpaqueBytes;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, MarketNotice};
 pub use identity::{DeviceCertificate, DeviceList, ListedDevice, SignedDocument};

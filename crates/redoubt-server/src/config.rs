@@ -650,7 +650,10 @@ pub struct RegistrationConfig {
     pub code_ttl: Duration,
     /// Wrong guesses allowed per code before a new one must be requested.
     pub max_attempts: u32,
-    /// Code requests allowed per phone number.
+    /// Code requests allowed per phone number from one client address (an
+    /// IPv6 /64): counted apart per address so that strangers cannot use
+    /// up a number's requests and lock its owner out; `per_number_block`
+    /// bounds what one number gets from many addresses.
     pub per_number: RateLimit,
     /// Code requests allowed per client address: an IPv4 address, or an
     /// IPv6 /64 (one subscriber holds a whole /64, so counting single

@@ -94,6 +94,11 @@ impl TestDevice {
             "{}",
             response.text().await.unwrap_or_default()
         );
+        let session = response
+            .json::<redoubt_proto::api::RequestCodeResponse>()
+            .await
+            .expect("code response")
+            .session;
         let deadline = tokio::time::Instant::now() + PATIENCE;
         let code = loop {
             // A code equal to an earlier one for the same number would be a
@@ -111,6 +116,7 @@ impl TestDevice {
         let signing_key = SigningKey::generate(&mut rand::rngs::OsRng);
         let challenge = VerifyCodeRequest::registration_challenge(&phone, &code);
         let request = VerifyCodeRequest {
+            session,
             phone: phone.clone(),
             code,
             device_name: name.into(),

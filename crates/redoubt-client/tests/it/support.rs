@@ -44,12 +44,12 @@ pub async fn register_in(server: &TestServer, phone: &str, dir: &std::path::Path
 pub async fn register_at(base_url: &str, phone: &str, dir: &std::path::Path) -> Client {
     let phone = PhoneNumber::parse(phone).unwrap();
     let before = logs::dev_code_for(&logs::captured(), phone.e164());
-    Client::request_code(base_url, &phone, &config())
+    let request = Client::request_code(base_url, &phone, &config())
         .await
         .unwrap();
     let code = logs::dev_code_for(&logs::captured(), phone.e164()).unwrap();
     assert_ne!(Some(&code), before.as_ref(), "a fresh code was logged");
-    Client::register(dir, PASSPHRASE, base_url, &phone, &code, "test", config())
+    Client::register(dir, PASSPHRASE, &request, &code, "test", config())
         .await
         .unwrap()
 }

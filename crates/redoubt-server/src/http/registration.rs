@@ -9,14 +9,12 @@ use rand::Rng;
 use redoubt_proto::api::{
     RequestCodeRequest, RequestCodeResponse, VerifyCodeRequest, VerifyCodeResponse,
 };
-use redoubt_proto::{AccountId, AuthToken, DeviceId, ErrorBody, PhoneNumber};
+use redoubt_proto::{AccountId, AuthToken, DeviceId, ErrorBody, PhoneNumber, VerificationSession};
 use sha2::{Digest as _, Sha256};
 
 use super::extract::{token_hash, ApiJson, ClientAddr};
 use crate::error::ApiError;
-use crate::storage::{
-    CodeIssue, Digest, IssueOutcome, NewDevice, Verification, VerifyOutcome, CODE_NUMBER_BUCKET,
-};
+use crate::storage::{CodeIssue, Digest, IssueOutcome, NewDevice, Verification, VerifyOutcome};
 use crate::AppState;
 
 /// Device names are shown to their owner; keep them short and printable.
@@ -156,23 +154,31 @@ pub async fn request_code(
     let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
     let key = state.phone_keyer().key(&req.phone);
     let now = state.clock().now();
+    // The requester's session (issue 16, item 4): the code verifies only
+    // with its secret, and guesses count against it alone.
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill(&mut secret);
+    let session = VerificationSession::from_random_bytes(&secret);
     // Every limit at once, in the transaction that stores the code: a
     // refused request counts against none of them (one abuser hammering a
-    // number does not spend everyone's SMS budget) and leaves a code
-    // already pending alone. The address is counted per IPv6 /64, and the
-    // number's block is the number without its last four digits (issue 16,
-    // item 4).
+    // number does not spend everyone's SMS budget). The address is counted
+    // per IPv6 /64; the per-number limit per number and asking address, so
+    // that strangers asking for codes to a number cannot use up its owner's
+    // requests (the block of 10,000 numbers, the number without its last
+    // four digits, bounds what one number gets from many addresses) (issue
+    // 16, item 4).
+    let address = super::address_bucket(addr.ip());
     let e164 = req.phone.e164();
     let block = e164.as_bytes()[..e164.len().saturating_sub(4)].to_vec();
     let country = req.phone.region().unwrap_or_default().into_bytes();
     let limits = [
-        (CODE_NUMBER_BUCKET, key.to_vec(), config.per_number, 1),
         (
-            "code-address",
-            super::address_bucket(addr.ip()),
-            config.per_ip,
+            "code-number",
+            [key.as_slice(), &address].concat(),
+            config.per_number,
             1,
         ),
+        ("code-address", address, config.per_ip, 1),
         ("sms-block", block, config.per_number_block, 1),
         ("sms-country", country, config.per_country, 1),
         ("sms-budget", Vec::new(), config.sms_budget, 1),
@@ -180,6 +186,7 @@ pub async fn request_code(
     let outcome = state
         .store()
         .issue_code(CodeIssue {
+            session_hash: session_hash(&session),
             phone_key: key,
             code_hash: code_hash(&key, &code),
             now,
@@ -202,6 +209,7 @@ pub async fn request_code(
         StatusCode::ACCEPTED,
         ApiJson(RequestCodeResponse {
             expires_in_seconds: config.code_ttl.as_secs(),
+            session,
         }),
     ))
 }
@@ -212,7 +220,7 @@ pub async fn request_code(
     request_body = VerifyCodeRequest,
     responses(
         (status = 201, description = "Device registered", body = VerifyCodeResponse),
-        (status = 400, description = "No code pending, bad key or proof", body = ErrorBody),
+        (status = 400, description = "No code pending for this session and number, bad key or proof", body = ErrorBody),
         (status = 401, description = "Wrong code", body = ErrorBody),
         (status = 410, description = "Code expired", body = ErrorBody),
         (status = 429, description = "Too many attempts", body = ErrorBody),
@@ -244,6 +252,7 @@ pub async fn verify_code(
     let outcome = state
         .store()
         .verify_code(Verification {
+            session_hash: session_hash(&req.session),
             phone: req.phone.clone(),
             phone_key: pkey,
             code_hash: code_hash(&pkey, &req.code),
@@ -280,6 +289,12 @@ pub async fn verify_code(
         VerifyOutcome::Expired => Err(ApiError::CodeExpired),
         VerifyOutcome::AttemptsExceeded => Err(ApiError::CodeAttemptsExceeded),
     }
+}
+
+/// The key a session's code is stored under: the secret's hash, so the
+/// database alone cannot be used to verify.
+fn session_hash(session: &VerificationSession) -> Digest {
+    Sha256::digest(session.expose().as_bytes()).into()
 }
 
 #[cfg(test)]

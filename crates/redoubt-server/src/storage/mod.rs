@@ -90,6 +90,8 @@ pub type Digest = [u8; 32];
 /// A request to issue a verification code, with the limits to enforce.
 #[derive(Debug, Clone)]
 pub struct CodeIssue {
+    /// Hash of the new session's secret: the key of the pending code.
+    pub session_hash: Digest,
     /// Keyed hash of the phone number ([`PhoneKeyer::key`]).
     pub phone_key: Digest,
     /// Hash of the new code.
@@ -133,9 +135,11 @@ pub struct NewDevice {
 /// A verification attempt.
 #[derive(Debug, Clone)]
 pub struct Verification {
+    /// Hash of the session's secret, the key of the pending code.
+    pub session_hash: Digest,
     /// The number being verified.
     pub phone: PhoneNumber,
-    /// Its hash, the key of the pending code.
+    /// Its keyed hash: the session's code must be for this number.
     pub phone_key: Digest,
     /// Hash of the code the client sent.
     pub code_hash: Digest,
@@ -519,10 +523,6 @@ pub struct RateKey {
     pub cost: u32,
 }
 
-/// The kind of the rate-limit bucket of code requests per number, whose
-/// id is the number's key ([`PhoneKeyer::code_requests`]).
-pub const CODE_NUMBER_BUCKET: &str = "code-number";
-
 /// Keys phone numbers for the tables that must find a number again but must
 /// not give it away (pending codes and the per-number request limit), and
 /// rate-limit buckets likewise: an HMAC-SHA256 under a secret derived from
@@ -563,12 +563,6 @@ impl PhoneKeyer {
     /// numbers so that the table of events names nobody.
     pub fn bucket(&self, kind: &str, id: &[u8]) -> Digest {
         self.mac(&[b"redoubt/rate-bucket/v1\0", kind.as_bytes(), b"\0", id])
-    }
-
-    /// The bucket of the code requests for one number: found again by
-    /// the market purge, which deletes what is kept of a market's numbers.
-    pub fn code_requests(&self, phone: &PhoneNumber) -> Digest {
-        self.bucket(CODE_NUMBER_BUCKET, &self.key(phone))
     }
 }
 
@@ -656,9 +650,10 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the database is reachable.
     async fn health(&self) -> Result<(), StoreError>;
 
-    /// Stores a new verification code, replacing any pending for the
-    /// number, unless one of its limits forbids it; then counts the request
-    /// against them (as [`Store::rate_limit`], in the same transaction).
+    /// Stores a new verification code under its session, beside any other
+    /// session's for the number, unless one of its limits forbids it; then
+    /// counts the request against them (as [`Store::rate_limit`], in the
+    /// same transaction).
     async fn issue_code(&self, req: CodeIssue) -> Result<IssueOutcome, StoreError>;
 
     /// Counts each limit's `cost` events at `now` against it, all or

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
 use redoubt_proto::api::*;
-use redoubt_proto::{ErrorCode, PhoneNumber};
+use redoubt_proto::{ErrorCode, PhoneNumber, VerificationSession};
 use reqwest::StatusCode;
 use test_support::{api_error, fresh_phone, logs, TestServer};
 
@@ -17,10 +17,27 @@ async fn request_code(server: &TestServer, phone: &str) -> reqwest::Response {
         .unwrap()
 }
 
-fn verify_body(phone: &str, code: &str, key: &SigningKey) -> VerifyCodeRequest {
+/// Asks for a code and returns the request's session.
+async fn ask(server: &TestServer, phone: &str) -> VerificationSession {
+    let response = request_code(server, phone).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    response
+        .json::<RequestCodeResponse>()
+        .await
+        .unwrap()
+        .session
+}
+
+fn verify_body(
+    session: &VerificationSession,
+    phone: &str,
+    code: &str,
+    key: &SigningKey,
+) -> VerifyCodeRequest {
     let phone = PhoneNumber::parse(phone).unwrap();
     let challenge = VerifyCodeRequest::registration_challenge(&phone, code);
     VerifyCodeRequest {
+        session: session.clone(),
         phone,
         code: code.into(),
         device_name: "laptop".into(),
@@ -50,9 +67,14 @@ async fn a_code_from_the_dev_sender_registers_an_account_and_device() {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let body: RequestCodeResponse = response.json().await.unwrap();
     assert_eq!(body.expires_in_seconds, 600);
+    let session = body.session;
 
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let response = verify(&server, &verify_body(&phone, &logged_code(&phone), &key)).await;
+    let response = verify(
+        &server,
+        &verify_body(&session, &phone, &logged_code(&phone), &key),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let registered: VerifyCodeResponse = response.json().await.unwrap();
     assert!(registered.new_account);
@@ -92,16 +114,17 @@ async fn verifying_again_adds_a_device_to_the_same_account() {
 async fn a_code_works_once() {
     let server = TestServer::start().await;
     let phone = fresh_phone();
-    request_code(&server, &phone).await;
+    let session = ask(&server, &phone).await;
     let code = logged_code(&phone);
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     assert_eq!(
-        verify(&server, &verify_body(&phone, &code, &key))
+        verify(&server, &verify_body(&session, &phone, &code, &key))
             .await
             .status(),
         StatusCode::CREATED
     );
-    let (status, body) = api_error(verify(&server, &verify_body(&phone, &code, &key)).await).await;
+    let (status, body) =
+        api_error(verify(&server, &verify_body(&session, &phone, &code, &key)).await).await;
     assert_eq!(
         (status, body.error.code),
         (StatusCode::BAD_REQUEST, ErrorCode::NoCodePending)
@@ -112,19 +135,20 @@ async fn a_code_works_once() {
 async fn wrong_codes_are_counted_and_then_refused() {
     let server = TestServer::start().await;
     let phone = fresh_phone();
-    request_code(&server, &phone).await;
+    let session = ask(&server, &phone).await;
     let code = logged_code(&phone);
     let wrong = if code == "000000" { "000001" } else { "000000" };
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     for _ in 0..5 {
         let (status, body) =
-            api_error(verify(&server, &verify_body(&phone, wrong, &key)).await).await;
+            api_error(verify(&server, &verify_body(&session, &phone, wrong, &key)).await).await;
         assert_eq!(
             (status, body.error.code),
             (StatusCode::UNAUTHORIZED, ErrorCode::CodeIncorrect)
         );
     }
-    let (status, body) = api_error(verify(&server, &verify_body(&phone, &code, &key)).await).await;
+    let (status, body) =
+        api_error(verify(&server, &verify_body(&session, &phone, &code, &key)).await).await;
     assert_eq!(
         (status, body.error.code),
         (
@@ -138,11 +162,12 @@ async fn wrong_codes_are_counted_and_then_refused() {
 async fn codes_expire() {
     let server = TestServer::start().await;
     let phone = fresh_phone();
-    request_code(&server, &phone).await;
+    let session = ask(&server, &phone).await;
     let code = logged_code(&phone);
     server.clock.advance(Duration::from_secs(601));
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let (status, body) = api_error(verify(&server, &verify_body(&phone, &code, &key)).await).await;
+    let (status, body) =
+        api_error(verify(&server, &verify_body(&session, &phone, &code, &key)).await).await;
     assert_eq!(
         (status, body.error.code),
         (StatusCode::GONE, ErrorCode::CodeExpired)
@@ -205,11 +230,11 @@ async fn code_requests_are_rate_limited_per_number_and_per_ip() {
 async fn bad_keys_and_proofs_are_refused_without_using_an_attempt() {
     let server = TestServer::start().await;
     let phone = fresh_phone();
-    request_code(&server, &phone).await;
+    let session = ask(&server, &phone).await;
     let code = logged_code(&phone);
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
 
-    let mut short_key = verify_body(&phone, &code, &key);
+    let mut short_key = verify_body(&session, &phone, &code, &key);
     short_key.signature_key = vec![1; 31].into();
     let (status, body) = api_error(verify(&server, &short_key).await).await;
     assert_eq!(
@@ -218,16 +243,16 @@ async fn bad_keys_and_proofs_are_refused_without_using_an_attempt() {
     );
 
     // A signature by another key does not prove possession of this one.
-    let mut stolen = verify_body(&phone, &code, &key);
+    let mut stolen = verify_body(&session, &phone, &code, &key);
     let other = SigningKey::generate(&mut rand::rngs::OsRng);
-    stolen.proof = verify_body(&phone, &code, &other).proof;
+    stolen.proof = verify_body(&session, &phone, &code, &other).proof;
     let (status, body) = api_error(verify(&server, &stolen).await).await;
     assert_eq!(
         (status, body.error.code),
         (StatusCode::BAD_REQUEST, ErrorCode::InvalidProof)
     );
 
-    let mut bad_name = verify_body(&phone, &code, &key);
+    let mut bad_name = verify_body(&session, &phone, &code, &key);
     bad_name.device_name = "\u{0007}".into();
     let (status, body) = api_error(verify(&server, &bad_name).await).await;
     assert_eq!(
@@ -245,7 +270,7 @@ async fn bad_keys_and_proofs_are_refused_without_using_an_attempt() {
         "\u{3164}",
         "a\u{E0041}",
     ] {
-        let mut hidden = verify_body(&phone, &code, &key);
+        let mut hidden = verify_body(&session, &phone, &code, &key);
         hidden.device_name = name.into();
         let (status, body) = api_error(verify(&server, &hidden).await).await;
         assert_eq!(
@@ -255,7 +280,7 @@ async fn bad_keys_and_proofs_are_refused_without_using_an_attempt() {
         );
     }
 
-    let mut letters = verify_body(&phone, "12ab56", &key);
+    let mut letters = verify_body(&session, &phone, "12ab56", &key);
     letters.code = "12ab56".into();
     let (status, body) = api_error(verify(&server, &letters).await).await;
     assert_eq!(
@@ -265,7 +290,7 @@ async fn bad_keys_and_proofs_are_refused_without_using_an_attempt() {
 
     // None of that used up the code.
     assert_eq!(
-        verify(&server, &verify_body(&phone, &code, &key))
+        verify(&server, &verify_body(&session, &phone, &code, &key))
             .await
             .status(),
         StatusCode::CREATED
@@ -358,7 +383,11 @@ async fn no_row_ties_a_requested_number_to_the_address_that_asked() {
     let keyed = server.state.phone_keyer().key(&number).to_vec();
     assert_ne!(keyed, unkeyed);
     // The limits' buckets: keyed hashes of the number and of the address.
-    let number_bucket = server.state.phone_keyer().code_requests(&number).to_vec();
+    let number_bucket = server
+        .state
+        .phone_keyer()
+        .bucket("code-number", &[keyed.as_slice(), &[127, 0, 0, 9]].concat())
+        .to_vec();
     let address_bucket = server
         .state
         .phone_keyer()
@@ -432,6 +461,24 @@ async fn codes_go_only_to_numbers_that_receive_sms() {
         request_code(&server, &fresh_phone()).await.status(),
         StatusCode::ACCEPTED
     );
+}
+
+/// Asks for a code as a client at `from` (through the trusted proxy) and
+/// returns the request's session.
+async fn session_from(server: &TestServer, phone: &str, from: &str) -> VerificationSession {
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/registration/code"))
+        .header("x-forwarded-for", from)
+        .json(&serde_json::json!({ "phone": phone }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    response
+        .json::<RequestCodeResponse>()
+        .await
+        .unwrap()
+        .session
 }
 
 async fn request_code_from(server: &TestServer, phone: &str, from: &str) -> StatusCode {
@@ -557,10 +604,7 @@ async fn a_request_the_budget_refuses_leaves_the_pending_code_alone() {
         .start()
         .await;
     let phone = fresh_phone();
-    assert_eq!(
-        request_code_from(&server, &phone, "198.51.100.1").await,
-        StatusCode::ACCEPTED
-    );
+    let session = session_from(&server, &phone, "198.51.100.1").await;
     let code = logged_code(&phone);
     // A stranger asks for the same number once the budget is spent.
     assert_eq!(
@@ -568,10 +612,55 @@ async fn a_request_the_budget_refuses_leaves_the_pending_code_alone() {
         StatusCode::TOO_MANY_REQUESTS
     );
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let response = verify(&server, &verify_body(&phone, &code, &key)).await;
+    let response = verify(&server, &verify_body(&session, &phone, &code, &key)).await;
     assert_eq!(
         response.status(),
         StatusCode::CREATED,
         "the code sent first still registers"
     );
+}
+
+/// Issue 16, item 4: five wrong guesses from strangers voided the owner's
+/// code, and two more requests used up the number's quota, so strangers
+/// could lock a person out of registering. Codes now belong to the session
+/// that asked, and the per-number limit counts each asking address apart.
+#[tokio::test]
+async fn strangers_cannot_spend_a_numbers_attempts_or_its_owners_requests() {
+    let server = TestServer::builder()
+        .configure(|c| c.http.trusted_proxies = vec!["127.0.0.1".parse().unwrap()])
+        .start()
+        .await;
+    let phone = fresh_phone();
+    let owner = "198.51.100.1";
+    let session = session_from(&server, &phone, owner).await;
+    let code = logged_code(&phone);
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+
+    // A stranger asks for codes to the number until refused, and guesses
+    // with a session of their own, and with none of theirs.
+    let stranger = "203.0.113.9";
+    let theirs = session_from(&server, &phone, stranger).await;
+    while request_code_from(&server, &phone, stranger).await == StatusCode::ACCEPTED {}
+    for _ in 0..6 {
+        verify(&server, &verify_body(&theirs, &phone, wrong, &key)).await;
+    }
+    let made_up = VerificationSession::from_random_bytes(&[7; 32]);
+    for _ in 0..6 {
+        let (status, body) =
+            api_error(verify(&server, &verify_body(&made_up, &phone, wrong, &key)).await).await;
+        assert_eq!(
+            (status, body.error.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::NoCodePending)
+        );
+    }
+
+    // The owner can still ask (their own count), and the first code still
+    // works, with all its attempts.
+    assert_eq!(
+        request_code_from(&server, &phone, owner).await,
+        StatusCode::ACCEPTED
+    );
+    let response = verify(&server, &verify_body(&session, &phone, &code, &key)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
 }

@@ -28,8 +28,10 @@ fn phone() -> PhoneNumber {
 /// Registers a device through the code flow and returns its auth.
 async fn device(store: &dyn Store, phone: &PhoneNumber) -> DeviceAuth {
     let key = keyer().key(phone);
+    let session = digest(&DeviceId::random().to_string());
     let issued = store
         .issue_code(CodeIssue {
+            session_hash: session,
             phone_key: key,
             code_hash: digest("code"),
             now: T0,
@@ -43,6 +45,7 @@ async fn device(store: &dyn Store, phone: &PhoneNumber) -> DeviceAuth {
     let token = digest(&id.to_string());
     let outcome = store
         .verify_code(Verification {
+            session_hash: session,
             phone: phone.clone(),
             phone_key: key,
             code_hash: digest("code"),
@@ -97,7 +100,9 @@ pub async fn codes_are_single_use_and_limited(store: Arc<dyn Store>) {
         window: Duration::from_secs(900),
         cost: 1,
     };
-    let issue = |now: Timestamp| CodeIssue {
+    // Each request its own session; codes verify only with theirs.
+    let issue = |session: &str, now: Timestamp| CodeIssue {
+        session_hash: digest(session),
         phone_key: key,
         code_hash: digest("right"),
         now,
@@ -105,19 +110,21 @@ pub async fn codes_are_single_use_and_limited(store: Arc<dyn Store>) {
         limits: vec![limit(digest("per number"), 2), limit(digest("per ip"), 100)],
     };
     assert_eq!(
-        store.issue_code(issue(T0)).await.unwrap(),
+        store.issue_code(issue("s1", T0)).await.unwrap(),
         IssueOutcome::Issued
     );
     assert_eq!(
-        store.issue_code(issue(T0)).await.unwrap(),
+        store.issue_code(issue("s2", T0)).await.unwrap(),
         IssueOutcome::Issued
     );
-    let IssueOutcome::RateLimited { retry_after } = store.issue_code(issue(T0)).await.unwrap()
+    let IssueOutcome::RateLimited { retry_after } =
+        store.issue_code(issue("s3", T0)).await.unwrap()
     else {
         panic!("third request in the window must be limited");
     };
     assert_eq!(retry_after, Duration::from_secs(900));
-    let verify = |code: &str, now: Timestamp| Verification {
+    let verify_in = |session: &str, code: &str, now: Timestamp| Verification {
+        session_hash: digest(session),
         phone: phone.clone(),
         phone_key: key,
         code_hash: digest(code),
@@ -128,9 +135,21 @@ pub async fn codes_are_single_use_and_limited(store: Arc<dyn Store>) {
             id: DeviceId::random(),
             name: "x".into(),
             signature_key: vec![2; 32],
-            token_hash: digest(&format!("{code}{}", now.millis())),
+            token_hash: digest(&format!("{session}{code}{}", now.millis())),
         },
     };
+    // The right code under a session that did not ask for it (or for
+    // another number's code) finds nothing, and spends no attempt.
+    for stranger in ["s3", "nobody"] {
+        assert_eq!(
+            store
+                .verify_code(verify_in(stranger, "right", T0))
+                .await
+                .unwrap(),
+            VerifyOutcome::NoCodePending
+        );
+    }
+    let verify = |code: &str, now: Timestamp| verify_in("s2", code, now);
     assert_eq!(
         store.verify_code(verify("wrong", T0)).await.unwrap(),
         VerifyOutcome::Incorrect
@@ -141,15 +160,23 @@ pub async fn codes_are_single_use_and_limited(store: Arc<dyn Store>) {
         panic!("right code registers");
     };
     assert!(new_account);
-    // Single use: the same code again finds nothing pending.
+    // Single use: the same code again finds nothing pending, and the
+    // number's other sessions went with it.
     assert_eq!(
         store.verify_code(verify("right", T0)).await.unwrap(),
+        VerifyOutcome::NoCodePending
+    );
+    assert_eq!(
+        store
+            .verify_code(verify_in("s1", "right", T0))
+            .await
+            .unwrap(),
         VerifyOutcome::NoCodePending
     );
     // After the window, a new code can be issued; it expires on time.
     let later = T0.plus(Duration::from_secs(901));
     assert_eq!(
-        store.issue_code(issue(later)).await.unwrap(),
+        store.issue_code(issue("s2", later)).await.unwrap(),
         IssueOutcome::Issued
     );
     let expired = later.plus(Duration::from_secs(601));
@@ -160,9 +187,10 @@ pub async fn codes_are_single_use_and_limited(store: Arc<dyn Store>) {
     // Attempts run out.
     let even_later = later.plus(Duration::from_secs(2000));
     assert_eq!(
-        store.issue_code(issue(even_later)).await.unwrap(),
+        store.issue_code(issue("s4", even_later)).await.unwrap(),
         IssueOutcome::Issued
     );
+    let verify = |code: &str, now: Timestamp| verify_in("s4", code, now);
     assert_eq!(
         store.verify_code(verify("a", even_later)).await.unwrap(),
         VerifyOutcome::Incorrect

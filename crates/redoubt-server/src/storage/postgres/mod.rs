@@ -268,10 +268,10 @@ impl Store for PgStore {
             return Ok(IssueOutcome::RateLimited { retry_after });
         }
         sqlx::query(
-            "INSERT INTO verification_codes (phone_key, code_hash, expires_at, attempts) VALUES ($1, $2, $3, 0)
-             ON CONFLICT (phone_key) DO UPDATE SET code_hash = excluded.code_hash,
-                 expires_at = excluded.expires_at, attempts = 0",
+            "INSERT INTO verification_codes (session_hash, phone_key, code_hash, expires_at, attempts)
+             VALUES ($1, $2, $3, $4, 0)",
         )
+        .bind(req.session_hash.to_vec())
         .bind(req.phone_key.to_vec())
         .bind(req.code_hash.to_vec())
         .bind(ms(req.expires_at))
@@ -285,8 +285,9 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "SELECT code_hash, expires_at, attempts FROM verification_codes
-             WHERE phone_key = $1 FOR UPDATE",
+             WHERE session_hash = $1 AND phone_key = $2 FOR UPDATE",
         )
+        .bind(req.session_hash.to_vec())
         .bind(req.phone_key.to_vec())
         .fetch_optional(&mut *tx)
         .await?;
@@ -296,10 +297,9 @@ impl Store for PgStore {
         let stored_hash: Vec<u8> = row.get(0);
         let expires_at: i64 = row.get(1);
         let attempts: i64 = row.get(2);
-        let delete_code = "DELETE FROM verification_codes WHERE phone_key = $1";
         if expires_at <= ms(req.now) {
-            sqlx::query(delete_code)
-                .bind(req.phone_key.to_vec())
+            sqlx::query("DELETE FROM verification_codes WHERE session_hash = $1")
+                .bind(req.session_hash.to_vec())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -312,20 +312,22 @@ impl Store for PgStore {
             subtle::ConstantTimeEq::ct_eq(stored_hash.as_slice(), req.code_hash.as_slice()).into();
         if !matches {
             sqlx::query(
-                "UPDATE verification_codes SET attempts = attempts + 1 WHERE phone_key = $1",
+                "UPDATE verification_codes SET attempts = attempts + 1 WHERE session_hash = $1",
             )
-            .bind(req.phone_key.to_vec())
+            .bind(req.session_hash.to_vec())
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
             return Ok(VerifyOutcome::Incorrect);
         }
-        sqlx::query(delete_code)
+        // Registered: every pending code for the number goes, this
+        // session's and any a stranger asked for.
+        sqlx::query("DELETE FROM verification_codes WHERE phone_key = $1")
             .bind(req.phone_key.to_vec())
             .execute(&mut *tx)
             .await?;
-        // The code row lock serialises verifications of one number, so this
-        // insert cannot race another for the same phone.
+        // Two sessions of one number may verify at once: the insert keeps
+        // the first account, and the other finds it below.
         let inserted = sqlx::query(
             "INSERT INTO accounts (id, phone, created_at, region) VALUES ($1, $2, $3, $4)
              ON CONFLICT (phone) DO NOTHING RETURNING id",
@@ -970,20 +972,17 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let numbers: Vec<PhoneNumber> = phones
-            .iter()
-            .filter_map(|p| PhoneNumber::parse(p).ok())
-            .collect();
-        let keys = id_list(numbers.iter().map(|p| keyer.key(p)));
+        let keys = id_list(
+            phones
+                .iter()
+                .filter_map(|p| PhoneNumber::parse(p).ok())
+                .map(|p| keyer.key(&p)),
+        );
         sqlx::query("DELETE FROM verification_codes WHERE phone_key = ANY($1)")
             .bind(&keys)
             .execute(&mut *tx)
             .await?;
-        let buckets = id_list(numbers.iter().map(|p| keyer.code_requests(p)));
-        sqlx::query("DELETE FROM rate_events WHERE key = ANY($1)")
-            .bind(&buckets)
-            .execute(&mut *tx)
-            .await?;
+
         counts.accounts = sqlx::query("DELETE FROM accounts WHERE region = $1")
             .bind(region)
             .execute(&mut *tx)

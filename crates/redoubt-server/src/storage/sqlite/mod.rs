@@ -268,10 +268,10 @@ impl Store for SqliteStore {
             return Ok(IssueOutcome::RateLimited { retry_after });
         }
         sqlx::query(
-            "INSERT INTO verification_codes (phone_key, code_hash, expires_at, attempts) VALUES (?, ?, ?, 0)
-             ON CONFLICT (phone_key) DO UPDATE SET code_hash = excluded.code_hash,
-                 expires_at = excluded.expires_at, attempts = 0",
+            "INSERT INTO verification_codes (session_hash, phone_key, code_hash, expires_at, attempts)
+             VALUES (?, ?, ?, ?, 0)",
         )
+        .bind(req.session_hash.to_vec())
         .bind(req.phone_key.to_vec())
         .bind(req.code_hash.to_vec())
         .bind(ms(req.expires_at))
@@ -284,8 +284,10 @@ impl Store for SqliteStore {
     async fn verify_code(&self, req: Verification) -> Result<VerifyOutcome, StoreError> {
         let mut tx = self.write.begin_write().await?;
         let row = sqlx::query(
-            "SELECT code_hash, expires_at, attempts FROM verification_codes WHERE phone_key = ?",
+            "SELECT code_hash, expires_at, attempts FROM verification_codes
+             WHERE session_hash = ? AND phone_key = ?",
         )
+        .bind(req.session_hash.to_vec())
         .bind(req.phone_key.to_vec())
         .fetch_optional(&mut *tx)
         .await?;
@@ -296,8 +298,8 @@ impl Store for SqliteStore {
         let expires_at: i64 = row.get(1);
         let attempts: i64 = row.get(2);
         if expires_at <= ms(req.now) {
-            sqlx::query("DELETE FROM verification_codes WHERE phone_key = ?")
-                .bind(req.phone_key.to_vec())
+            sqlx::query("DELETE FROM verification_codes WHERE session_hash = ?")
+                .bind(req.session_hash.to_vec())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -310,14 +312,16 @@ impl Store for SqliteStore {
             subtle::ConstantTimeEq::ct_eq(stored_hash.as_slice(), req.code_hash.as_slice()).into();
         if !matches {
             sqlx::query(
-                "UPDATE verification_codes SET attempts = attempts + 1 WHERE phone_key = ?",
+                "UPDATE verification_codes SET attempts = attempts + 1 WHERE session_hash = ?",
             )
-            .bind(req.phone_key.to_vec())
+            .bind(req.session_hash.to_vec())
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
             return Ok(VerifyOutcome::Incorrect);
         }
+        // Registered: every pending code for the number goes, this
+        // session's and any a stranger asked for.
         sqlx::query("DELETE FROM verification_codes WHERE phone_key = ?")
             .bind(req.phone_key.to_vec())
             .execute(&mut *tx)
@@ -964,10 +968,6 @@ impl Store for SqliteStore {
             };
             sqlx::query("DELETE FROM verification_codes WHERE phone_key = ?")
                 .bind(keyer.key(&number).to_vec())
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM rate_events WHERE key = ?")
-                .bind(keyer.code_requests(&number).to_vec())
                 .execute(&mut *tx)
                 .await?;
         }

@@ -1,0 +1,16 @@
+-- Pending codes belong to the session that asked for them, not to the
+-- number (issue 16, item 4): strangers who asked for codes to someone
+-- else's number spent that person's wrong-guess attempts and replaced the
+-- code they were waiting for. Each request now has a session, whose secret
+-- only the requester holds, its own code and its own attempts. Pending
+-- codes live ten minutes; those of before go.
+DROP TABLE verification_codes;
+CREATE TABLE verification_codes (
+    session_hash  BLOB PRIMARY KEY,
+    phone_key     BLOB NOT NULL,
+    code_hash     BLOB NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX verification_codes_by_number ON verification_codes(phone_key);
+CREATE INDEX verification_codes_by_expiry ON verification_codes(expires_at);
