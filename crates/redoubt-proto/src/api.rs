@@ -40,8 +40,12 @@ pub struct VerifyCodeRequest {
     /// The number the code was sent to.
     pub phone: PhoneNumber,
     /// The code, as digits.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9]{6}$"))]
     pub code: String,
-    /// A name for the device that its owner will recognise in the device list.
+    /// A name for the device that its owner will recognise in the device
+    /// list: 1 to 64 printable characters, none invisible or changing the
+    /// text's direction.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub device_name: String,
     /// The device's Ed25519 public signature key (32 bytes), the same key its
     /// MLS credential uses.

@@ -15,10 +15,14 @@ pub struct MalformedToken;
 /// base64url. `Debug` is redacted so it never reaches a log; `expose` gives
 /// the text where it is really needed.
 macro_rules! server_secret {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $pattern:literal) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq)]
-        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
+        #[cfg_attr(
+            feature = "openapi",
+            derive(utoipa::ToSchema),
+            schema(value_type = String, pattern = $pattern)
+        )]
         pub struct $name(String);
 
         impl $name {
@@ -78,7 +82,8 @@ server_secret!(
     /// A device's bearer token, as the server issued it. The server keeps
     /// only a hash of it; the text goes in the `Authorization` header.
     AuthToken,
-    "rdt_"
+    "rdt_",
+    "^rdt_[A-Za-z0-9_-]{43}$"
 );
 
 server_secret!(
@@ -87,7 +92,8 @@ server_secret!(
     /// the session, so strangers who ask for codes to someone else's number
     /// cannot spend that person's attempts (issue 16).
     VerificationSession,
-    "rdv_"
+    "rdv_",
+    "^rdv_[A-Za-z0-9_-]{43}$"
 );
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub enum PhoneError {
 /// prints the full number only because user interfaces and the legal desk's
 /// disclosures need it: never format one into a log line.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "+33612345678"))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "+33612345678", pattern = r"^\+[1-9][0-9]{1,14}$"))]
 pub struct PhoneNumber(String);
 
 impl PhoneNumber {

@@ -87,3 +87,27 @@ fn uuid_like() -> String {
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The schemathesis command-line tool (`st`): `REDOUBT_SCHEMATHESIS`, else
+/// `st` on the `PATH`, else the virtual environment `.ci/run` installs it
+/// into. `None` (after printing why) when it is missing outside CI.
+pub fn schemathesis() -> Option<std::path::PathBuf> {
+    let venv = std::env::var_os("HOME")
+        .map(|home| std::path::Path::new(&home).join(".cache/redoubt-venv/bin/st"));
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("st"))
+            .find(|p| p.is_file())
+    });
+    let found = std::env::var_os("REDOUBT_SCHEMATHESIS")
+        .map(std::path::PathBuf::from)
+        .or(on_path)
+        .or(venv.filter(|p| p.is_file()));
+    if found.is_none() {
+        unavailable(
+            "schemathesis",
+            "no `st` command; `bash .ci/run` installs it, or `python3 -m pip install -r ci/requirements.txt`",
+        )?;
+    }
+    found
+}

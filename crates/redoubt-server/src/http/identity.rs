@@ -104,6 +104,7 @@ pub async fn publish_device_list(
 
 /// Query of `GET /v1/accounts/{account_id}/device-lists`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListsQuery {
     /// Only versions after this one (default 0: from the first).
@@ -176,6 +177,11 @@ async fn stored_lists(
     account: AccountId,
     since: u64,
 ) -> Result<Vec<SignedDocument>, ApiError> {
+    // Versions are stored as signed 64-bit integers, as the document's
+    // int64 says; a larger one is no version at all.
+    if since > i64::MAX as u64 {
+        return Err(ApiError::InvalidRequest("since is out of range".into()));
+    }
     state
         .store()
         .device_lists(account, since, LISTS_PER_PAGE)

@@ -74,6 +74,7 @@ pub async fn epoch(
 
 /// Query of `GET /v1/kt/audit`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// The first epoch.
@@ -112,6 +113,7 @@ pub async fn audit(
 
 /// Query of `GET /v1/kt/consistency`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
     /// The older epoch.

@@ -219,6 +219,9 @@ pub(crate) async fn submit(state: &AppState, s: Submission) -> Result<Accepted, 
 #[serde(deny_unknown_fields)]
 pub struct FetchQuery {
     /// Envelopes to return at most (default and maximum: the server's page size).
+    // Documented as the unsigned 32-bit value it is, not as `int32`, whose
+    // range stops at 2^31 - 1.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
 }
 

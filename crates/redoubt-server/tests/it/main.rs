@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod binary;
 mod connections;
+mod contract;
 mod delivery;
 mod keypackages;
 mod kt;
