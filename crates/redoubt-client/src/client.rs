@@ -12,6 +12,7 @@ mod incoming;
 mod kt;
 mod link;
 mod notices;
+pub use notices::verify_notice;
 mod outbox;
 mod transcript;
 mod trust;

@@ -36,8 +36,10 @@ struct Banner {
     exit: Option<MarketNotice>,
 }
 
-/// Why a notice is not trusted.
-fn verify(
+/// Checks a notice from the service against the service key a profile
+/// pinned (standard base64), and decodes it: why it is not trusted
+/// otherwise. Pure, so that it is fuzzed as it runs (`fuzz/`).
+pub fn verify_notice(
     signed: &SignedNotice,
     key: Option<&str>,
 ) -> std::result::Result<ServiceNotice, &'static str> {
@@ -74,7 +76,7 @@ impl Client {
         self.ensure_notices_chat(changes).await?;
         let signed = serde_json::from_slice::<SignedNotice>(payload).ok();
         let verdict = match &signed {
-            Some(signed) => verify(signed, self.pinned_service_key()).and_then(|n| {
+            Some(signed) => verify_notice(signed, self.pinned_service_key()).and_then(|n| {
                 if n.account == self.identity.account {
                     Ok(n)
                 } else {
