@@ -342,6 +342,28 @@ impl Config {
         if self.key_packages.max_batch == 0 || self.key_packages.max_per_device == 0 {
             return bad("key_packages limits must be at least 1");
         }
+        // Rate events older than a day are purged, so a longer window would
+        // silently count less than it says; an empty one counts nothing.
+        let reg = &self.registration;
+        let lim = &self.limits;
+        for (name, limit) in [
+            ("registration.per_number", reg.per_number),
+            ("registration.per_ip", reg.per_ip),
+            ("registration.per_number_block", reg.per_number_block),
+            ("registration.per_country", reg.per_country),
+            ("registration.sms_budget", reg.sms_budget),
+            ("limits.lookups_per_account", lim.lookups_per_account),
+            ("limits.lookups_per_address", lim.lookups_per_address),
+            ("limits.claims_per_account", lim.claims_per_account),
+            ("limits.claims_per_device", lim.claims_per_device),
+            ("limits.sends_per_recipient", lim.sends_per_recipient),
+        ] {
+            if limit.window.is_zero() || limit.window > crate::storage::MAX_RATE_WINDOW {
+                return Err(ServerError::ConfigInvalid(format!(
+                    "{name}.window must be more than zero and at most a day"
+                )));
+            }
+        }
         if self.maintenance.purge_interval.is_zero() {
             return bad("maintenance.purge_interval must be positive");
         }
@@ -874,6 +896,18 @@ mod tests {
         assert!(Config::from_toml("lisen = \"127.0.0.1:1\"").is_err());
         assert!(Config::from_toml("[ip_log]\nretention = \"forever\"").is_err());
         assert!(Config::from_toml("[mailbox]\nmax_envelope_bytes = 99999999").is_err());
+        // Rate-limit windows: events older than a day are purged.
+        let err =
+            Config::from_toml("[limits]\nlookups_per_account = { max = 5, window = \"2days\" }")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("limits.lookups_per_account.window"), "{err}");
+        assert!(
+            Config::from_toml("[registration]\nsms_budget = { max = 5, window = \"0s\" }").is_err()
+        );
+        assert!(
+            Config::from_toml("[registration]\nper_ip = { max = 5, window = \"24h\" }").is_ok()
+        );
     }
 
     #[test]
